@@ -1,0 +1,89 @@
+"""Teachers, trained once by this engine and cached by the hash of what defines them.
+
+A student run whose teacher (model, data split, training settings) was seen before loads the
+cached weights instead of retraining. Teacher training is an ordinary `scratch` run, so it is
+recorded in the run store like any other run.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kd_engine.config import ExperimentConfig, ModelSpec, RecordConfig, stable_hash
+from kd_engine.errors import CheckpointError
+from kd_engine.models import build_model
+from kd_engine.trainers.checkpoint import load_weights, read_metadata
+
+CACHE_VERSION = 1
+
+
+def teacher_identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Everything that changes the teacher's weights, and nothing else."""
+    assert cfg.teacher is not None
+    data = cfg.data.model_dump(mode="json", exclude={"eval_batch_size"})
+    data["split_seed"] = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
+    return {"version": CACHE_VERSION, "model": cfg.teacher.name, "params": cfg.teacher.params,
+            "data": data, "train": cfg.teacher.train.model_dump(mode="json")}
+
+
+def teacher_cache_path(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.cache_dir) / "teachers" / f"{stable_hash(teacher_identity(cfg))}.safetensors"
+
+
+def teacher_training_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The scratch run that trains this config's teacher."""
+    assert cfg.teacher is not None
+    identity = teacher_identity(cfg)
+    settings = cfg.teacher.train
+    data = cfg.data.model_copy(update={"split_seed": identity["data"]["split_seed"]})
+    return ExperimentConfig(
+        name=f"teacher-{cfg.teacher.name}-{stable_hash(identity)[:8]}", method="scratch",
+        seed=settings.seed, device=cfg.device, amp=cfg.amp, epochs=settings.epochs,
+        threads=cfg.threads, data=data, student=ModelSpec(name=cfg.teacher.name, params=cfg.teacher.params),
+        optimizer=settings.optimizer, schedule=settings.schedule,
+        record=RecordConfig(instances=cfg.record.instances, features=[], attention_maps=0,
+                            tensorboard=cfg.record.tensorboard),
+        runs_dir=cfg.runs_dir, cache_dir=cfg.cache_dir)
+
+
+def check_spec(path: Path, cfg: ExperimentConfig) -> None:
+    """A checkpoint records the model it was saved from; refuse one made for another model."""
+    assert cfg.teacher is not None
+    try:
+        meta = read_metadata(path)
+    except Exception:
+        return  # load_weights reports unreadable files with a clearer message
+    model = meta.get("model")
+    if model and (model != cfg.teacher.name or meta.get("params", {}) != cfg.teacher.params):
+        raise CheckpointError(
+            f"teacher.checkpoint: {path} holds a {model} {meta.get('params')}, but the config asks "
+            f"for {cfg.teacher.name} {cfg.teacher.params}")
+
+
+def build_teacher(cfg: ExperimentConfig, input_shape, num_classes: int, is_main: bool = True,
+                  barrier=lambda: None) -> tuple[nn.Module | None, str | None]:
+    """Return the frozen teacher and where its weights came from (None when there is none)."""
+    if cfg.teacher is None:
+        return None, None
+    model = build_model(cfg.teacher, input_shape, num_classes, field="teacher")
+    if cfg.teacher.checkpoint:
+        path = Path(cfg.teacher.checkpoint)
+        if path.is_file():
+            check_spec(path, cfg)
+        load_weights(model, path, field="teacher.checkpoint")
+        return model.eval(), str(path)
+    path = teacher_cache_path(cfg)
+    if not path.is_file() and is_main:
+        from kd_engine.trainers.loop import train
+
+        run_dir = train(teacher_training_config(cfg), distributed=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.copyfile(run_dir / "checkpoints" / "student.safetensors", tmp)
+        tmp.replace(path)
+    barrier()
+    load_weights(model, path, field="teacher cache")
+    return model.eval(), str(path)

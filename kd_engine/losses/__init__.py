@@ -1,0 +1,25 @@
+"""Distillation losses: pure functions with ``reduction="mean"|"sum"|"none"``.
+
+``"none"`` returns one value per sample (shape (B,)); ``"mean"`` is the batch mean of those and
+``"sum"`` their sum. Teacher inputs are targets and are detached inside. Batch-level losses
+(``dist``, ``rkd``) carry ``batch_level = True`` and define their per-sample form in their
+docstrings so that the mean of the per-sample values equals the batch loss.
+"""
+
+from ._reduce import REDUCTIONS, reduce
+from .feature import attention_transfer, fitnet
+from .logit import cs_divergence, dist, dkd, dkd_parts, kd
+from .relation import rkd
+
+__all__ = [
+    "REDUCTIONS",
+    "attention_transfer",
+    "cs_divergence",
+    "dist",
+    "dkd",
+    "dkd_parts",
+    "fitnet",
+    "kd",
+    "reduce",
+    "rkd",
+]

@@ -1,0 +1,52 @@
+"""The distiller interface every method implements (after mdistiller's distillers): a module
+that holds the student, the frozen teacher and any trainable extras, and returns the student's
+logits, the named losses it wants summed, and what it decided per instance."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    # (B,) tensors recorded per instance: teacher_loss, student_loss, distill_loss, weight, ...
+    per_sample: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_logits: torch.Tensor | None = None
+
+    @property
+    def total(self) -> torch.Tensor:
+        return sum(self.losses.values())
+
+
+class Distiller(nn.Module):
+    """Base class. Subclasses set `needs_teacher` and implement `forward(x, y) -> StepOutput`."""
+
+    needs_teacher = True
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval()
+            for parameter in teacher.parameters():
+                parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Distiller":
+        """The teacher stays in eval mode: its BatchNorm must not drift with the student's batches."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def extra_state_modules(self) -> dict[str, nn.Module]:
+        """Trainable modules besides the student (adapters), checkpointed with it."""
+        return {name: module for name, module in self.named_children()
+                if name not in ("student", "teacher") and any(True for _ in module.parameters())}

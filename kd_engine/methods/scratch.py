@@ -1,0 +1,28 @@
+"""The student alone, trained on labels: the baseline every distillation run is compared with.
+A teacher, when given, is only observed (its per-instance loss and predictions are recorded)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kd_engine.methods.base import Distiller, StepOutput
+from kd_engine.methods.registry import METHODS
+
+
+@METHODS.register("scratch")
+class Scratch(Distiller):
+    needs_teacher = False
+
+    def __init__(self, cfg, student, teacher, input_shape):
+        super().__init__(student, teacher)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        logits = self.student(x)
+        student_loss = F.cross_entropy(logits.float(), y, reduction="none")
+        per_sample = {"student_loss": student_loss.detach()}
+        teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            per_sample["teacher_loss"] = F.cross_entropy(teacher_logits.float(), y, reduction="none")
+        return StepOutput(logits, {"task": student_loss.mean()}, per_sample, teacher_logits)

@@ -1,0 +1,124 @@
+"""Standard distillation: the student's task loss plus a weighted sum of registered distillation
+terms (logit, feature, embedding), each multiplied per instance by the weighting strategy."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kd_engine.errors import ConfigError
+from kd_engine.losses.terms import LOSSES, TermSpec
+from kd_engine.methods.base import Distiller, StepOutput
+from kd_engine.methods.registry import METHODS
+from kd_engine.models import feature_taps, layer_shapes
+from kd_engine.weighting import build_weighting
+
+
+class Term(nn.Module):
+    """One configured term: its loss, weight, layers and (optional) adapter."""
+
+    def __init__(self, name: str, spec: TermSpec, weight: float, params: dict,
+                 student_layer: str | None, teacher_layer: str | None, adapter: nn.Module | None):
+        super().__init__()
+        self.name, self.spec, self.weight, self.params = name, spec, weight, dict(params)
+        self.student_layer, self.teacher_layer = student_layer, teacher_layer
+        self.adapter = adapter
+
+    def forward(self, s_logits, t_logits, y, s_feats, t_feats) -> torch.Tensor:
+        kind = self.spec.inputs
+        if kind == "logits":
+            return self.spec.fn(s_logits.float(), t_logits.float(), **self.params, reduction="none")
+        if kind == "logits_target":
+            return self.spec.fn(s_logits.float(), t_logits.float(), y, **self.params, reduction="none")
+        s_feat, t_feat = s_feats[self.student_layer].float(), t_feats[self.teacher_layer].float()
+        if kind == "adapted_features":
+            return self.spec.fn(s_feat, t_feat, self.adapter, **self.params, reduction="none")
+        if kind == "embedding":
+            return self.spec.fn(s_feat.flatten(1), t_feat.flatten(1), **self.params, reduction="none")
+        return self.spec.fn(s_feat, t_feat, **self.params, reduction="none")
+
+
+def make_adapter(kind: str, s_shape: tuple, t_shape: tuple, field: str, layers: str) -> nn.Module | None:
+    """Build the student->teacher adapter, or explain in one line why the shapes cannot fit."""
+    if kind == "none":
+        if s_shape != t_shape:
+            raise ConfigError(f"{field}: {layers} have shapes {s_shape} and {t_shape}; "
+                              "set adapter: conv1x1 (maps) or linear (vectors)")
+        return None
+    if kind == "conv1x1":
+        if len(s_shape) != 3 or s_shape[1:] != t_shape[1:]:
+            raise ConfigError(f"{field}: adapter conv1x1 needs (C, H, W) maps of equal H, W; "
+                              f"{layers} have shapes {s_shape} and {t_shape}")
+        return nn.Conv2d(s_shape[0], t_shape[0], kernel_size=1, bias=False)
+    if s_shape[:-1] != t_shape[:-1]:
+        raise ConfigError(f"{field}: adapter linear needs equal leading sizes; "
+                          f"{layers} have shapes {s_shape} and {t_shape}")
+    return nn.Linear(s_shape[-1], t_shape[-1], bias=False)
+
+
+@METHODS.register("standard")
+class Standard(Distiller):
+    def __init__(self, cfg, student, teacher, input_shape):
+        super().__init__(student, teacher)
+        if teacher is None:
+            raise ConfigError("teacher: method 'standard' distils from a teacher; add a teacher section")
+        self.task_weight = cfg.distill.task_weight
+        self.weighting = build_weighting(cfg.weighting.strategy, cfg.weighting.params)
+        self.terms = nn.ModuleList(self._build_terms(cfg, input_shape))
+        self.student_layers = sorted({t.student_layer for t in self.terms if t.student_layer})
+        self.teacher_layers = sorted({t.teacher_layer for t in self.terms if t.teacher_layer})
+
+    def _build_terms(self, cfg, input_shape) -> list[Term]:
+        terms, seen = [], {}
+        for index, term_cfg in enumerate(cfg.distill.terms):
+            field = f"distill.terms.{index}"
+            spec = LOSSES.get(term_cfg.loss, field=f"{field}.loss")
+            spec.check_params(term_cfg.params, f"{field}.params")
+            count = seen.get(term_cfg.loss, 0)
+            seen[term_cfg.loss] = count + 1
+            name = term_cfg.loss if count == 0 else f"{term_cfg.loss}_{count}"
+            s_layer, t_layer, adapter = term_cfg.student_layer, term_cfg.teacher_layer, None
+            if spec.uses_layers:
+                if spec.inputs == "embedding":
+                    s_layer = s_layer or getattr(self.student, "embedding_layer", None)
+                    t_layer = t_layer or getattr(self.teacher, "embedding_layer", None)
+                if not s_layer or not t_layer:
+                    raise ConfigError(f"{field}: loss {term_cfg.loss} needs student_layer and teacher_layer")
+                s_shape = layer_shapes(self.student, input_shape, [s_layer])[s_layer]
+                t_shape = layer_shapes(self.teacher, input_shape, [t_layer])[t_layer]
+                layers = f"student {s_layer!r} and teacher {t_layer!r}"
+                if spec.inputs == "adapted_features":
+                    adapter = make_adapter(term_cfg.adapter, s_shape, t_shape, field, layers)
+                elif spec.inputs == "features" and (len(s_shape) != 3 or s_shape[1:] != t_shape[1:]):
+                    raise ConfigError(f"{field}: {term_cfg.loss} needs (C, H, W) maps of equal H, W; "
+                                      f"{layers} have shapes {s_shape} and {t_shape}")
+            elif term_cfg.student_layer or term_cfg.teacher_layer:
+                raise ConfigError(f"{field}: loss {term_cfg.loss} works on logits and takes no layers")
+            terms.append(Term(name, spec, term_cfg.weight, term_cfg.params, s_layer, t_layer, adapter))
+        if not terms:
+            raise ConfigError("distill.terms: method 'standard' needs at least one term "
+                              f"(losses: {', '.join(LOSSES.names())})")
+        return terms
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        with torch.no_grad(), feature_taps(self.teacher, self.teacher_layers) as t_feats:
+            t_logits = self.teacher(x)
+        with feature_taps(self.student, self.student_layers) as s_feats:
+            s_logits = self.student(x)
+        student_loss = F.cross_entropy(s_logits.float(), y, reduction="none")
+        teacher_loss = F.cross_entropy(t_logits.float(), y, reduction="none")
+        per_sample: dict[str, torch.Tensor] = {}
+        distill = torch.zeros_like(student_loss)
+        for term in self.terms:
+            value = term(s_logits, t_logits, y, s_feats, t_feats)
+            per_sample[f"term_{term.name}"] = value.detach()
+            distill = distill + term.weight * value
+        weights = self.weighting({"distill_loss": distill.detach(), "teacher_loss": teacher_loss,
+                                  "teacher_logits": t_logits, "label": y,
+                                  "student_loss": student_loss.detach()})
+        if not self.weighting.differentiable:
+            weights = weights.detach()
+        per_sample.update(student_loss=student_loss.detach(), teacher_loss=teacher_loss,
+                          distill_loss=distill.detach(), weight=weights.detach())
+        losses = {"task": self.task_weight * student_loss.mean(), "distill": (weights * distill).mean()}
+        return StepOutput(s_logits, losses, per_sample, t_logits)

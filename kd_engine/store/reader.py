@@ -1,0 +1,233 @@
+"""The public read API of the run store: the dashboard and notebooks use only this.
+
+Reads never block the trainer: connections are read-only, in WAL mode, with a short timeout,
+and a broken or locked database becomes a `StoreError` with a one-line message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from kd_engine.errors import KDWError
+from kd_engine.store.schema import DB_NAME
+
+STALE_AFTER_S = 60.0
+
+
+class StoreError(KDWError):
+    """A run database is missing, corrupted or locked."""
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Run:
+    """One recorded run. Cheap to create; every query opens a short read-only connection."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.db_path = self.run_dir / DB_NAME
+        if not self.db_path.is_file():
+            raise StoreError(f"{self.run_dir}: not a run directory (no {DB_NAME})")
+        self._meta: dict[str, Any] | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
+        try:
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=2.0)
+            try:
+                return pd.read_sql_query(sql, conn, params=list(params))
+            finally:
+                conn.close()
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
+            text = str(exc)
+            if "locked" in text:
+                raise StoreError(f"{self.db_path}: database is locked; try again shortly") from None
+            raise StoreError(f"{self.db_path}: unreadable run database ({text})") from None
+
+    # -- metadata -----------------------------------------------------------------------------
+    def meta(self, refresh: bool = True) -> dict[str, Any]:
+        if self._meta is None or refresh:
+            frame = self._query("SELECT key, value FROM meta")
+            self._meta = {key: json.loads(value) for key, value in zip(frame.key, frame.value)}
+        return self._meta
+
+    def status(self) -> str:
+        """running / finished / failed / stopped, or stale when a running trainer went silent."""
+        meta = self.meta()
+        status = meta.get("status", "unknown")
+        if status == "running":
+            age = time.time() - float(meta.get("heartbeat") or 0)
+            if age > STALE_AFTER_S or not _pid_alive(meta.get("pid")):
+                return "stale"
+        return status
+
+    def config(self) -> dict[str, Any]:
+        import yaml
+
+        return yaml.safe_load(self.meta().get("config") or "{}") or {}
+
+    def final_metrics(self) -> dict[str, float]:
+        return dict(self.meta().get("final_metrics") or {})
+
+    def events(self) -> pd.DataFrame:
+        return self._query("SELECT wall, level, message FROM events ORDER BY id")
+
+    # -- scalars ------------------------------------------------------------------------------
+    def scalars(self, since_rowid: int = 0, keys: list[str] | None = None) -> pd.DataFrame:
+        """Long-format scalars (rowid, step, epoch, key, value, wall); pass the last rowid seen
+        to read only new rows during a live refresh."""
+        sql = "SELECT id AS rowid, step, epoch, key, value, wall FROM scalars WHERE id > ?"
+        params: list[Any] = [since_rowid]
+        if keys:
+            sql += f" AND key IN ({', '.join('?' for _ in keys)})"
+            params += list(keys)
+        return self._query(sql + " ORDER BY id", params)
+
+    def scalar_keys(self) -> list[str]:
+        return self._query("SELECT DISTINCT key FROM scalars ORDER BY key").key.tolist()
+
+    # -- instances ----------------------------------------------------------------------------
+    def instance_columns(self) -> list[str]:
+        return self._query("PRAGMA table_info(instances)").name.tolist()
+
+    def instance_epochs(self, split: str = "train") -> list[int]:
+        frame = self._query("SELECT DISTINCT epoch FROM instances WHERE split = ? ORDER BY epoch",
+                            [split])
+        return frame.epoch.astype(int).tolist()
+
+    def instances(self, split: str | None = "train", epoch: int | None = None,
+                  instance_ids: Iterable[int] | None = None, columns: list[str] | None = None,
+                  limit: int | None = None) -> pd.DataFrame:
+        known = set(self.instance_columns())
+        cols = [c for c in (columns or sorted(known)) if c in known]
+        unknown = [c for c in (columns or []) if c not in known]
+        if unknown:
+            raise StoreError(f"{self.run_id}: no per-instance column {unknown[0]!r}")
+        quoted = ", ".join(f'"{c}"' for c in cols)
+        sql = f"SELECT {quoted} FROM instances WHERE 1=1"
+        params: list[Any] = []
+        if split is not None:
+            sql += " AND split = ?"
+            params.append(split)
+        if epoch is not None:
+            sql += " AND epoch = ?"
+            params.append(int(epoch))
+        if instance_ids is not None:
+            ids = [int(i) for i in instance_ids]
+            sql += f" AND instance_id IN ({', '.join('?' for _ in ids)})"
+            params += ids
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._query(sql, params)
+
+    def count_instances(self, split: str | None = None) -> int:
+        if split is None:
+            return int(self._query("SELECT COUNT(*) AS n FROM instances").n[0])
+        return int(self._query("SELECT COUNT(*) AS n FROM instances WHERE split = ?", [split]).n[0])
+
+    # -- features and artifacts ---------------------------------------------------------------
+    def features(self) -> pd.DataFrame:
+        return self._query("SELECT epoch, student_layer, teacher_layer, metric, value FROM features "
+                           "ORDER BY epoch")
+
+    def artifacts(self, kind: str | None = None) -> pd.DataFrame:
+        sql = "SELECT name, kind, epoch, instance_id, role, path, shape, dtype, meta FROM artifacts"
+        if kind is not None:
+            return self._query(sql + " WHERE kind = ? ORDER BY id", [kind])
+        return self._query(sql + " ORDER BY id")
+
+    def load_artifact(self, name: str) -> np.ndarray:
+        frame = self._query("SELECT path FROM artifacts WHERE name = ?", [name])
+        if frame.empty:
+            raise StoreError(f"{self.run_id}: no artifact named {name!r}")
+        path = self.run_dir / frame.path[0]
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable artifact ({exc})") from None
+
+    def images(self, instance_ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """Images of the given instances from the run's image bank (missing ids are skipped)."""
+        try:
+            bank = self.load_artifact("instance_images")
+            ids = self.load_artifact("instance_image_ids")
+        except StoreError:
+            return {}
+        position = {int(i): n for n, i in enumerate(ids.tolist())}
+        return {int(i): bank[position[int(i)]].astype(np.float32)
+                for i in instance_ids if int(i) in position}
+
+    def checkpoint_path(self, which: str = "student") -> Path | None:
+        path = self.run_dir / "checkpoints" / f"{which}.safetensors"
+        return path if path.is_file() else None
+
+
+def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
+    """Accept a run directory, a run id, or a unique prefix of a run id."""
+    path = Path(run)
+    if (path / DB_NAME).is_file():
+        return path
+    base = Path(runs_dir)
+    if (base / str(run) / DB_NAME).is_file():
+        return base / str(run)
+    matches = [p for p in base.glob("*") if p.name.startswith(str(run)) and (p / DB_NAME).is_file()]
+    if not matches:
+        matches = [p for p in base.glob("*") if str(run) in p.name and (p / DB_NAME).is_file()]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise StoreError(f"run {str(run)!r}: not found under {base}")
+    raise StoreError(f"run {str(run)!r}: ambiguous, matches {', '.join(sorted(p.name for p in matches))}")
+
+
+def open_run(run: str | Path, runs_dir: str | Path = "runs") -> Run:
+    return Run(resolve_run(run, runs_dir))
+
+
+def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
+    """One row per run, newest first. A corrupted run is listed with status 'corrupt'."""
+    rows = []
+    base = Path(runs_dir)
+    for run_dir in sorted(base.glob("*/" + DB_NAME)):
+        run_dir = run_dir.parent
+        row: dict[str, Any] = {"run_id": run_dir.name, "path": str(run_dir)}
+        try:
+            run = Run(run_dir)
+            meta = run.meta()
+            row.update(status=run.status(), name=meta.get("name"), method=meta.get("method"),
+                       dataset=meta.get("dataset"), teacher=meta.get("teacher"),
+                       student=meta.get("student"), created=meta.get("created"),
+                       error=meta.get("error"))
+            for key, value in (meta.get("final_metrics") or {}).items():
+                row[key] = value
+        except StoreError as exc:
+            row.update(status="corrupt", error=str(exc))
+        rows.append(row)
+    columns = ["run_id", "status", "name", "method", "dataset", "teacher", "student", "created",
+               "error", "path"]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    for column in columns:
+        if column not in frame:
+            frame[column] = None
+    frame = frame.sort_values("created", ascending=False, na_position="last").reset_index(drop=True)
+    return frame[columns + [c for c in frame.columns if c not in columns]]

@@ -1,0 +1,68 @@
+"""Checkpoints. Model weights are safetensors (safe to share); the resumable training state is
+written atomically with torch.save and read back with weights_only=True."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kd_engine.errors import CheckpointError
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, Any] | None = None) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"kdw": json.dumps(metadata or {})}
+    _atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads((handle.metadata() or {}).get("kdw", "{}"))
+
+
+def load_weights(model: nn.Module, path: str | Path, field: str = "checkpoint") -> dict[str, Any]:
+    """Load safetensors weights into `model`; any mismatch is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{field}: file not found: {path}")
+    try:
+        state = load_file(str(path))
+        metadata = read_metadata(path)
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"{field}: {path} is not a readable safetensors file ({exc})") from None
+    result = model.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {len(result.missing_keys)} tensors (e.g. {result.missing_keys[0]})")
+    if result.unexpected_keys:
+        problems.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+    if problems:
+        raise CheckpointError(f"{field}: {path} does not fit the model: {'; '.join(problems)}")
+    return metadata
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no training state to resume from")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable training state ({exc})") from None

@@ -1,0 +1,34 @@
+"""Optimizers and per-epoch learning-rate schedules (linear warm-up, then constant, cosine or step)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kd_engine.config import OptimizerConfig, ScheduleConfig
+
+
+def build_optimizer(cfg: OptimizerConfig, parameters) -> torch.optim.Optimizer:
+    parameters = list(parameters)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "adam":
+        return torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: ScheduleConfig, epoch: int, epochs: int) -> float:
+    """The multiplier of the base learning rate during `epoch` (0-based)."""
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return (epoch + 1) / (cfg.warmup_epochs + 1)
+    if cfg.name == "cosine":
+        span = max(1, epochs - cfg.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+    if cfg.name == "step":
+        return cfg.gamma ** ((epoch - cfg.warmup_epochs) // cfg.step_size)
+    return 1.0
+
+
+def build_scheduler(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, epochs: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch, epochs))
