@@ -6,6 +6,7 @@ cleanly on a non-finite loss or SIGTERM.
 """
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import time
@@ -27,6 +28,8 @@ from kd_engine.trainers import runtime
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
 from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, predict, spatial_attention
 from kd_engine.trainers.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("kdw")
 
 
 class StopRequested(KDWError):
@@ -53,7 +56,8 @@ def _feature_pairs(cfg: ExperimentConfig, distiller, student, teacher) -> list[F
     return [FeaturePair(student=s, teacher=t) for s, t in sorted(pairs)]
 
 
-def train(cfg: ExperimentConfig, resume: str | Path | None = None, distributed: bool = True) -> Path:
+def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distributed: bool = True,
+          run_id: str | None = None) -> Path:
     """Run one experiment (or continue `resume`, a run directory) and return its directory."""
     if resume is not None:
         cfg = validate(load_raw(Path(resume) / "config.yaml"), str(Path(resume) / "config.yaml"))
@@ -71,11 +75,11 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None, distributed: 
     teacher, teacher_source = build_teacher(cfg, data.input_shape, data.num_classes, ctx.is_main, ctx.barrier)
     torch.manual_seed(cfg.seed + 1)  # adapters get the same init whether or not a teacher was cached
     distiller = method(cfg, student, teacher, data.input_shape).to(device)
-    return _Loop(cfg, ctx, device, data, distiller, teacher_source, resume).run()
+    return _Loop(cfg, ctx, device, data, distiller, teacher_source, resume, run_id).run()
 
 
 class _Loop:
-    def __init__(self, cfg, ctx, device, data, distiller, teacher_source, resume):
+    def __init__(self, cfg, ctx, device, data, distiller, teacher_source, resume, run_id=None):
         self.cfg, self.ctx, self.device, self.data = cfg, ctx, device, data
         self.distiller = distiller
         self.student, self.teacher = distiller.student, distiller.teacher
@@ -89,10 +93,10 @@ class _Loop:
         self.run_dir: Path | None = Path(resume) if resume is not None else None
         self.teacher_source = teacher_source
         self._teacher_eval: dict[str, object] = {}
-        self._open_store(resume)
+        self._open_store(resume, run_id)
 
     # -- store --------------------------------------------------------------------------------
-    def _open_store(self, resume) -> None:
+    def _open_store(self, resume, run_id) -> None:
         if resume is not None:
             state = load_state(self.run_dir / "checkpoints" / "state.pt")
             self._restore(state)
@@ -110,7 +114,7 @@ class _Loop:
                     "student_params": count_parameters(self.student),
                     "teacher_params": count_parameters(self.teacher) if self.teacher else None,
                     "class_names": self.data.class_names, "input_shape": list(self.data.input_shape)}
-            self.writer = RunWriter.create(cfg.runs_dir, cfg.name, meta, cfg.to_yaml(),
+            self.writer = RunWriter.create(cfg.runs_dir, cfg.name, meta, cfg.to_yaml(), run_id=run_id,
                                            tensorboard=cfg.record.tensorboard)
             self.run_dir = self.writer.run_dir
             self._save_images()
@@ -295,6 +299,8 @@ class _Loop:
     def _end_of_epoch(self, epoch: int) -> None:
         metrics = self._evaluate("val", epoch) if len(self.data.val) else {}
         self.writer.log_scalars(self.global_step, epoch, metrics)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("acc"))
+        log.info("%s epoch %d/%d %s", self.cfg.name, epoch + 1, self.cfg.epochs, shown)
         self._record_features(epoch)
         self.scheduler.step()
         self._checkpoint(epoch)

@@ -1,0 +1,180 @@
+"""`kdw`: train, list, inspect and stop runs, open the dashboard, reproduce the notebooks.
+
+User errors print one line (`error: ...`) and exit with status 2; nothing prints a traceback
+for a mistake in a config or a file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from kd_engine.errors import KDWError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from kd_engine.config import load_config
+    from kd_engine.store import resolve_run
+    from kd_engine.trainers import train
+
+    if args.resume:
+        if args.config or args.set:
+            raise KDWError("--resume takes the run's own config; do not pass CONFIG or --set")
+        run_dir = train(None, resume=resolve_run(args.resume, args.runs_dir or "runs"))
+    else:
+        if not args.config:
+            raise KDWError("train: give a CONFIG file or --resume RUN")
+        overrides = list(args.set or [])
+        if args.runs_dir:
+            overrides.append(f"runs_dir={args.runs_dir}")
+        run_dir = train(load_config(args.config, overrides), run_id=args.run_id)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run_dir)
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from kd_engine.store import list_runs
+
+    frame = list_runs(args.runs_dir)
+    if args.json:
+        print(frame.to_json(orient="records"))
+        return 0
+    if frame.empty:
+        print(f"no runs under {args.runs_dir}")
+        return 0
+    metric_cols = [c for c in ("test/student_acc", "test/teacher_acc") if c in frame]
+    shown = frame[["run_id", "status", "method", "dataset", "teacher", "student", *metric_cols]]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from kd_engine.store import open_run
+
+    run = open_run(args.run, args.runs_dir)
+    meta = run.meta()
+    if args.json:
+        print(json.dumps({"run_id": run.run_id, "status": run.status(), "config": run.config(),
+                          "final_metrics": run.final_metrics()}, indent=2, default=str))
+        return 0
+    print(f"run       {run.run_id}  [{run.status()}]")
+    if meta.get("error"):
+        print(f"error     {meta['error']}")
+    for key in ("method", "dataset", "teacher", "student", "weighting", "seed", "epochs", "device"):
+        print(f"{key:<9} {meta.get(key)}")
+    metrics = run.final_metrics()
+    if metrics:
+        print("\n          teacher    student")
+        for split in ("val", "test"):
+            for name in ("acc", "loss"):
+                t = metrics.get(f"{split}/teacher_{name}")
+                s = metrics.get(f"{split}/student_{name}")
+                cells = [f"{v:9.4f}" if v is not None else "        -" for v in (t, s)]
+                print(f"{split + ' ' + name:<9} {cells[0]}  {cells[1]}")
+        params_t, params_s = meta.get("teacher_params"), meta.get("student_params")
+        if params_t:
+            print(f"params    {params_t:9d}  {params_s:9d}")
+    print(f"\nconfig    {run.run_dir / 'config.yaml'}")
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from kd_engine.store import open_run
+
+    run = open_run(args.run, args.runs_dir)
+    if run.status() != "running":
+        raise KDWError(f"run {run.run_id} is {run.status()}, not running")
+    os.kill(int(run.meta()["pid"]), signal.SIGTERM)
+    print(f"sent SIGTERM to run {run.run_id}")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    app = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+    if not app.is_file():
+        raise KDWError(f"{app}: dashboard not found (run kdw from a source checkout)")
+    env = dict(os.environ, KDW_RUNS_DIR=str(Path(args.runs_dir).resolve()))
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
+               "--server.port", str(args.port), "--server.headless", str(args.headless).lower(),
+               "--browser.gatherUsageStats", "false"]
+    return subprocess.call(command, env=env)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from kd_engine.reproduce import reproduce
+
+    reproduce(args.names, budget=args.budget, output=args.output)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from kd_engine.demo import make_demo
+
+    make_demo(runs_dir=args.runs_dir, checkpoints=args.checkpoints, force=args.force)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdw", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a run from a YAML config, or resume one")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", metavar="RUN", help="continue a stopped, failed or killed run")
+    p.add_argument("--runs-dir", help="where runs go (overrides runs_dir)")
+    p.add_argument("--run-id", help="the run's directory name (default: time-name-random)")
+    p.set_defaults(func=_cmd_train)
+
+    for name, func, text in (("runs", _cmd_runs, "list runs"), ("show", _cmd_show, "show one run"),
+                             ("stop", _cmd_stop, "stop a running run")):
+        p = sub.add_parser(name, help=text)
+        if name != "runs":
+            p.add_argument("run")
+        if name != "stop":
+            p.add_argument("--json", action="store_true")
+        p.add_argument("--runs-dir", default="runs")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("dashboard", help="open the Streamlit dashboard")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: local only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--headless", action="store_true", help="do not open a browser")
+    p.set_defaults(func=_cmd_dashboard)
+
+    p = sub.add_parser("reproduce", help="execute notebooks and regenerate docs/results.md")
+    p.add_argument("names", nargs="*", help="notebook names (default: all)")
+    p.add_argument("--budget", choices=("smoke", "full"), default="smoke")
+    p.add_argument("--output", default="artifacts/notebooks")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("demo", help="(re)build the shipped demo checkpoints and demo runs")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--checkpoints", default="checkpoints")
+    p.add_argument("--force", action="store_true", help="retrain the checkpoints even if present")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KDWError as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Streamlit dashboard's pages and components. Reads runs only through kd_engine.store."""

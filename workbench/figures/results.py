@@ -1,0 +1,3 @@
+"""Figures of experiment results: arms over seeds, paired differences."""
+
+__all__: list[str] = []

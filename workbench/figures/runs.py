@@ -1,0 +1,3 @@
+"""Figures of recorded runs: curves, instances, features, attention, comparison."""
+
+__all__: list[str] = []
