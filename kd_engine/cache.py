@@ -61,6 +61,14 @@ def check_spec(path: Path, cfg: ExperimentConfig) -> None:
         raise CheckpointError(
             f"teacher.checkpoint: {path} holds a {model} {meta.get('params')}, but the config asks "
             f"for {cfg.teacher.name} {cfg.teacher.params}")
+    # A teacher trained on another split has seen this run's test images: refuse it.
+    trained_on = meta.get("data") or {}
+    split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
+    if trained_on and (trained_on.get("name") != cfg.data.name or trained_on.get("split_seed") != split_seed):
+        raise CheckpointError(
+            f"teacher.checkpoint: {path} was trained on {trained_on.get('name')} split seed "
+            f"{trained_on.get('split_seed')}, but this run uses {cfg.data.name} split seed {split_seed}; "
+            "set data.split_seed to match, or drop teacher.checkpoint to train a cached teacher")
 
 
 def build_teacher(cfg: ExperimentConfig, input_shape, num_classes: int, is_main: bool = True,

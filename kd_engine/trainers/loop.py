@@ -140,6 +140,9 @@ class _Loop:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state()}
 
+    def _split_seed(self) -> int:
+        return self.cfg.data.split_seed if self.cfg.data.split_seed is not None else self.cfg.seed
+
     def _restore(self, state: dict) -> None:
         self.distiller.load_state_dict(state["distiller"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -151,7 +154,8 @@ class _Loop:
         checkpoints = self.run_dir / "checkpoints"
         save_state(checkpoints / "state.pt", self._state(epoch))
         save_weights(self.student, checkpoints / "student.safetensors",
-                     {"model": self.cfg.student.name, "params": self.cfg.student.params, "epoch": epoch})
+                     {"model": self.cfg.student.name, "params": self.cfg.student.params, "epoch": epoch,
+                      "data": {"name": self.cfg.data.name, "split_seed": self._split_seed()}})
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> Path:
