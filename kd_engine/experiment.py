@@ -1,0 +1,241 @@
+"""Run arms over seeds and report them honestly; shared by every notebook.
+
+The reporting rule (docs/NOTEBOOKS.md): every arm runs on the same seeds; each arm is reported as
+mean ± std (n−1) over seeds; each arm is compared with the baseline by the per-seed paired
+difference, mean ± std; an effect is *resolved* only if |mean diff| > 2·std/√n of the paired
+differences, otherwise it is *within noise*. No seed is ever dropped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from kd_engine.errors import KDWError
+
+BUDGETS = ("smoke", "full")
+MIN_FULL_SEEDS = 3
+
+
+def budget_settings(budget: str, seeds: int = 5, epochs: int | None = None,
+                    teacher_epochs: int | None = None, threads: int = 1) -> dict[str, Any]:
+    """What a budget means. smoke: 1 seed, 2 epochs (student and teacher), a plumbing check.
+    full: `seeds` seeds (never fewer than 3) and `epochs`/`teacher_epochs` (None: the config's).
+
+    One torch thread per run by default: on the shared 2-core machine two threads per process
+    oversubscribe the cores as soon as anything else runs, and tiny models slow down many times.
+    """
+    if budget == "smoke":
+        return {"budget": "smoke", "seeds": [0], "epochs": 2, "teacher_epochs": 2, "threads": threads}
+    if budget == "full":
+        if seeds < MIN_FULL_SEEDS:
+            raise KDWError(f"budget full: {seeds} seeds is below the minimum of {MIN_FULL_SEEDS}")
+        return {"budget": "full", "seeds": list(range(seeds)), "epochs": epochs,
+                "teacher_epochs": teacher_epochs, "threads": threads}
+    raise KDWError(f"budget {budget!r}: expected one of {', '.join(BUDGETS)}")
+
+
+def repo_file(relative: str | Path) -> Path:
+    """A repository file such as ``configs/digits_kd.yaml``, found from the working directory or
+    its parents (JupyterLab starts kernels in ``notebooks/``, papermill in the repository root)."""
+    for root in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parent.parent):
+        if (root / relative).exists():
+            return root / relative
+    raise KDWError(f"{relative}: not found from {Path.cwd()} or its parents")
+
+
+def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in a raw config dict, creating mappings on the way."""
+    node: Any = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def apply_budget(raw: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the raw config with the budget's epochs and threads applied."""
+    out = copy.deepcopy(dict(raw))
+    if settings.get("epochs"):
+        out["epochs"] = settings["epochs"]
+    if settings.get("teacher_epochs") and out.get("teacher"):
+        set_key(out, "teacher.train.epochs", settings["teacher_epochs"])
+    if settings.get("threads"):
+        out["threads"] = settings["threads"]
+    return out
+
+
+def arm_config(base: Mapping[str, Any], overrides: Mapping[str, Any], seed: int, runs_dir, cache_dir,
+               name: str | None = None):
+    """The validated config of one arm at one seed (overrides are dotted keys -> values)."""
+    from kd_engine.config import validate
+
+    raw = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        set_key(raw, key, copy.deepcopy(value))
+    raw.update(seed=int(seed), runs_dir=str(runs_dir), cache_dir=str(cache_dir))
+    if name:
+        raw["name"] = name
+    raw.setdefault("device", "cpu")
+    return validate(raw, f"arm {name or raw.get('name')}")
+
+
+def prepare_teachers(base: Mapping[str, Any], seeds: Iterable[int], runs_dir, cache_dir) -> pd.DataFrame:
+    """Train (or load from the cache) the teacher each seed's split needs; one row per seed."""
+    from kd_engine.cache import build_teacher, teacher_cache_path
+    from kd_engine.data import build_data
+
+    rows = []
+    for seed in seeds:
+        cfg = arm_config(base, {}, seed, runs_dir, cache_dir)
+        path = teacher_cache_path(cfg)
+        cached = path.is_file()
+        started = time.perf_counter()
+        data = build_data(cfg.data, cfg.seed)
+        build_teacher(cfg, data.input_shape, data.num_classes)
+        rows.append({"seed": int(seed), "cache_path": str(path), "cached": cached,
+                     "wall_s": time.perf_counter() - started})
+    return pd.DataFrame(rows)
+
+
+def run_arms(base: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]], seeds: Iterable[int],
+             runs_dir, cache_dir, verbose: bool = True) -> pd.DataFrame:
+    """Train every arm at every seed (same seeds for all arms) and collect the final metrics.
+
+    Returns one row per arm x seed: arm, seed, run_id, run_dir, wall_s and every final metric.
+    """
+    from kd_engine.store import open_run
+    from kd_engine.trainers.loop import train
+
+    rows = []
+    for seed in seeds:
+        for arm, overrides in arms.items():
+            cfg = arm_config(base, overrides, seed, runs_dir, cache_dir,
+                             name=f"{base.get('name', 'exp')}-{arm}-s{seed}")
+            started = time.perf_counter()
+            run_dir = train(cfg, distributed=False)
+            wall = time.perf_counter() - started
+            metrics = open_run(run_dir).final_metrics()
+            rows.append({"arm": arm, "seed": int(seed), "run_id": Path(run_dir).name,
+                         "run_dir": str(run_dir), "wall_s": wall, **metrics})
+            if verbose:
+                shown = metrics.get("test/student_acc", float("nan"))
+                print(f"seed {seed} {arm:<12} test/student_acc {shown:.4f}  ({wall:.1f} s)")
+    return pd.DataFrame(rows)
+
+
+def reference_arm(frame: pd.DataFrame, source_arm: str, name: str = "teacher",
+                  role: str = "teacher") -> pd.DataFrame:
+    """Rows for a model observed inside another arm's runs (e.g. the frozen teacher): each
+    ``split/<role>_metric`` value is copied into ``split/student_metric`` so it is summarized in
+    the same column as the students."""
+    rows = frame[frame["arm"] == source_arm].copy()
+    if rows.empty:
+        raise KDWError(f"reference arm: no rows for arm {source_arm!r}")
+    for column in list(rows.columns):
+        if f"/{role}_" in column:
+            rows[column.replace(f"/{role}_", "/student_")] = rows[column]
+    rows["arm"] = name
+    return rows
+
+
+def _std(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def verdict(diffs: Iterable[float]) -> str:
+    """'resolved' only if |mean| > 2·std/√n of the paired differences (n ≥ 2), else 'within noise'."""
+    d = np.asarray(list(diffs), dtype=float)
+    if len(d) < 2 or not np.all(np.isfinite(d)):
+        return "within noise"
+    return "resolved" if abs(d.mean()) > 2 * _std(d) / math.sqrt(len(d)) else "within noise"
+
+
+def summarize(frame: pd.DataFrame, metric: str, baseline: str, arm_col: str = "arm",
+              seed_col: str = "seed") -> pd.DataFrame:
+    """Per arm: mean, std (n−1), n; paired difference to `baseline` per seed: diff_mean, diff_std,
+    the 2·std/√n threshold and the verdict. The baseline's own row has verdict 'baseline'."""
+    if metric not in frame:
+        raise KDWError(f"summarize: no column {metric!r}")
+    arms = list(dict.fromkeys(frame[arm_col]))
+    if baseline not in arms:
+        raise KDWError(f"summarize: baseline arm {baseline!r} not among {', '.join(map(str, arms))}")
+    table = frame.pivot_table(index=seed_col, columns=arm_col, values=metric, aggfunc="first", dropna=False)
+    missing = table.columns[table.isna().any()].tolist()
+    if missing:
+        raise KDWError(f"summarize: arm {missing[0]!r} lacks {metric} on some seeds (seeds are never dropped)")
+    rows = []
+    for arm in arms:
+        values = table[arm].to_numpy(dtype=float)
+        n = len(values)
+        row = {"arm": arm, "metric": metric, "mean": float(values.mean()), "std": _std(values), "n": n}
+        if arm == baseline:
+            row.update(diff_mean=None, diff_std=None, threshold=None, verdict="baseline")
+        else:
+            diffs = values - table[baseline].to_numpy(dtype=float)
+            std = _std(diffs)
+            row.update(diff_mean=float(diffs.mean()), diff_std=std,
+                       threshold=2 * std / math.sqrt(n) if n > 1 else float("nan"),
+                       verdict=verdict(diffs))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_summary(summary: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Human-readable columns: 'mean ± std' and 'diff ± std' strings plus the verdict."""
+    def pm(mean, std, sign=""):
+        if mean is None or pd.isna(mean):
+            return "—"
+        spread = "n/a" if std is None or pd.isna(std) else f"{std:.{digits}f}"
+        return f"{mean:{sign}.{digits}f} ± {spread}"
+
+    return pd.DataFrame({
+        "arm": summary["arm"], "metric": summary["metric"], "n": summary["n"],
+        "mean ± std": [pm(m, s) for m, s in zip(summary["mean"], summary["std"])],
+        "paired diff ± std": [pm(m, s, "+") for m, s in zip(summary["diff_mean"], summary["diff_std"])],
+        "verdict": summary["verdict"]})
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def results_rows(notebook: str, summary: pd.DataFrame, budget: str, seeds: Iterable[int],
+                 wall_s: float, baseline: str | None = None) -> list[dict[str, Any]]:
+    """The machine-readable rows of a results JSON (schema in docs/NOTEBOOKS.md)."""
+    seeds = [int(s) for s in seeds]
+    keys = ("arm", "metric", "mean", "std", "n", "diff_mean", "diff_std", "verdict")
+    return [{"notebook": notebook, **{k: _clean(row[k]) for k in keys}, "baseline": baseline,
+             "budget": budget, "seeds": seeds, "wall_s": round(float(wall_s), 2)}
+            for row in summary.to_dict("records")]
+
+
+def save_results(path, notebook: str, summaries: list[tuple[pd.DataFrame, str]], budget: str,
+                 seeds: Iterable[int], wall_s: float, title: str | None = None,
+                 notes: str = "") -> dict[str, Any] | None:
+    """Write the notebook's results JSON (`summaries`: (summary, baseline) pairs); no-op if
+    `path` is None (an interactive session)."""
+    rows = [r for summary, baseline in summaries
+            for r in results_rows(notebook, summary, budget, seeds, wall_s, baseline)]
+    payload = {"notebook": notebook, "title": title or notebook, "budget": budget,
+               "seeds": [int(s) for s in seeds], "wall_s": round(float(wall_s), 2),
+               "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "notes": notes, "rows": rows}
+    if path is None:
+        return payload
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return payload
