@@ -19,12 +19,13 @@ from kd_engine.errors import KDWError
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from kd_engine.config import load_config
-    from kd_engine.store import resolve_run
-    from kd_engine.trainers import train
 
     if args.resume:
         if args.config or args.set:
             raise KDWError("--resume takes the run's own config; do not pass CONFIG or --set")
+        from kd_engine.store import resolve_run
+        from kd_engine.trainers import train
+
         run_dir = train(None, resume=resolve_run(args.resume, args.runs_dir or "runs"))
     else:
         if not args.config:
@@ -32,7 +33,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides = list(args.set or [])
         if args.runs_dir:
             overrides.append(f"runs_dir={args.runs_dir}")
-        run_dir = train(load_config(args.config, overrides), run_id=args.run_id)
+        cfg = load_config(args.config, overrides)  # before torch is imported: a typo fails at once
+        from kd_engine.trainers import train
+
+        run_dir = train(cfg, run_id=args.run_id)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run_dir)
     return 0

@@ -2,6 +2,8 @@
 terms (logit, feature, embedding), each multiplied per instance by the weighting strategy."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,6 +14,11 @@ from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
 from kd_engine.models import feature_taps, layer_shapes
 from kd_engine.weighting import build_weighting
+
+
+def _taps(model: nn.Module, names: list[str]):
+    """`feature_taps`, or nothing when no layer is read (resolving names walks every module)."""
+    return feature_taps(model, names) if names else contextlib.nullcontext({})
 
 
 class Term(nn.Module):
@@ -101,9 +108,9 @@ class Standard(Distiller):
         return terms
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        with torch.no_grad(), feature_taps(self.teacher, self.teacher_layers) as t_feats:
+        with torch.no_grad(), _taps(self.teacher, self.teacher_layers) as t_feats:
             t_logits = self.teacher(x)
-        with feature_taps(self.student, self.student_layers) as s_feats:
+        with _taps(self.student, self.student_layers) as s_feats:
             s_logits = self.student(x)
         student_loss = F.cross_entropy(s_logits.float(), y, reduction="none")
         teacher_loss = F.cross_entropy(t_logits.float(), y, reduction="none")

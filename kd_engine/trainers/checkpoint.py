@@ -44,14 +44,23 @@ def load_weights(model: nn.Module, path: str | Path, field: str = "checkpoint") 
         metadata = read_metadata(path)
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise CheckpointError(f"{field}: {path} is not a readable safetensors file ({exc})") from None
-    result = model.load_state_dict(state, strict=False)
+    # Compare before loading: load_state_dict raises a multi-line RuntimeError on a shape mismatch.
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     problems = []
-    if result.missing_keys:
-        problems.append(f"missing {len(result.missing_keys)} tensors (e.g. {result.missing_keys[0]})")
-    if result.unexpected_keys:
-        problems.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+    if missing:
+        problems.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if reshaped:
+        k = reshaped[0]
+        problems.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(state[k].shape)} in the file, "
+                        f"{tuple(own[k].shape)} in the model)")
     if problems:
         raise CheckpointError(f"{field}: {path} does not fit the model: {'; '.join(problems)}")
+    model.load_state_dict(state)
     return metadata
 
 

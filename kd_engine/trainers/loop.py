@@ -72,6 +72,9 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
     data = build_data(cfg.data, cfg.seed)
     student = build_model(cfg.student, data.input_shape, data.num_classes, field="student")
     method = METHODS.get(cfg.method, field="method")
+    if cfg.teacher is not None:  # report mistakes in terms, layers or weighting before a teacher trains
+        method(cfg, student, build_model(cfg.teacher, data.input_shape, data.num_classes, field="teacher"),
+               data.input_shape)
     teacher, teacher_source = build_teacher(cfg, data.input_shape, data.num_classes, ctx.is_main, ctx.barrier)
     torch.manual_seed(cfg.seed + 1)  # adapters get the same init whether or not a teacher was cached
     distiller = method(cfg, student, teacher, data.input_shape).to(device)
@@ -163,6 +166,7 @@ class _Loop:
         try:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 self._train_epoch(epoch)
+                self.scheduler.step()  # on every rank: DDP replicas must share the learning rate
                 if self.ctx.is_main:
                     self._end_of_epoch(epoch)
                 self.ctx.barrier()
@@ -264,6 +268,8 @@ class _Loop:
             record["teacher_conf"], record["teacher_pred"] = out.teacher_logits.float().softmax(1).max(1)
         for key, value in out.per_sample.items():
             record[key] = value.detach().float()
+        if self.ctx.world_size == 1:  # nothing is padded: skip a masked copy per column
+            return {k: v.detach().cpu() for k, v in record.items()}
         keep = keep.to(y.device)
         return {k: v.detach()[keep].cpu() for k, v in record.items()}
 
@@ -306,7 +312,6 @@ class _Loop:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("acc"))
         log.info("%s epoch %d/%d %s", self.cfg.name, epoch + 1, self.cfg.epochs, shown)
         self._record_features(epoch)
-        self.scheduler.step()
         self._checkpoint(epoch)
         self.writer.flush()
         self.writer.heartbeat()

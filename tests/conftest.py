@@ -1,0 +1,112 @@
+"""Shared fixtures for the engine's acceptance tests.
+
+Every run goes to a temporary runs_dir; the teacher that most tests distil from is trained once
+per session into a temporary cache_dir, so tests reuse it instead of retraining it.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+BIN = Path(sys.executable).parent
+
+# Small and fast: ~1 s per epoch on one CPU thread, with a teacher that trains in a few seconds.
+BASE_CONFIG: dict[str, Any] = {
+    "name": "digits_test",
+    "seed": 0,
+    "device": "cpu",
+    "epochs": 2,
+    "threads": 1,
+    "data": {"name": "digits", "batch_size": 64},
+    "teacher": {"name": "resnet", "params": {"width": 16, "depth": 1},
+                "train": {"epochs": 2, "optimizer": {"lr": 0.05}}},
+    "student": {"name": "resnet", "params": {"width": 8, "depth": 1}},
+    "distill": {"task_weight": 1.0, "terms": [{"loss": "kd", "weight": 1.0, "params": {"temperature": 4.0}}]},
+    "weighting": {"strategy": "uniform"},
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005},
+    "schedule": {"name": "cosine"},
+}
+
+
+def set_key(raw: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in a raw config dict (creating mappings on the way)."""
+    node: Any = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def digits_raw(runs_dir: str | Path, cache_dir: str | Path,
+               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The small digits distillation config as a raw dict, with dotted-key overrides."""
+    raw = copy.deepcopy(BASE_CONFIG)
+    raw["runs_dir"], raw["cache_dir"] = str(runs_dir), str(cache_dir)
+    for key, value in (overrides or {}).items():
+        set_key(raw, key, value)
+    return raw
+
+
+def write_config(path: Path, raw: Any) -> Path:
+    path = Path(path)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def kdw(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m kd_engine.cli ARGS`` (what the ``kdw`` script runs) and capture output."""
+    return subprocess.run([PYTHON, "-m", "kd_engine.cli", *map(str, args)], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_dirs(runs_dir: Path, prefix: str = "") -> list[Path]:
+    return sorted(p for p in Path(runs_dir).glob(f"{prefix}*") if (p / "store.sqlite").is_file())
+
+
+@pytest.fixture(scope="session")
+def teacher_cache(tmp_path_factory) -> SimpleNamespace:
+    """Train the base config's teacher once; tests point cache_dir here to reuse it."""
+    from kd_engine.cache import build_teacher, teacher_cache_path
+    from kd_engine.config import validate
+
+    root = tmp_path_factory.mktemp("teacher_cache")
+    cfg = validate(digits_raw(root / "runs", root / "cache"))
+    build_teacher(cfg, (1, 8, 8), 10)
+    path = teacher_cache_path(cfg)
+    assert path.is_file()
+    return SimpleNamespace(cache_dir=root / "cache", path=path, runs_dir=root / "runs")
+
+
+@pytest.fixture
+def make_raw(tmp_path, teacher_cache):
+    """Factory: the base config with runs in this test's tmp dir and the session's teacher cache."""
+
+    def factory(overrides: dict[str, Any] | None = None, runs_dir: Path | None = None) -> dict[str, Any]:
+        return digits_raw(runs_dir or tmp_path / "runs", teacher_cache.cache_dir, overrides)
+
+    return factory
