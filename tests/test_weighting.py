@@ -73,7 +73,7 @@ def test_default_is_max_confidence_power_one():
 
 @pytest.mark.parametrize("name, params, needles", [
     ("teacher_confidence", {"sharpness": 2}, ["weighting.params", "'sharpness'", "source", "power"]),
-    ("uniform", {"power": 2}, ["weighting.params", "'power'", "allowed: none"]),
+    ("uniform", {"power": 2}, ["weighting.params", "'power'", "allowed: value"]),
     ("teacher_confidence", {"source": "min"}, ["weighting.params.source", "'min'", "'max'", "'target'"]),
     ("teacher_confidence", {"power": -1}, ["weighting.params.power", "-1"]),
     ("fancy", {}, ["weighting.strategy", "'fancy'", "uniform", "teacher_confidence"]),
