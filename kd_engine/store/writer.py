@@ -1,10 +1,13 @@
 """The trainer's side of the run store. Only the trainer (rank 0) writes a run."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,11 +31,19 @@ class RunWriter:
         self.conn = connect_rw(self.run_dir)
         self._instance_columns = {row[1] for row in self.conn.execute("PRAGMA table_info(instances)")}
         self._scalar_buffer: list[tuple] = []
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        self._tb = _TensorBoardMirror(self.run_dir / "tb") if tensorboard else None
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One explicit transaction. The connection is in autocommit mode (isolation_level=None),
+        where `with conn:` opens none, so an executemany would commit (and WAL-write) every row."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     # -- metadata -----------------------------------------------------------------------------
     @classmethod
@@ -52,7 +63,8 @@ class RunWriter:
 
     def set_meta(self, **items: Any) -> None:
         rows = [(key, json.dumps(value)) for key, value in items.items()]
-        self.conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", rows)
+        with self._transaction():
+            self.conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", rows)
 
     def heartbeat(self) -> None:
         self.set_meta(heartbeat=time.time(), pid=os.getpid())
@@ -70,18 +82,16 @@ class RunWriter:
         wall = time.time()
         for key, value in values.items():
             self._scalar_buffer.append((step, epoch, key, float(value), wall))
-            if self._tb is not None:
-                self._tb.add_scalar(key, float(value), step)
 
     def flush(self) -> None:
+        if self._tb is not None and self._scalar_buffer:
+            self._tb.put(list(self._scalar_buffer))
         if self._scalar_buffer:
-            with self.conn:
+            with self._transaction():
                 self.conn.executemany(
                     "INSERT INTO scalars(step, epoch, key, value, wall) VALUES (?, ?, ?, ?, ?)",
                     self._scalar_buffer)
             self._scalar_buffer.clear()
-        if self._tb is not None:
-            self._tb.flush()
 
     # -- instances ----------------------------------------------------------------------------
     def log_instances(self, columns: Mapping[str, np.ndarray]) -> int:
@@ -99,13 +109,13 @@ class RunWriter:
                   for name in names]
         quoted = ", ".join(f'"{name}"' for name in names)
         marks = ", ".join("?" for _ in names)
-        with self.conn:
+        with self._transaction():
             self.conn.executemany(f"INSERT INTO instances({quoted}) VALUES ({marks})", zip(*arrays))
         return lengths.pop()
 
     def log_features(self, epoch: int, rows: list[tuple[str, str, str, float]]) -> None:
         """rows: (student_layer, teacher_layer, metric, value)."""
-        with self.conn:
+        with self._transaction():
             self.conn.executemany(
                 "INSERT INTO features(epoch, student_layer, teacher_layer, metric, value) "
                 "VALUES (?, ?, ?, ?, ?)", [(epoch, *row) for row in rows])
@@ -121,7 +131,7 @@ class RunWriter:
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, data, allow_pickle=False)
         os.replace(tmp, path)
-        with self.conn:
+        with self._transaction():
             self.conn.execute(
                 "INSERT OR REPLACE INTO artifacts(name, kind, epoch, instance_id, role, path, shape,"
                 " dtype, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -137,7 +147,7 @@ class RunWriter:
     # -- resume -------------------------------------------------------------------------------
     def truncate_from_epoch(self, epoch: int) -> None:
         """Drop what a killed run wrote for epochs it must redo, so each epoch is recorded once."""
-        with self.conn:
+        with self._transaction():
             self.conn.execute("DELETE FROM scalars WHERE epoch >= ?", (epoch,))
             self.conn.execute("DELETE FROM instances WHERE epoch >= ?", (epoch,))
             self.conn.execute("DELETE FROM features WHERE epoch >= ?", (epoch,))
@@ -157,3 +167,30 @@ def _to_python(values: np.ndarray, kind: str) -> list:
     if kind == "INTEGER":
         return values.astype(np.int64).tolist()
     return values.astype(np.float64).tolist()
+
+
+class _TensorBoardMirror:
+    """Mirrors the scalars into TensorBoard event files from a background thread, so building
+    event protobufs stays off the training step (the SQLite store remains the source of truth)."""
+
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._drain, name="kdw-tensorboard", daemon=True)
+        self._thread.start()
+
+    def put(self, rows: list[tuple]) -> None:
+        self._queue.put(rows)
+
+    def _drain(self) -> None:
+        while (rows := self._queue.get()) is not None:
+            for step, _epoch, key, value, wall in rows:
+                self._writer.add_scalar(key, value, step, walltime=wall)
+            self._writer.flush()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.close()

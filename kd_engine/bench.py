@@ -1,0 +1,331 @@
+"""`make bench`: what the engine's bookkeeping costs per training step, measured side by side.
+
+Three arms train the same student from the same initial weights on the same batches, in the
+same order, with the same frozen teacher and the same loss (cross-entropy + Hinton KD, T=4):
+
+* ``bare``          a hand-written PyTorch loop: teacher forward under no_grad, student forward,
+                    ``cross_entropy + kd``, zero_grad / backward / SGD step. Nothing recorded.
+* ``engine``        the real engine, ``_Loop._train_epoch``, with its defaults: per-step scalars
+                    (SQLite and TensorBoard) and per-instance records (``record.instances: true``).
+* ``engine_norec``  the same engine with ``record.instances: false``.
+
+One sample is one training epoch (by default) of one arm, timed around the whole ``_train_epoch`` call:
+the per-instance SQLite write at each epoch's end counts (as in the engine's own ``epoch_time``
+scalar), evaluation and checkpoints do not (they
+are not part of a training epoch). Each arm first trains one untimed warm-up epoch; then rounds
+interleave the arms, rotating their order. A round's ratio compares the arms within that round;
+the reported ratio is the median of the per-round ratios, with their 25th-75th percentiles.
+Wall-clock time is what the goals judge; CPU time (``time.process_time``) is shown beside it
+because it barely moves when other processes share the machine.
+
+    python -m kd_engine.bench            # full: about a minute on one CPU thread
+    python -m kd_engine.bench --quick    # smoke test: seconds, the numbers mean little
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+# The workload: configs/digits_kd.yaml's data, models, loss and optimizer.
+WORKLOAD = {
+    "name": "bench", "method": "standard", "seed": 0, "epochs": 1000,
+    "data": {"name": "digits", "batch_size": 64},
+    "teacher": {"name": "resnet", "params": {"width": 32, "depth": 1}},
+    "student": {"name": "resnet", "params": {"width": 8, "depth": 1}},
+    "distill": {"task_weight": 1.0, "terms": [{"loss": "kd", "weight": 1.0, "params": {"temperature": 4.0}}]},
+    "weighting": {"strategy": "uniform"},
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005},
+    "schedule": {"name": "constant"},
+}
+FULL = {"rounds": 50, "epochs_per_sample": 1}  # short samples: load changes less within a round
+QUICK = {"rounds": 2, "epochs_per_sample": 1}
+GOAL = 1.05
+# (key, arm, reference arm, label, judged against GOAL)
+COMPARISONS = (
+    ("engine_vs_bare", "engine", "bare", "engine (recording on) vs bare loop", True),
+    ("recording_on_vs_off", "engine", "engine_norec", "record.instances true vs false", True),
+    ("engine_norec_vs_bare", "engine_norec", "bare", "engine (instances off) vs bare loop", False),
+)
+# Engine methods timed inside each sample: where the engine's extra time goes.
+PARTS = {
+    "_write_instances": "per-instance rows -> SQLite, once per epoch",
+    "_flush_scalars": "per-step scalars -> SQLite + TensorBoard",
+    "_instance_record": "per-instance tensors, every step",
+    "_step_scalars": "per-step scalar tensors, every step",
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Arm:
+    """One way of training the student; `epoch(e)` trains epoch `e` and returns its step count."""
+
+    def __init__(self, name: str, epoch: Callable[[int], int]):
+        self.name, self.epoch = name, epoch
+        self.wall: list[float] = []  # ms per step, one per round
+        self.cpu: list[float] = []
+        self.parts: dict[str, float] = {}  # seconds spent in engine methods during the current sample
+        self.part_ms: dict[str, list[float]] = {}  # ms per step in each, one per round
+
+
+def _bare_arm(cfg, data, student, teacher, device) -> _Arm:
+    """The reference: what one would write by hand for the same training."""
+    from kd_engine.losses.logit import kd
+    from kd_engine.trainers.runtime import autocast, epoch_generator
+
+    opt = cfg.optimizer
+    optimizer = torch.optim.SGD(student.parameters(), lr=opt.lr, momentum=opt.momentum,
+                                weight_decay=opt.weight_decay)
+    x_all, y_all = data.train.x, data.train.y
+    temperature = cfg.distill.terms[0].params["temperature"]
+    batch_size = cfg.data.batch_size
+
+    def epoch(e: int) -> int:
+        student.train()
+        teacher.eval()
+        order = torch.randperm(len(y_all), generator=epoch_generator(cfg.seed, e))  # the engine's order
+        batches = torch.tensor_split(order, max(1, math.ceil(len(order) / batch_size)))
+        for idx in batches:
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            with autocast(device, cfg.amp):  # the engine's precision: bf16 on CUDA, none on the CPU
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                s_logits = student(x)
+                loss = F.cross_entropy(s_logits.float(), y) + kd(s_logits.float(), t_logits.float(), temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return len(batches)
+
+    return _Arm("bare", epoch)
+
+
+def _engine_arm(name, cfg, data, student, teacher, device) -> _Arm:
+    """The real engine loop (run store, scalars, per-instance records), one epoch at a time."""
+    from kd_engine.methods import METHODS
+    from kd_engine.trainers import runtime
+    from kd_engine.trainers.loop import _Loop
+
+    distiller = METHODS.get(cfg.method)(cfg, student, teacher, data.input_shape).to(device)
+    loop = _Loop(cfg, runtime.SINGLE, device, data, distiller, "bench", None, run_id=name)
+    steps = max(1, math.ceil(len(data.train) / cfg.data.batch_size))
+
+    def epoch(e: int) -> int:
+        loop._train_epoch(e)
+        return steps
+
+    arm = _Arm(name, epoch)
+    arm.loop = loop
+    for part in PARTS:  # instance attributes shadow the methods; a timer costs ~1 us per call
+        setattr(loop, part, _timed(getattr(loop, part), arm.parts, part))
+    return arm
+
+
+def _timed(fn, totals: dict[str, float], key: str):
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[key] = totals.get(key, 0.0) + time.perf_counter() - started
+    return wrapper
+
+
+def _sample(arm: _Arm, first_epoch: int, epochs: int, device: torch.device) -> None:
+    """Train `epochs` epochs of `arm`; append its wall and CPU milliseconds per step."""
+    gc.collect()
+    arm.parts.clear()
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    steps = sum(arm.epoch(first_epoch + k) for k in range(epochs))
+    _sync(device)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    arm.wall.append(wall * 1000.0 / steps)
+    arm.cpu.append(cpu * 1000.0 / steps)
+    for part in PARTS if hasattr(arm, "loop") else ():
+        arm.part_ms.setdefault(part, []).append(arm.parts.get(part, 0.0) * 1000.0 / steps)
+
+
+def _summary(values: list[float]) -> dict:
+    ordered = sorted(values)
+    q = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 3
+    return {"median": statistics.median(ordered), "p25": q[0], "p75": q[2],
+            "min": ordered[0], "max": ordered[-1]}
+
+
+def run(rounds: int, epochs_per_sample: int, threads: int, device: str, student_width: int,
+        runs_dir: Path, log=print) -> dict:
+    from kd_engine.config import validate
+    from kd_engine.data import build_data
+    from kd_engine.models import build_model
+    from kd_engine.trainers import runtime
+
+    torch.set_num_threads(threads)
+    raw = copy.deepcopy(WORKLOAD)
+    raw["student"]["params"]["width"] = student_width
+    raw.update(device=device, threads=threads, runs_dir=str(runs_dir), cache_dir=str(runs_dir / "cache"))
+    cfg = validate(raw, "bench")
+    dev = runtime.resolve_device(cfg.device)
+    runtime.seed_everything(cfg.seed)  # as `train` does (this also turns on deterministic algorithms)
+    data = build_data(cfg.data, cfg.seed)
+    shape, classes = data.input_shape, data.num_classes
+    # The teacher is left untrained: the step time depends on its architecture, not its weights.
+    teacher = build_model(cfg.teacher, shape, classes, field="teacher").to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    student = build_model(cfg.student, shape, classes, field="student").to(dev)
+
+    def copies():  # every arm starts from the same weights
+        return copy.deepcopy(student), copy.deepcopy(teacher)
+
+    cfg_norec = cfg.model_copy(update={"record": cfg.record.model_copy(update={"instances": False})})
+    arms = [_bare_arm(cfg, data, *copies(), dev),
+            _engine_arm("engine", cfg, data, *copies(), dev),
+            _engine_arm("engine_norec", cfg_norec, data, *copies(), dev)]
+    steps = max(1, math.ceil(len(data.train) / cfg.data.batch_size))
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    log(f"workload: digits, {len(data.train)} training samples, batch {cfg.data.batch_size} "
+        f"({steps} steps/epoch); teacher resnet(width=32), student resnet(width={student_width}); "
+        f"cross-entropy + kd(T=4); SGD; {threads} thread(s); device {dev}")
+    log(f"{rounds} interleaved rounds x {len(arms)} arms x {epochs_per_sample} epoch(s), "
+        "after one warm-up epoch per arm")
+
+    for arm in arms:  # warm-up: allocator, kernels, SQLite tables and columns, TensorBoard files
+        _sample(arm, 0, 1, dev)
+        arm.wall.clear(), arm.cpu.clear(), arm.part_ms.clear()
+    epoch = 1
+    for r in range(rounds):
+        order = arms[r % len(arms):] + arms[:r % len(arms)]
+        if r % 2:
+            order.reverse()
+        for arm in order:  # every arm trains the same epochs: the same batches in the same order
+            _sample(arm, epoch, epochs_per_sample, dev)
+        epoch += epochs_per_sample
+    for arm in arms:
+        if hasattr(arm, "loop") and arm.loop.writer is not None:
+            arm.loop.writer.close()
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    engine = arms[1]
+    series = {arm.name: arm for arm in arms}
+
+    results = {
+        "workload": {"dataset": "digits", "train_samples": len(data.train), "batch_size": cfg.data.batch_size,
+                     "steps_per_epoch": steps, "teacher": "resnet(width=32, depth=1)",
+                     "student": f"resnet(width={student_width}, depth=1)", "loss": "cross_entropy + kd(T=4)",
+                     "optimizer": "sgd(lr=0.05, momentum=0.9, weight_decay=5e-4)"},
+        "settings": {"rounds": rounds, "epochs_per_sample": epochs_per_sample, "threads": threads,
+                     "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
+                     "cpu_count": os.cpu_count(), "load_average": [load_before, load_after]},
+        "arms": {},
+        "ratios": {},
+        "engine_parts": {},
+    }
+    for name, arm in series.items():
+        entry = {"wall_ms_per_step": arm.wall, **_summary(arm.wall)}
+        if arm.cpu:
+            entry.update(cpu_ms_per_step=arm.cpu, cpu_median=statistics.median(arm.cpu))
+        results["arms"][name] = entry
+    for key, name, ref, label, judged in COMPARISONS:
+        a, b = series[name], series[ref]
+        paired = [x / y for x, y in zip(a.wall, b.wall)]
+        stats = _summary(paired)
+        entry = {"arm": name, "reference": ref, "label": label, "ratio": stats["median"],
+                 "per_round": paired, **{k: stats[k] for k in ("p25", "p75", "min", "max")},
+                 "cpu_ratio": (statistics.median(x / y for x, y in zip(a.cpu, b.cpu))
+                               if a.cpu and b.cpu else None)}
+        if judged:
+            entry.update(goal=GOAL, passed=stats["median"] <= GOAL)
+        results["ratios"][key] = entry
+    bare = statistics.median(arms[0].wall)
+    for part, label in PARTS.items():
+        values = engine.part_ms[part]
+        results["engine_parts"][part] = {
+            "label": label, "ms_per_step": statistics.median(values),
+            "share_of_engine_step": statistics.median(v / w for v, w in zip(values, engine.wall)),
+            "share_of_bare_step": statistics.median(values) / bare}
+    return results
+
+
+def table(results: dict) -> str:
+    arms, lines = results["arms"], []
+    lines.append(f"{'arm':<14} {'wall ms/step':>12} {'p25-p75':>15} {'cpu ms/step':>12}")
+    for name, a in arms.items():
+        cpu = f"{a['cpu_median']:>12.3f}" if "cpu_median" in a else f"{'':>12}"
+        lines.append(f"{name:<14} {a['median']:>12.3f} {a['p25']:>7.3f}-{a['p75']:<7.3f} {cpu}")
+    lines.append("")
+    lines.append(f"{'comparison':<42} {'arm':<13} {'reference':<13} {'ratio':>7} {'p25-p75':>13} "
+                 f"{'cpu ratio':>9} {'goal':>6}  verdict")
+    for c in results["ratios"].values():
+        cpu = f"{c['cpu_ratio']:>8.3f}x" if c["cpu_ratio"] is not None else f"{'':>9}"
+        goal = f"{c['goal']:>5.2f}x" if "goal" in c else f"{'':>6}"
+        verdict = ("PASS" if c["passed"] else "over goal") if "goal" in c else "(info)"
+        lines.append(f"{c['label']:<42} {c['arm']:<13} {c['reference']:<13} {c['ratio']:>6.3f}x "
+                     f"{c['p25']:>6.3f}-{c['p75']:<6.3f} {cpu} {goal}  {verdict}")
+    lines.append("")
+    lines.append("where the engine's time goes (engine arm, medians over rounds):")
+    lines.append(f"  {'method':<18} {'what':<44} {'ms/step':>8} {'% of engine step':>17} {'% of bare step':>15}")
+    for part, p in results["engine_parts"].items():
+        lines.append(f"  {part:<18} {p['label']:<44} {p['ms_per_step']:>8.3f} "
+                     f"{100 * p['share_of_engine_step']:>16.1f}% {100 * p['share_of_bare_step']:>14.1f}%")
+    load = results["settings"]["load_average"]
+    cpus = results["settings"]["cpu_count"] or 1
+    if load[0] is not None and max(load) > cpus:
+        lines.append(f"\nnote: the machine was busy (load average {max(load):.1f} on {cpus} CPUs); "
+                     "wall-clock ratios are noisy, the CPU-time ratios are the steadier estimate")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kd_engine.bench",
+                                     description="Engine step time against a bare PyTorch loop, "
+                                                 "and recording on against off.")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (the numbers mean little)")
+    parser.add_argument("--rounds", type=int,
+                        help=f"interleaved rounds (default {FULL['rounds']}, quick {QUICK['rounds']})")
+    parser.add_argument("--epochs-per-sample", type=int,
+                        help=f"epochs per timed sample (default {FULL['epochs_per_sample']}, "
+                             f"quick {QUICK['epochs_per_sample']})")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads for every arm (default 1: these small convolutions "
+                             "run fastest and steadiest on one thread)")
+    parser.add_argument("--student-width", type=int, default=8, help="student resnet width (default 8)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--out", default="artifacts/bench/engine.json", help="where the JSON results go")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    rounds = args.rounds or preset["rounds"]
+    epochs = args.epochs_per_sample or preset["epochs_per_sample"]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kdw-bench-") as tmp:
+        results = run(rounds, epochs, args.threads, args.device, args.student_width, Path(tmp))
+    results["settings"].update(quick=args.quick, seconds=round(time.perf_counter() - started, 1))
+    print()
+    print(table(results))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out} ({results['settings']['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
