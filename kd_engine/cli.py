@@ -106,7 +106,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     env = dict(os.environ, KDW_RUNS_DIR=str(Path(args.runs_dir).resolve()))
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
                "--server.port", str(args.port), "--server.headless", str(args.headless).lower(),
-               "--browser.gatherUsageStats", "false"]
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     return subprocess.call(command, env=env)
 
 

@@ -34,11 +34,12 @@ class DataConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["sgd", "adamw", "adam"] = "sgd"
+    name: str = "sgd"  # a name in kd_engine.trainers.optim.OPTIMIZERS, checked when it is built
     lr: float = Field(0.05, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     nesterov: bool = False
+    params: dict[str, Any] = Field(default_factory=dict)  # optimizer-specific, e.g. DOT's delta
 
 
 class ScheduleConfig(_Strict):

@@ -18,9 +18,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from kd_engine.cache import build_teacher
+from kd_engine.checks import check_names
 from kd_engine.config import ExperimentConfig, FeaturePair, load_raw, validate
 from kd_engine.data import build_data
-from kd_engine.errors import KDWError, NonFiniteLossError
+from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
 from kd_engine.methods import METHODS
 from kd_engine.models import build_model, count_parameters
 from kd_engine.store import RunWriter
@@ -61,6 +62,7 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
     """Run one experiment (or continue `resume`, a run directory) and return its directory."""
     if resume is not None:
         cfg = validate(load_raw(Path(resume) / "config.yaml"), str(Path(resume) / "config.yaml"))
+    check_names(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ctx = runtime.SINGLE
@@ -90,6 +92,10 @@ class _Loop:
         self.autocast = lambda: runtime.autocast(device, cfg.amp)
         self.optimizer = build_optimizer(cfg.optimizer, distiller.trainable_parameters())
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, cfg.epochs)
+        self.split_streams = hasattr(self.optimizer, "backward_streams")
+        if self.split_streams and (ctx.enabled or cfg.grad_clip):
+            raise ConfigError(f"optimizer.name: {cfg.optimizer.name} takes two backward passes a step, "
+                              "which DDP and grad_clip do not support here")
         self.pairs = _feature_pairs(cfg, distiller, self.student, self.teacher)
         self.start_epoch, self.global_step = 0, 0
         self.writer: RunWriter | None = None
@@ -217,8 +223,7 @@ class _Loop:
                 bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
                 raise NonFiniteLossError(f"non-finite loss ({', '.join(bad) or 'total'}) at epoch {epoch} "
                                          f"step {self.global_step}; the last good checkpoint is kept")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self._backward(out, loss)
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip)
             self.optimizer.step()
@@ -237,6 +242,16 @@ class _Loop:
             elapsed = time.perf_counter() - started
             self.writer.log_scalars(self.global_step, epoch, {
                 "throughput": seen * self.ctx.world_size / max(elapsed, 1e-9), "epoch_time": elapsed})
+
+    def _backward(self, out, loss: torch.Tensor) -> None:
+        """One backward pass, or, for an optimizer with separate gradient streams (DOT), the task
+        loss and the sum of every other loss handed over separately."""
+        if not self.split_streams:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            return
+        others = [value for name, value in out.losses.items() if name != "task"]
+        self.optimizer.backward_streams(out.losses["task"], sum(others) if others else None)
 
     def _step_scalars(self, out, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         values = {f"train/{name}": v.detach() for name, v in out.losses.items()}

@@ -1,21 +1,40 @@
-"""Optimizers and per-epoch learning-rate schedules (linear warm-up, then constant, cosine or step)."""
+"""Optimizers (a registry, so a method can add its own) and per-epoch learning-rate schedules
+(linear warm-up, then constant, cosine or step)."""
 from __future__ import annotations
 
 import math
+from importlib import import_module
 
 import torch
 
 from kd_engine.config import OptimizerConfig, ScheduleConfig
+from kd_engine.registry import Registry, construct
+
+OPTIMIZERS = Registry("optimizer")
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(parameters, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(parameters, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(parameters, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+import_module("kd_engine.trainers.dot")  # registers "dot"
 
 
 def build_optimizer(cfg: OptimizerConfig, parameters) -> torch.optim.Optimizer:
-    parameters = list(parameters)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.name == "adam":
-        return torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    builder = OPTIMIZERS.get(cfg.name, field="optimizer.name")
+    return construct(builder, cfg.params, "optimizer.params", list(parameters), cfg)
 
 
 def lr_factor(cfg: ScheduleConfig, epoch: int, epochs: int) -> float:
