@@ -104,9 +104,20 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     if not app.is_file():
         raise KDWError(f"{app}: dashboard not found (run kdw from a source checkout)")
     env = dict(os.environ, KDW_RUNS_DIR=str(Path(args.runs_dir).resolve()))
+    # Always headless: a non-headless first start asks for an e-mail on stdin. We open the
+    # browser ourselves instead, unless --no-browser.
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
-               "--server.port", str(args.port), "--server.headless", str(args.headless).lower(),
+               "--server.port", str(args.port), "--server.headless", "true",
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    print(f"KD Workbench dashboard: {url}  (runs: {env['KDW_RUNS_DIR']}; Ctrl-C to stop)", flush=True)
+    has_screen = not sys.platform.startswith("linux") or any(
+        os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY"))
+    if has_screen and not args.no_browser:
+        import threading
+        import webbrowser
+
+        threading.Timer(3.0, lambda: webbrowser.open(url)).start()
     return subprocess.call(command, env=env)
 
 
@@ -150,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: local only)")
     p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--headless", action="store_true", help="do not open a browser")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.set_defaults(func=_cmd_dashboard)
 
     p = sub.add_parser("reproduce", help="execute notebooks and regenerate docs/results.md")

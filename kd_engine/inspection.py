@@ -19,7 +19,7 @@ from torch import nn
 from kd_engine.errors import CheckpointError, DataError, KDWError
 from kd_engine.store import Run
 
-__all__ = ["RunInspector", "METHODS", "attribution", "grad_cam", "saliency", "integrated_gradients",
+__all__ = ["RunInspector", "METHODS", "forward_flops", "attribution", "grad_cam", "saliency", "integrated_gradients",
            "vit_attention", "spatial_layers", "resize_map", "normalise_map", "agreement"]
 
 METHODS = ("gradcam", "saliency", "integrated_gradients", "vit_attention", "vit_rollout")
@@ -124,11 +124,40 @@ class RunInspector:
                 times.append(time.perf_counter() - start)
         return 1000.0 * float(np.median(times)) / batch
 
+    def flops(self, which: str = "student") -> int:
+        """Forward FLOPs of the role's model for one instance (see `forward_flops`)."""
+        return forward_flops(self.model(which), self.input_shape)
+
     def attribution(self, which: str, method: str, instance_ids: Sequence[int],
                     targets: Sequence[int], layer: str | None = None) -> np.ndarray:
         """(N, H, W) float32 maps of `method` for the role's model, at input resolution."""
         return attribution(self.model(which), self.inputs(instance_ids), method,
                            torch.as_tensor(list(targets), dtype=torch.long), layer)
+
+
+def forward_flops(model: nn.Module, input_shape: Sequence[int], batch: int = 1) -> int:
+    """FLOPs of one forward pass per instance, counted by `torch.utils.flop_counter.FlopCounterMode`
+    on a zero input of `batch` instances of shape `input_shape` (without the batch dimension).
+
+    A multiply-add counts as 2 FLOPs (an nn.Linear(i, o) costs 2*i*o per instance); only the
+    operators FlopCounterMode knows are counted (matmuls, convolutions, attention), not
+    elementwise ones (bias, activations, normalisation), as in the usual reported model FLOPs.
+    The model runs in eval mode under no_grad and is put back in its previous mode.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    param = next(model.parameters(), None)
+    x = torch.zeros(batch, *(int(s) for s in input_shape),
+                    dtype=param.dtype if param is not None and param.is_floating_point() else torch.float32,
+                    device=param.device if param is not None else "cpu")
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(training)
+    return int(counter.get_total_flops()) // batch
 
 
 def spatial_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:

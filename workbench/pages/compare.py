@@ -151,16 +151,36 @@ def latency(run_dir: str, role: str, version: str) -> float | None:
         return None
 
 
+@st.cache_data(show_spinner="Counting the models' FLOPs…", max_entries=64)
+def flops(run_dir: str, role: str, version: str) -> float | None:
+    """Forward FLOPs per instance of a role's checkpoint; None when the run has no checkpoint."""
+    from kd_engine.errors import KDWError
+    from kd_engine.inspection import RunInspector
+
+    try:
+        return float(RunInspector(run_dir).flops(role))
+    except (KDWError, StoreError):
+        return None
+
+
+AXES = ("parameters", "FLOPs (forward, per instance)", "latency (CPU ms per instance)")
+
+
 def tradeoff_section(runs: pd.DataFrame) -> None:
     st.subheader("Accuracy against size and speed")
     points = tradeoff_frame(runs)
     if points.dropna(subset=["params", "accuracy"]).empty:
         st.info("No finished run with final metrics yet.")
         return
-    axis = st.radio("x axis", ["parameters", "latency (CPU ms per instance)"], horizontal=True, key="cmp_axis",
-                    help="latency loads each run's checkpoints and times a forward pass here, once")
-    if axis == "parameters":
+    axis = st.radio("x axis", AXES, horizontal=True, key="cmp_axis",
+                    help="FLOPs and latency load each run's checkpoints and count (FlopCounterMode) or "
+                         "time a forward pass here, once")
+    if axis == AXES[0]:
         fig = tradeoff(points, x="params", y="accuracy", title="accuracy vs parameters (finished runs)")
+    elif axis == AXES[1]:
+        points["flops"] = [flops(d, r, checkpoint_stamp(d, r)) for d, r in zip(points["run_dir"], points["role"])]
+        fig = tradeoff(points.rename(columns={"flops": "forward FLOPs"}), x="forward FLOPs", y="accuracy",
+                       title="accuracy vs forward FLOPs per instance (finished runs)")
     else:
         points["latency_ms"] = [latency(d, r, checkpoint_stamp(d, r)) for d, r in zip(points["run_dir"], points["role"])]
         fig = tradeoff(points.rename(columns={"latency_ms": "latency (ms)"}), x="latency (ms)", y="accuracy",

@@ -16,7 +16,7 @@ from workbench.figures import scalar_curves
 
 CACHE_KEY = "kdw_scalar_cache"
 DEFAULT_KEYS = ("train/task", "train/student_loss", "train/teacher_loss", "train/distill",
-                "train/term/*", "train/weight_mean", "val/*_acc", "val/*_map", "lr")
+                "train/term/*", "train/weight_mean", "val/*_acc", "val/*_map", "val/*_ap50", "lr")
 REFRESH_S = 2.0
 
 
@@ -39,7 +39,8 @@ def read_new(run_id: str) -> tuple[pd.DataFrame, int, str]:
 
 
 def default_keys(keys: list[str]) -> list[str]:
-    return [k for k in keys if any(fnmatch.fnmatch(k, pattern) for pattern in DEFAULT_KEYS)]
+    """Keys matching DEFAULT_KEYS, ignoring case (detection logs val/student_mAP)."""
+    return [k for k in keys if any(fnmatch.fnmatchcase(k.lower(), pattern) for pattern in DEFAULT_KEYS)]
 
 
 def live_curves(run_ids: list[str], keys: list[str], smoothing: float, log_y: bool, x: str,
