@@ -1,5 +1,10 @@
 """Plotly figures built by plain functions from DataFrames, shared by the dashboard and the
 notebooks so a plot looks the same in both."""
 from workbench.figures.detection import *  # noqa: F401,F403
+import plotly.io as _pio
+
+# One look everywhere: figures that name no template (the live curves skip it for speed) get this.
+_pio.templates.default = "plotly_white"
+
 from workbench.figures.results import *  # noqa: F401,F403
 from workbench.figures.runs import *  # noqa: F401,F403

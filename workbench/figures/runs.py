@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy.signal import lfilter
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -30,43 +31,54 @@ def ema_smooth(values: Sequence[float], weight: float) -> np.ndarray:
     values = np.asarray(values, dtype=float)
     if weight <= 0 or values.size == 0:
         return values.copy()
-    out = np.empty_like(values)
-    last, count = 0.0, 0
-    for i, v in enumerate(values):
-        if not np.isfinite(v):
-            out[i] = v
-            continue
-        last = last * weight + (1 - weight) * v
-        count += 1
-        out[i] = last / (1 - weight ** count)
+    out = values.copy()  # non-finite values pass through and do not update the average
+    mask = np.isfinite(values)
+    if mask.any():
+        ema = lfilter([1 - weight], [1, -weight], values[mask])
+        out[mask] = ema / (1 - weight ** np.arange(1, int(mask.sum()) + 1))
     finite = values[np.isfinite(values)]
     if finite.size:  # a convex combination stays in range; clipping removes float noise
         out = np.where(np.isfinite(out), np.clip(out, finite.min(), finite.max()), out)
     return out
 
 
+def _thin(n: int, max_points: int) -> np.ndarray:
+    """Evenly spaced indices, first and last kept: a screen cannot show more points than pixels,
+    and sending every step makes a live refresh slow (CSV export keeps them all)."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+
+
 def scalar_curves(scalars: pd.DataFrame, key: str, smoothing: float = 0.0, log_y: bool = False,
-                  x: str = "step", run_col: str = "run", title: str | None = None) -> go.Figure:
-    """One scalar over training, a line per run; with smoothing the raw line stays faint behind."""
+                  x: str = "step", run_col: str = "run", title: str | None = None,
+                  max_points: int = 1500) -> go.Figure:
+    """One scalar over training, a line per run; with smoothing the raw line stays faint behind.
+    Smoothing uses every point; each drawn line is thinned to at most `max_points`. Built without
+    plotly's per-element validation, which dominated a live refresh; the template is the default
+    one set in `workbench.figures`."""
     data = scalars[scalars["key"] == key]
-    fig = go.Figure()
-    runs = list(dict.fromkeys(data[run_col])) if run_col in data else [None]
+    traces = []
+    runs = list(pd.unique(data[run_col].to_numpy(dtype=object))) if run_col in data else [None]
     for i, run in enumerate(runs):
         part = data if run is None else data[data[run_col] == run]
         part = part.sort_values(x)
-        xs, ys = part[x].tolist(), part["value"].astype(float).to_numpy()
+        xs, ys = part[x].to_numpy(), part["value"].astype(float).to_numpy()
+        keep = _thin(len(xs), max_points)
         name = str(run) if run is not None else key
         if smoothing > 0:
-            fig.add_scatter(x=xs, y=ys.tolist(), mode="lines", name=f"{name} (raw)", opacity=0.25,
-                            line={"color": _color(i), "width": 1}, legendgroup=name, showlegend=False)
+            traces.append({"type": "scatter", "x": xs[keep].tolist(), "y": ys[keep].tolist(), "mode": "lines",
+                           "name": f"{name} (raw)", "opacity": 0.25, "legendgroup": name, "showlegend": False,
+                           "line": {"color": _color(i), "width": 1}})
             ys = ema_smooth(ys, smoothing)
-        fig.add_scatter(x=xs, y=ys.tolist(), mode="lines+markers" if len(xs) < 40 else "lines",
-                        name=name, legendgroup=name, line={"color": _color(i), "width": 2})
-    fig.update_layout(title=title or key, xaxis_title=x, yaxis_title=key, template=_TEMPLATE,
-                      yaxis_type="log" if log_y else "linear", height=340, yaxis_tickformat=".4~g",
-                      margin={"l": 50, "r": 10, "t": 40, "b": 40},
-                      legend={"font": {"size": 10}, "orientation": "h", "yanchor": "top", "y": -0.25})
-    return fig
+        traces.append({"type": "scatter", "x": xs[keep].tolist(), "y": ys[keep].tolist(),
+                       "mode": "lines+markers" if len(keep) < 40 else "lines", "name": name,
+                       "legendgroup": name, "line": {"color": _color(i), "width": 2}})
+    layout = {"title": {"text": title or key}, "xaxis": {"title": {"text": x}},
+              "yaxis": {"title": {"text": key}, "type": "log" if log_y else "linear", "tickformat": ".4~g"},
+              "height": 340, "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
+              "legend": {"font": {"size": 10}, "orientation": "h", "yanchor": "top", "y": -0.25}}
+    return go.Figure(data=traces, layout=layout, _validate=False)
 
 
 def weight_histogram(instances: pd.DataFrame, column: str = "weight", nbins: int = 40,
