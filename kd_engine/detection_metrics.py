@@ -19,7 +19,7 @@ import io
 
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval as CocoEvaluation
 from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
@@ -86,7 +86,7 @@ def coco_map(dataset: DetectionDataset, detections: list[dict]) -> dict:
     dets = [d for d in detections if int(d["image_id"]) in ids]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        ev = COCOeval(dataset.coco, _results_index(dataset.coco, dets), iouType="bbox")
+        ev = CocoEvaluation(dataset.coco, _results_index(dataset.coco, dets), iouType="bbox")
         ev.params.imgIds = list(dataset.ids)
         ev.evaluate()
         ev.accumulate()
