@@ -25,8 +25,13 @@ def teacher_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     assert cfg.teacher is not None
     data = cfg.data.model_dump(mode="json", exclude={"eval_batch_size"})
     data["split_seed"] = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
+    train = cfg.teacher.train.model_dump(mode="json")
+    if train["grad_clip"] is None:  # settings added later leave older teachers' hashes alone
+        del train["grad_clip"]
+    if not train["schedule"]["warmup_iters"]:
+        del train["schedule"]["warmup_iters"]
     return {"version": CACHE_VERSION, "model": cfg.teacher.name, "params": cfg.teacher.params,
-            "data": data, "train": cfg.teacher.train.model_dump(mode="json")}
+            "data": data, "train": train}
 
 
 def teacher_cache_path(cfg: ExperimentConfig) -> Path:
@@ -42,7 +47,8 @@ def teacher_training_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return ExperimentConfig(
         name=f"teacher-{cfg.teacher.name}-{stable_hash(identity)[:8]}", method="scratch",
         seed=settings.seed, device=cfg.device, amp=cfg.amp, epochs=settings.epochs,
-        threads=cfg.threads, data=data, student=ModelSpec(name=cfg.teacher.name, params=cfg.teacher.params),
+        grad_clip=settings.grad_clip, eval_every=cfg.eval_every, threads=cfg.threads, data=data,
+        student=ModelSpec(name=cfg.teacher.name, params=cfg.teacher.params),
         optimizer=settings.optimizer, schedule=settings.schedule,
         record=RecordConfig(instances=cfg.record.instances, features=[], attention_maps=0,
                             tensorboard=cfg.record.tensorboard),

@@ -52,7 +52,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"no runs under {args.runs_dir}")
         return 0
-    metric_cols = [c for c in ("test/student_acc", "test/teacher_acc") if c in frame]
+    metric_cols = [c for c in ("test/student_acc", "test/teacher_acc", "test/student_mAP",
+                               "test/teacher_mAP") if c in frame]
     shown = frame[["run_id", "status", "method", "dataset", "teacher", "student", *metric_cols]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
@@ -76,9 +77,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if metrics:
         print("\n          teacher    student")
         for split in ("val", "test"):
-            for name in ("acc", "loss"):
+            for name in ("acc", "loss", "mAP", "AP50"):  # classification or detection
                 t = metrics.get(f"{split}/teacher_{name}")
                 s = metrics.get(f"{split}/student_{name}")
+                if t is None and s is None:
+                    continue
                 cells = [f"{v:9.4f}" if v is not None else "        -" for v in (t, s)]
                 print(f"{split + ' ' + name:<9} {cells[0]}  {cells[1]}")
         params_t, params_s = meta.get("teacher_params"), meta.get("student_params")

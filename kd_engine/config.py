@@ -45,6 +45,7 @@ class OptimizerConfig(_Strict):
 class ScheduleConfig(_Strict):
     name: Literal["constant", "cosine", "step"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
+    warmup_iters: int = Field(0, ge=0)  # linear warm-up from 0.1x over the first N steps
     step_size: int = Field(10, gt=0)
     gamma: float = Field(0.1, gt=0.0)
 
@@ -56,6 +57,7 @@ class TrainSettings(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     seed: int = 0
+    grad_clip: float | None = Field(None, gt=0.0)
 
 
 class ModelSpec(_Strict):
@@ -82,6 +84,7 @@ class TermConfig(_Strict):
 class DistillConfig(_Strict):
     task_weight: float = Field(1.0, ge=0.0)
     terms: list[TermConfig] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)  # method settings, e.g. zhang_ma's
 
 
 class WeightingConfig(_Strict):
@@ -111,6 +114,7 @@ class ExperimentConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"
     epochs: int = Field(10, gt=0)
+    eval_every: int = Field(1, gt=0)  # epochs between validation passes; the last is evaluated
     grad_clip: float | None = Field(None, gt=0.0)
     threads: int | None = Field(None, gt=0)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -186,8 +186,10 @@ class FeatureDistillHead(nn.Module):
                                        for lv in lvs})
             self.nl_adapt = nn.ModuleDict({lv: nn.Conv2d(cs[lv], ct[lv], 1) for lv in lvs})
 
-    def forward(self, feats_s: Mapping[str, Tensor],
-                feats_t: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    def forward(self, feats_s: Mapping[str, Tensor], feats_t: Mapping[str, Tensor],
+                am_mask: Mapping[str, Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
+        """``am_mask`` ({level: (B, H, W)}, e.g. AID's per-GT weights) multiplies L_AM's
+        spatial mask; the other terms are global per image and do not see it."""
         out: dict[str, dict[str, Tensor]] = {t: {} for t in TERMS if t != "nl" or self.use_nonlocal}
         for lv in self.levels:
             if lv not in feats_s or lv not in feats_t:
@@ -204,7 +206,8 @@ class FeatureDistillHead(nn.Module):
                 s_src = a_s if self.same_channels[lv] else fa_s
                 m_ch = 0.5 * (channel_mask(a_t, self.tau) + channel_mask(s_src, self.tau))
                 m_ch = m_ch.detach()
-            out["am"][lv] = attention_masked_loss(a_t, fa_s, m_sp.detach(), m_ch)
+            m_sp = m_sp.detach() if am_mask is None else m_sp.detach() * am_mask[lv]
+            out["am"][lv] = attention_masked_loss(a_t, fa_s, m_sp, m_ch)
             out["at_ch"][lv], out["at_sp"][lv] = attention_transfer_losses(
                 a_t, a_s, self.channel_adapt[lv], self.spatial_adapt[lv])
             if self.use_nonlocal:

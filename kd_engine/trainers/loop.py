@@ -21,6 +21,7 @@ from kd_engine.cache import build_teacher
 from kd_engine.checks import check_names
 from kd_engine.config import ExperimentConfig, FeaturePair, load_raw, validate
 from kd_engine.data import build_data
+from kd_engine.data.detection.builders import dataset_task
 from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
 from kd_engine.methods import METHODS
 from kd_engine.models import build_model, count_parameters
@@ -28,7 +29,7 @@ from kd_engine.store import RunWriter
 from kd_engine.trainers import runtime
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
 from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, predict, spatial_attention
-from kd_engine.trainers.optim import build_optimizer, build_scheduler
+from kd_engine.trainers.optim import apply_warmup, build_optimizer, build_scheduler
 
 log = logging.getLogger("kdw")
 
@@ -63,6 +64,10 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
     if resume is not None:
         cfg = validate(load_raw(Path(resume) / "config.yaml"), str(Path(resume) / "config.yaml"))
     check_names(cfg)
+    if dataset_task(cfg.data.name) == "detection":
+        from kd_engine.trainers.detection_loop import train_detection
+
+        return train_detection(cfg, resume, distributed, run_id)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ctx = runtime.SINGLE
@@ -226,6 +231,7 @@ class _Loop:
             self._backward(out, loss)
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip)
+            apply_warmup(self.optimizer, self.scheduler, self.cfg.schedule.warmup_iters, self.global_step)
             self.optimizer.step()
             if self.cfg.record.instances:
                 records.append(self._instance_record(out, y, ids, keep, epoch))
@@ -260,7 +266,7 @@ class _Loop:
             if key in ("student_loss", "teacher_loss", "weight") or key.startswith("term_"):
                 name = key.replace("term_", "term/")
                 values[f"train/{name}" if key != "weight" else "train/weight_mean"] = per_sample.float().mean()
-        values["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
+        values["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"], device=loss.device)
         return values
 
     def _flush_scalars(self, pending: list, epoch: int) -> None:
@@ -322,7 +328,8 @@ class _Loop:
         return metrics
 
     def _end_of_epoch(self, epoch: int) -> None:
-        metrics = self._evaluate("val", epoch) if len(self.data.val) else {}
+        due = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
+        metrics = self._evaluate("val", epoch) if len(self.data.val) and due else {}
         self.writer.log_scalars(self.global_step, epoch, metrics)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("acc"))
         log.info("%s epoch %d/%d %s", self.cfg.name, epoch + 1, self.cfg.epochs, shown)

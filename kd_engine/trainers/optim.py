@@ -49,5 +49,15 @@ def lr_factor(cfg: ScheduleConfig, epoch: int, epochs: int) -> float:
     return 1.0
 
 
+def apply_warmup(optimizer: torch.optim.Optimizer, scheduler, warmup_iters: int, step: int) -> None:
+    """Per-step linear warm-up from 0.1x to the epoch schedule's rate over ``warmup_iters`` steps
+    (detection recipes warm up by iterations); a no-op once it is over."""
+    if not warmup_iters or step > warmup_iters:
+        return
+    factor = 0.1 + 0.9 * min(step, warmup_iters) / warmup_iters
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+        group["lr"] = lr * factor
+
+
 def build_scheduler(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch, epochs))

@@ -17,7 +17,7 @@ part of the method, and the constant-mean control in §7 exists to measure it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -120,6 +120,36 @@ def aid_detection_weights(teacher_losses, alpha: float = 0.1, granularity: str =
     if granularity == "per_gt":
         out.per_gt = per_gt_weights(tl.per_gt, alpha)
         out.num_gt_without_anchors = tl.num_gt_without_anchors
+    return out
+
+
+def controlled(weights: AIDWeights, mode: str | None,
+               generator: torch.Generator | None = None) -> AIDWeights:
+    """The card's §7 controls. "shuffle" permutes the weights within the batch (over images and
+    levels together; GT weights over all the batch's GTs); "mean" gives every entry the batch
+    mean. cls/box/feature weights share one permutation, so decoupled triples stay together."""
+    if mode is None:
+        return weights
+
+    def apply(t: Tensor, perm: Tensor | None) -> Tensor:
+        flat = t.reshape(-1)
+        if not flat.numel():
+            return t.clone()
+        out = flat[perm.to(flat.device)] if perm is not None else flat.mean().expand_as(flat)
+        return out.reshape(t.shape).clone()
+
+    def perm_of(n: int) -> Tensor | None:
+        return torch.randperm(n, generator=generator) if mode == "shuffle" else None
+
+    if mode not in ("shuffle", "mean"):
+        raise ValueError(f"unknown control {mode!r} (shuffle, mean)")
+    p = perm_of(weights.feature.numel())
+    out = replace(weights, feature=apply(weights.feature, p), cls=apply(weights.cls, p),
+                  box=apply(weights.box, p))
+    if weights.per_gt is not None:
+        sizes = [g.numel() for g in weights.per_gt]
+        flat = torch.cat([g.reshape(-1) for g in weights.per_gt]) if sizes else torch.zeros(0)
+        out.per_gt = list(apply(flat, perm_of(flat.numel())).split(sizes))
     return out
 
 
@@ -226,5 +256,5 @@ def aid_weight_records(weights: AIDWeights, teacher_losses,
     return {k: np.concatenate([np.asarray(x) for x in v]) for k, v in rows.items()}
 
 
-__all__ = ["AIDWeights", "GRANULARITIES", "aid_detection_weights", "aid_weight_records",
+__all__ = ["AIDWeights", "GRANULARITIES", "aid_detection_weights", "aid_weight_records", "controlled",
            "fpn_strides", "paint_per_gt_mask", "per_gt_weights"]

@@ -13,6 +13,7 @@ class Uniform(WeightingStrategy):
     the control arm "base distillation scaled by another strategy's mean weight"."""
 
     requires = ("distill_loss",)
+    tasks = ("classification", "detection")
 
     def __init__(self, value: float = 1.0):
         if value < 0:
@@ -21,6 +22,14 @@ class Uniform(WeightingStrategy):
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.full_like(batch["distill_loss"], self.value).detach()
+
+    def detection_weights(self, teacher_losses):
+        """`value` on every (image, level): base distillation, or the constant-mean control."""
+        from kd_engine.weighting.aid_detection import AIDWeights
+
+        w = torch.full(tuple(teacher_losses.cls_level.shape), self.value,
+                       device=teacher_losses.cls_level.device)
+        return AIDWeights(w, w, w, "per_image_level", float("nan")), None
 
 
 @WEIGHTINGS.register("teacher_confidence")
