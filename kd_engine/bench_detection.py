@@ -1,0 +1,243 @@
+"""`make bench`, detection: what AID costs per training step over base distillation (issue 3).
+
+Two arms train the same RetinaNet student with Zhang & Ma's attention-guided and non-local
+distillation (configs/aid_retinanet.yaml's method, models and optimizer) and differ only in
+the weighting:
+
+* ``base``  ``weighting: uniform`` - every (image, FPN level) weighs 1: base distillation.
+* ``aid``   ``weighting: aid`` (alpha 0.1, per_image_level) - weights exp(-alpha L^T) from the
+            frozen teacher's own per-(image, level) losses.
+
+Both start from the same student weights and the same distillation-head init, train on the same
+batches in the same order (the engine's per-epoch shuffle) and distil from the same frozen
+teacher, through the engine's own ``DetectionLoop._train_epoch`` with its defaults (per-step
+scalars, per-instance records). The goal is AID/base <= 1.03: the teacher's forward pass, which
+AID's weights come from, is already paid for by the distillation itself.
+
+Workload: the config's per-step work exactly - 128-px scenes, batch 8, teacher RetinaNet
+ResNet 32/64/128/256 x 2 blocks, student 8/16/32/64 x 1 block, FPN 64, SGD with warm-up and
+gradient clipping - on a 64-scene training split (8 steps an epoch) instead of 1000, so that one
+sample (one epoch, timed around the whole ``_train_epoch`` call, per-instance SQLite write
+included) is short. The teacher is left untrained, as in ``kd_engine.bench``: the step's cost
+depends on the architecture and the ground truth (anchor matching), not on the weights. Each arm
+first trains one untimed warm-up epoch; then rounds interleave the arms, alternating which goes
+first. The reported ratio is the median of the per-round ratios, with their 25th-75th
+percentiles; CPU time (``time.process_time``) is shown beside wall time because it barely moves
+when other processes share the machine.
+
+    python -m kd_engine.bench_detection            # full: about 1.5 minutes on one CPU thread
+    python -m kd_engine.bench_detection --quick    # smoke test: 64-px scenes, smaller models
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from kd_engine.bench import _Arm, _sample, _summary, _timed
+
+# configs/aid_retinanet.yaml's per-step workload, on a smaller training split.
+WORKLOAD = {
+    "name": "bench_detection", "method": "zhang_ma", "seed": 0, "epochs": 1000, "eval_every": 1000,
+    "grad_clip": 10.0,
+    "data": {"name": "scenes", "batch_size": 8, "eval_batch_size": 32,
+             "params": {"n_train": 64, "n_val": 8, "n_test": 8, "image_size": 128}},
+    "teacher": {"name": "retinanet", "params": {"width": 32, "depth": 2, "fpn_channels": 64}},
+    "student": {"name": "retinanet", "params": {"width": 8, "depth": 1, "fpn_channels": 64}},
+    "distill": {"task_weight": 1.0, "params": {"preset": "single_stage_baseline"}},
+    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0001},
+    "schedule": {"name": "cosine", "warmup_iters": 100},
+}
+# The two arms: only the weighting differs.
+ARMS = {
+    "base": {"strategy": "uniform", "params": {}},
+    "aid": {"strategy": "aid", "params": {"alpha": 0.1, "granularity": "per_image_level"}},
+}
+FULL = {"rounds": 20, "epochs_per_sample": 1}
+# Quick: a smoke test of the whole path (the numbers mean little).
+QUICK = {"rounds": 2, "epochs_per_sample": 1, "n_train": 8, "image_size": 64,
+         "teacher": {"width": 8, "depth": 1, "fpn_channels": 16},
+         "student": {"width": 4, "depth": 1, "fpn_channels": 16}}
+GOAL = 1.03
+
+
+def _workload(quick: bool) -> dict:
+    raw = copy.deepcopy(WORKLOAD)
+    if quick:
+        raw["data"]["params"].update(n_train=QUICK["n_train"], n_val=2, n_test=2,
+                                     image_size=QUICK["image_size"])
+        raw["teacher"]["params"] = dict(QUICK["teacher"])
+        raw["student"]["params"] = dict(QUICK["student"])
+    return raw
+
+
+def _describe(model: dict) -> str:
+    p = model["params"]
+    return f"retinanet(width={p['width']}, depth={p['depth']}, fpn_channels={p['fpn_channels']})"
+
+
+def run(rounds: int, epochs_per_sample: int, threads: int, device: str, quick: bool,
+        runs_dir: Path, log=print) -> dict:
+    from kd_engine.config import validate
+    from kd_engine.data import DATASETS
+    from kd_engine.methods.detection_base import DETECTION_METHODS
+    from kd_engine.models import build_model
+    from kd_engine.trainers import runtime
+    from kd_engine.trainers.detection_loop import DetectionLoop
+
+    torch.set_num_threads(threads)
+    raw = _workload(quick)
+    raw.update(device=device, threads=threads, runs_dir=str(runs_dir), cache_dir=str(runs_dir / "cache"))
+    cfgs = {name: validate({**copy.deepcopy(raw), "weighting": copy.deepcopy(w)}, f"bench_detection/{name}")
+            for name, w in ARMS.items()}
+    cfg = cfgs["base"]
+    dev = runtime.resolve_device(cfg.device)
+    runtime.seed_everything(cfg.seed)  # as `train` does (this also turns on deterministic algorithms)
+    data = DATASETS.get(cfg.data.name, field="data.name")(cfg.data, cfg.seed, cache_dir=cfg.cache_dir)
+    shape, classes = data.input_shape, data.num_classes
+    # The teacher is left untrained: the step time depends on its architecture, not its weights.
+    teacher = build_model(cfg.teacher, shape, classes, field="teacher").to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    student = build_model(cfg.student, shape, classes, field="student")
+    steps = max(1, math.ceil(len(data.train) / cfg.data.batch_size))
+    method = DETECTION_METHODS.get(cfg.method, field="method")
+
+    arms = []
+    for name, arm_cfg in cfgs.items():
+        torch.manual_seed(cfg.seed + 1)  # as train_detection: the same distillation-head init
+        distiller = method(arm_cfg, copy.deepcopy(student), copy.deepcopy(teacher), shape).to(dev)
+        loop = DetectionLoop(arm_cfg, runtime.SINGLE, dev, data, distiller, "bench", None, run_id=name)
+
+        def epoch(e: int, loop=loop) -> int:
+            loop._train_epoch(e)
+            return steps
+
+        arm = _Arm(name, epoch)
+        arm.detection_loop = loop  # not `loop`: kd_engine.bench's engine-part timers are not wired here
+        arm.weights_ms = []  # time inside the weighting strategy, ms per step, one per round
+        weighting = distiller.weighting
+        weighting.detection_weights = _timed(weighting.detection_weights, arm.parts, "weights")
+        arms.append(arm)
+
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    p = cfg.data.params
+    log(f"workload: scenes {p['image_size']} px, {len(data.train)} training scenes, batch "
+        f"{cfg.data.batch_size} ({steps} steps/epoch); teacher {_describe(raw['teacher'])} (frozen, "
+        f"untrained), student {_describe(raw['student'])}; zhang_ma (single_stage_baseline); SGD, "
+        f"grad clip 10; {threads} thread(s); device {dev}")
+    log(f"{rounds} interleaved rounds x {len(arms)} arms x {epochs_per_sample} epoch(s), "
+        "after one warm-up epoch per arm")
+
+    for arm in arms:  # warm-up: allocator, kernels, SQLite tables and columns, TensorBoard files
+        _sample(arm, 0, 1, dev)
+        arm.wall.clear(), arm.cpu.clear()
+    epoch = 1
+    for r in range(rounds):
+        order = arms if r % 2 == 0 else arms[::-1]
+        for arm in order:  # both arms train the same epochs: the same batches in the same order
+            _sample(arm, epoch, epochs_per_sample, dev)
+            arm.weights_ms.append(arm.parts.get("weights", 0.0) * 1000.0 / (steps * epochs_per_sample))
+        epoch += epochs_per_sample
+    for arm in arms:
+        if arm.detection_loop.writer is not None:
+            arm.detection_loop.writer.close()
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    series = {arm.name: arm for arm in arms}
+    results = {
+        "workload": {"dataset": "scenes", "image_size": p["image_size"], "train_samples": len(data.train),
+                     "batch_size": cfg.data.batch_size, "steps_per_epoch": steps,
+                     "teacher": _describe(raw["teacher"]), "student": _describe(raw["student"]),
+                     "method": "zhang_ma (single_stage_baseline)", "arms": copy.deepcopy(ARMS),
+                     "optimizer": "sgd(lr=0.01, momentum=0.9, weight_decay=1e-4), grad clip 10",
+                     "config": "configs/aid_retinanet.yaml (per-step workload; training split reduced)"},
+        "settings": {"rounds": rounds, "epochs_per_sample": epochs_per_sample, "threads": threads,
+                     "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
+                     "cpu_count": os.cpu_count(), "load_average": [load_before, load_after]},
+        "arms": {},
+        "ratios": {},
+    }
+    for name, arm in series.items():
+        results["arms"][name] = {"weighting": ARMS[name], "wall_ms_per_step": arm.wall, **_summary(arm.wall),
+                                 "cpu_ms_per_step": arm.cpu, "cpu_median": statistics.median(arm.cpu),
+                                 "weighting_ms_per_step": statistics.median(arm.weights_ms)}
+    a, b = series["aid"], series["base"]
+    paired = [x / y for x, y in zip(a.wall, b.wall)]
+    stats = _summary(paired)
+    results["ratios"]["aid_vs_base"] = {
+        "arm": "aid", "reference": "base", "label": "AID vs base distillation", "ratio": stats["median"],
+        "per_round": paired, **{k: stats[k] for k in ("p25", "p75", "min", "max")},
+        "cpu_ratio": statistics.median(x / y for x, y in zip(a.cpu, b.cpu)),
+        "goal": GOAL, "passed": stats["median"] <= GOAL}
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [f"{'arm':<6} {'weighting':<32} {'wall ms/step':>12} {'p25-p75':>17} {'cpu ms/step':>12} "
+             f"{'in weighting':>13}"]
+    for name, a in results["arms"].items():
+        w = a["weighting"]
+        desc = w["strategy"] + (f" (alpha {w['params']['alpha']}, {w['params']['granularity']})"
+                                if w["params"] else "")
+        lines.append(f"{name:<6} {desc:<32} {a['median']:>12.2f} {a['p25']:>8.2f}-{a['p75']:<8.2f} "
+                     f"{a['cpu_median']:>12.2f} {a['weighting_ms_per_step']:>10.3f} ms")
+    lines.append("")
+    lines.append(f"{'comparison':<26} {'ratio':>7} {'p25-p75':>13} {'cpu ratio':>9} {'goal':>6}  verdict")
+    for c in results["ratios"].values():
+        verdict = "PASS" if c["passed"] else "over goal"
+        lines.append(f"{c['label']:<26} {c['ratio']:>6.3f}x {c['p25']:>6.3f}-{c['p75']:<6.3f} "
+                     f"{c['cpu_ratio']:>8.3f}x {c['goal']:>5.2f}x  {verdict}")
+    load = results["settings"]["load_average"]
+    cpus = results["settings"]["cpu_count"] or 1
+    if load[0] is not None and max(load) > cpus:
+        lines.append(f"\nnote: the machine was busy (load average {max(load):.1f} on {cpus} CPUs); "
+                     "wall-clock ratios are noisy, the CPU-time ratio is the steadier estimate")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kd_engine.bench_detection",
+                                     description="Step time of AID over base distillation (Zhang & Ma, "
+                                                 "RetinaNet on scenes), side by side.")
+    parser.add_argument("--quick", action="store_true",
+                        help="short smoke run on 64-px scenes and small models (the numbers mean little)")
+    parser.add_argument("--rounds", type=int,
+                        help=f"interleaved rounds (default {FULL['rounds']}, quick {QUICK['rounds']})")
+    parser.add_argument("--epochs-per-sample", type=int,
+                        help=f"epochs per timed sample (default {FULL['epochs_per_sample']}, "
+                             f"quick {QUICK['epochs_per_sample']})")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads for both arms (default 1: the steadiest timings)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--out", default="artifacts/bench/detection.json", help="where the JSON results go")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    rounds = args.rounds or preset["rounds"]
+    epochs = args.epochs_per_sample or preset["epochs_per_sample"]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kdw-bench-detection-") as tmp:
+        results = run(rounds, epochs, args.threads, args.device, args.quick, Path(tmp))
+    results["settings"].update(quick=args.quick, seconds=round(time.perf_counter() - started, 1))
+    print()
+    print(table(results))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out} ({results['settings']['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
