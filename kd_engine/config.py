@@ -43,10 +43,11 @@ class OptimizerConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    name: Literal["constant", "cosine", "step"] = "cosine"
+    name: Literal["constant", "cosine", "step", "multistep"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     warmup_iters: int = Field(0, ge=0)  # linear warm-up from 0.1x over the first N steps
     step_size: int = Field(10, gt=0)
+    milestones: list[int] = Field(default_factory=list)  # multistep: multiply by gamma at each
     gamma: float = Field(0.1, gt=0.0)
 
 

@@ -82,3 +82,12 @@ def test_dot_from_a_config_records_both_loss_streams(make_raw):
     keys = set(run.scalar_keys())
     assert {"train/task", "train/distill"} <= keys
     assert run.status() == "finished"
+
+
+def test_multistep_schedule_decays_at_each_milestone():
+    from kd_engine.config import ScheduleConfig
+    from kd_engine.trainers.optim import lr_factor
+
+    schedule = ScheduleConfig(name="multistep", milestones=[40, 50], gamma=0.1)
+    factors = [lr_factor(schedule, epoch, 60) for epoch in (0, 39, 40, 49, 50, 59)]
+    assert factors == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])

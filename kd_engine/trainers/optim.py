@@ -46,6 +46,8 @@ def lr_factor(cfg: ScheduleConfig, epoch: int, epochs: int) -> float:
         return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
     if cfg.name == "step":
         return cfg.gamma ** ((epoch - cfg.warmup_epochs) // cfg.step_size)
+    if cfg.name == "multistep":
+        return cfg.gamma ** sum(1 for milestone in cfg.milestones if epoch >= milestone)
     return 1.0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-__all__ = ["arm_comparison", "paired_differences", "arm_curves", "arm_distributions"]
+__all__ = ["arm_comparison", "paired_differences", "arm_curves", "arm_distributions", "loss_trajectory"]
 
 _PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
 
@@ -116,4 +116,30 @@ def arm_distributions(instances: pd.DataFrame, column: str, group_col: str = "ar
     fig.update_layout(barmode="overlay", title=title or f"per-instance {column}", xaxis_title=column,
                       yaxis_title="instances", yaxis_type="log" if log_y else "linear",
                       template="plotly_white")
+    return fig
+
+
+def loss_trajectory(curves: pd.DataFrame, x_key: str, y_key: str, x: str = "epoch", arm_col: str = "arm",
+                    seed_col: str = "seed", title: str | None = None) -> go.Figure:
+    """Training trajectory in the plane of two scalars (e.g. CE vs KD loss): one line per arm
+    through its per-`x` points (averaged over the seeds present), start and end marked.
+    `curves` is long format (`key`, `value`, `x`) with `arm` and `seed` columns added."""
+    data = curves[curves["key"].isin([x_key, y_key])]
+    fig = go.Figure()
+    for i, arm in enumerate(_arms(data, arm_col, None)):
+        rows = data[data[arm_col] == arm]
+        wide = rows.pivot_table(index=x, columns="key", values="value", aggfunc="mean").sort_index()
+        if x_key not in wide or y_key not in wide:
+            continue
+        wide = wide.dropna()
+        color, seeds = _PALETTE[i % 8], rows[seed_col].nunique()
+        fig.add_scatter(x=wide[x_key].tolist(), y=wide[y_key].tolist(), mode="lines+markers",
+                        marker={"size": 4}, line={"color": color, "width": 2},
+                        text=[f"{x} {e}" for e in wide.index], name=f"{arm} ({seeds} seed(s))")
+        for j, label in ((0, "start"), (-1, "end")):
+            fig.add_scatter(x=[float(wide[x_key].iloc[j])], y=[float(wide[y_key].iloc[j])], mode="markers+text",
+                            marker={"color": color, "size": 11, "symbol": "circle" if j == 0 else "star"},
+                            text=[f"{arm} {label}"], textposition="top right", showlegend=False)
+    fig.update_layout(title=title or f"{y_key} against {x_key} over {x}", xaxis_title=x_key,
+                      yaxis_title=y_key, xaxis_type="log", yaxis_type="log", template="plotly_white")
     return fig
