@@ -294,6 +294,22 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run_and_report(run_fn, prefix: str, quick: bool, table_fn, out: str | Path) -> dict:
+    """Run a benchmark in a scratch directory, print its table and write its JSON; shared by
+    every `make bench` entry point so they report the same way."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        results = run_fn(Path(tmp))
+    results["settings"].update(quick=quick, seconds=round(time.perf_counter() - started, 1))
+    print()
+    print(table_fn(results))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out} ({results['settings']['seconds']:.0f} s)")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kd_engine.bench",
                                      description="Engine step time against a bare PyTorch loop, "
@@ -314,16 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = QUICK if args.quick else FULL
     rounds = args.rounds or preset["rounds"]
     epochs = args.epochs_per_sample or preset["epochs_per_sample"]
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="kdw-bench-") as tmp:
-        results = run(rounds, epochs, args.threads, args.device, args.student_width, Path(tmp))
-    results["settings"].update(quick=args.quick, seconds=round(time.perf_counter() - started, 1))
-    print()
-    print(table(results))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out} ({results['settings']['seconds']:.0f} s)")
+    run_and_report(lambda tmp: run(rounds, epochs, args.threads, args.device, args.student_width, tmp),
+                   "kdw-bench-", args.quick, table, args.out)
     return 0
 
 

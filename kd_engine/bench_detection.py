@@ -32,19 +32,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from kd_engine.bench import _Arm, _sample, _summary, _timed
+from kd_engine.bench import _Arm, _sample, _summary, _timed, run_and_report
 
 # configs/aid_retinanet.yaml's per-step workload, on a smaller training split.
 WORKLOAD = {
@@ -226,16 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = QUICK if args.quick else FULL
     rounds = args.rounds or preset["rounds"]
     epochs = args.epochs_per_sample or preset["epochs_per_sample"]
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="kdw-bench-detection-") as tmp:
-        results = run(rounds, epochs, args.threads, args.device, args.quick, Path(tmp))
-    results["settings"].update(quick=args.quick, seconds=round(time.perf_counter() - started, 1))
-    print()
-    print(table(results))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out} ({results['settings']['seconds']:.0f} s)")
+    run_and_report(lambda tmp: run(rounds, epochs, args.threads, args.device, args.quick, tmp),
+                   "kdw-bench-detection-", args.quick, table, args.out)
     return 0
 
 

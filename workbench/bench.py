@@ -23,17 +23,16 @@ per-epoch validation scalars and a 28x28 image bank. Then:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from kd_engine.bench import run_and_report
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_ID = "20260101-000000-bench_kd-0000"
@@ -299,16 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("instances", "epochs", "repeats"):
         if getattr(args, key):
             preset[key] = getattr(args, key)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="kdw-dash-bench-") as tmp:
-        results = run(preset, Path(tmp))
-    results["settings"].update(quick=args.quick, seconds=round(time.perf_counter() - started, 1))
-    print()
-    print(table(results))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out} ({results['settings']['seconds']:.0f} s)")
+    run_and_report(lambda tmp: run(preset, tmp),
+                   "kdw-dash-bench-", args.quick, table, args.out)
     return 0
 
 
