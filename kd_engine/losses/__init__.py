@@ -7,6 +7,8 @@ docstrings so that the mean of the per-sample values equals the batch loss.
 """
 
 from ._reduce import REDUCTIONS, reduce
+from .affinity import relation_loss, relation_matrix
+from .binary import binary_kd
 from .feature import attention_transfer, fitnet
 from .logit import cs_divergence, dist, dkd, dkd_parts, kd
 from .relation import rkd
@@ -14,6 +16,7 @@ from .relation import rkd
 __all__ = [
     "REDUCTIONS",
     "attention_transfer",
+    "binary_kd",
     "cs_divergence",
     "dist",
     "dkd",
@@ -21,5 +24,7 @@ __all__ = [
     "fitnet",
     "kd",
     "reduce",
+    "relation_loss",
+    "relation_matrix",
     "rkd",
 ]

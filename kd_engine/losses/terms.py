@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kd_engine.errors import ConfigError
-from kd_engine.losses import attention_transfer, cs_divergence, dist, dkd, fitnet, kd, rkd
+from kd_engine.losses import (attention_transfer, binary_kd, cs_divergence, dist, dkd, fitnet, kd,
+                              relation_loss, rkd)
 from kd_engine.registry import Registry
 
 INPUT_KINDS = ("logits", "logits_target", "features", "adapted_features", "embedding")
@@ -61,3 +62,5 @@ register_term("cs", cs_divergence, "logits")
 register_term("attention_transfer", attention_transfer, "features")
 register_term("fitnet", fitnet, "adapted_features")
 register_term("rkd", rkd, "embedding")
+register_term("binary_kd", binary_kd, "logits")
+register_term("relation", relation_loss, "embedding")
