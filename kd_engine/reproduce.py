@@ -139,8 +139,8 @@ def reproduce(names: list[str] | None = None, budget: str = "smoke", output: str
 
     `update_docs` (default: only for the full budget) copies results into docs/results/ and
     regenerates docs/results.md, so a smoke run never overwrites a full-budget result."""
-    if budget not in ("smoke", "full"):
-        raise KDWError(f"budget {budget!r}: expected smoke or full")
+    if budget not in ("smoke", "full", "gpu"):
+        raise KDWError(f"budget {budget!r}: expected smoke, full or gpu (notebooks that define it)")
     selected = _select(names or [], Path(notebooks_dir))
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
