@@ -64,12 +64,13 @@ def live_curves(run_ids: list[str], keys: list[str], smoothing: float, log_y: bo
     else:
         if x == "wall":
             data = data.assign(wall=pd.to_datetime(data["wall"], unit="s"))
-        present = sorted(set(data["key"]))
+        by_key = dict(tuple(data.groupby("key", sort=False)))  # split once, not once per chart
+        present = sorted(by_key)
         shown = [k for k in keys if k in present] or default_keys(present)  # keys may appear late
         columns = st.columns(2)
         for n, key in enumerate(shown):
             with columns[n % 2]:
-                st.plotly_chart(scalar_curves(data, key, smoothing=smoothing, log_y=log_y, x=x),
+                st.plotly_chart(scalar_curves(by_key[key], key, smoothing=smoothing, log_y=log_y, x=x),
                                 key=f"curve_{key}")
         st.download_button("Export CSV", lambda: data.drop(columns=["rowid"]).to_csv(index=False),
                            file_name="curves.csv", mime="text/csv", on_click="ignore", key="curves_csv")
