@@ -212,10 +212,8 @@ class DetectionLoop(_Loop):
                                           kind="boxes", dtype="float64", role=role,
                                           meta={"columns": ["image_id", "label", "score", "x0", "y0",
                                                             "x1", "y1"], "split": split})
-        if record and self.cfg.record.eval_instances and len(dataset):
-            n = len(columns["instance_id"])
-            self.writer.log_instances({"split": np.full(n, split), "epoch": np.full(n, epoch),
-                                       "step": np.full(n, self.global_step), **columns})
+        if record:
+            self._log_eval_instances(split, epoch, columns)
         return metrics
 
     def _end_of_epoch(self, epoch: int) -> None:

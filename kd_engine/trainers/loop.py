@@ -321,11 +321,16 @@ class _Loop:
             teacher = self._teacher_eval[split]
             columns.update(teacher.per_sample("teacher"))
             metrics.update({f"{split}/teacher_{k}": v for k, v in teacher.summary().items()})
-        if record and self.cfg.record.eval_instances:
-            n = len(columns["instance_id"])
+        if record:
+            self._log_eval_instances(split, epoch, columns)
+        return metrics
+
+    def _log_eval_instances(self, split: str, epoch: int, columns: dict) -> None:
+        """Per-instance rows of an evaluation pass (val each epoch, test at the end)."""
+        n = len(columns["instance_id"])
+        if self.cfg.record.eval_instances and n:
             self.writer.log_instances({"split": np.full(n, split), "epoch": np.full(n, epoch),
                                        "step": np.full(n, self.global_step), **columns})
-        return metrics
 
     def _end_of_epoch(self, epoch: int) -> None:
         due = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
