@@ -20,13 +20,12 @@ from kd_engine.cache import build_teacher
 from kd_engine.data import DATASETS
 from kd_engine.data.detection.coco import detection_collate
 from kd_engine.detection_metrics import coco_map, per_image_detection_records, predict_detections
-from kd_engine.errors import ConfigError, NonFiniteLossError
+from kd_engine.errors import ConfigError
 from kd_engine.methods.detection_base import DETECTION_METHODS
 from kd_engine.models import build_model
 from kd_engine.store.schema import CORE_INSTANCE_COLUMNS
 from kd_engine.trainers import runtime
 from kd_engine.trainers.loop import _Loop
-from kd_engine.trainers.optim import apply_warmup
 
 log = logging.getLogger("kdw")
 
@@ -134,19 +133,7 @@ class DetectionLoop(_Loop):
         for images, targets, ids in self._batches(epoch):
             with self.autocast():
                 out = self.model(images, targets)
-            loss = out.total
-            if not torch.isfinite(loss):
-                bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
-                raise NonFiniteLossError(f"non-finite loss ({', '.join(bad) or 'total'}) at epoch "
-                                         f"{epoch} step {self.global_step}; the last good "
-                                         "checkpoint is kept")
-            self._backward(out, loss)
-            if self.cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(),
-                                               self.cfg.grad_clip)
-            apply_warmup(self.optimizer, self.scheduler, self.cfg.schedule.warmup_iters,
-                         self.global_step)
-            self.optimizer.step()
+            loss = self._optimize(out, epoch)
             if self.cfg.record.instances and out.rows is not None:
                 batch_rows = out.rows()
                 n = len(batch_rows["instance_id"])

@@ -223,16 +223,7 @@ class _Loop:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast():
                 out = self.model(x, y)
-            loss = out.total
-            if not torch.isfinite(loss):
-                bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
-                raise NonFiniteLossError(f"non-finite loss ({', '.join(bad) or 'total'}) at epoch {epoch} "
-                                         f"step {self.global_step}; the last good checkpoint is kept")
-            self._backward(out, loss)
-            if self.cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip)
-            apply_warmup(self.optimizer, self.scheduler, self.cfg.schedule.warmup_iters, self.global_step)
-            self.optimizer.step()
+            loss = self._optimize(out, epoch)
             if self.cfg.record.instances:
                 records.append(self._instance_record(out, y, ids, keep, epoch))
             if self.ctx.is_main and self.global_step % self.cfg.record.scalars_every == 0:
@@ -248,6 +239,21 @@ class _Loop:
             elapsed = time.perf_counter() - started
             self.writer.log_scalars(self.global_step, epoch, {
                 "throughput": seen * self.ctx.world_size / max(elapsed, 1e-9), "epoch_time": elapsed})
+
+    def _optimize(self, out, epoch: int) -> torch.Tensor:
+        """One optimisation step on a method's output (shared by every loop): refuse a
+        non-finite loss before it touches the weights, backward, clip, warm up, step."""
+        loss = out.total
+        if not torch.isfinite(loss):
+            bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
+            raise NonFiniteLossError(f"non-finite loss ({', '.join(bad) or 'total'}) at epoch {epoch} "
+                                     f"step {self.global_step}; the last good checkpoint is kept")
+        self._backward(out, loss)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip)
+        apply_warmup(self.optimizer, self.scheduler, self.cfg.schedule.warmup_iters, self.global_step)
+        self.optimizer.step()
+        return loss
 
     def _backward(self, out, loss: torch.Tensor) -> None:
         """One backward pass, or, for an optimizer with separate gradient streams (DOT), the task
