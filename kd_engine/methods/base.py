@@ -43,6 +43,12 @@ class Distiller(nn.Module):
             self.teacher.eval()
         return self
 
+    def begin_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Called by the loop before each training epoch (e.g. a schedule on a method's own knob)."""
+
+    def after_step(self, step: int, epoch: int) -> None:
+        """Called by the loop after each optimizer step (e.g. an EMA teacher trailing the student)."""
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 

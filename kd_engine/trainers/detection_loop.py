@@ -127,6 +127,7 @@ class DetectionLoop(_Loop):
 
     def _train_epoch(self, epoch: int) -> None:
         self.model.train()
+        self.distiller.begin_epoch(epoch, self.cfg.epochs)
         rows, pending = [], []
         started = last_flush = time.perf_counter()
         seen = 0

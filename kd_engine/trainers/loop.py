@@ -216,6 +216,7 @@ class _Loop:
 
     def _train_epoch(self, epoch: int) -> None:
         self.model.train()
+        self.distiller.begin_epoch(epoch, self.cfg.epochs)
         records: list[dict[str, torch.Tensor]] = []
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         started, seen, last_flush = time.perf_counter(), 0, time.perf_counter()
@@ -253,6 +254,7 @@ class _Loop:
             torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip)
         apply_warmup(self.optimizer, self.scheduler, self.cfg.schedule.warmup_iters, self.global_step)
         self.optimizer.step()
+        self.distiller.after_step(self.global_step, epoch)
         return loss
 
     def _backward(self, out, loss: torch.Tensor) -> None:
