@@ -45,7 +45,7 @@ def _instances(rng: np.random.Generator, split: str, ids: list[int], labels: np.
                     teacher_conf=rng.uniform(0.5, 1.0, n))
     if split == "train" and teacher:
         cols.update(distill_loss=rng.gamma(2.0, 0.5, n), weight=rng.uniform(0.2, 1.0, n) ** (epoch + 1),
-                    term_kd=rng.gamma(2.0, 0.5, n))
+                    term_kd=rng.gamma(2.0, 0.5, n), selected=(rng.random(n) < 0.25).astype(float))
     return cols
 
 

@@ -145,10 +145,15 @@ def test_instances_page(finished_dir, monkeypatch):
     assert len(gallery["data"]) == 8
     traj = titled(at, "weight across epochs")
     assert len(traj["data"]) == 6 and all(len(t["x"]) == 3 for t in traj["data"])
-    table = at.dataframe[0].value
+    decisions = at.dataframe[0].value  # the method's recorded decision ('selected') per value
+    assert at.selectbox(key="inst_decision").options == ["selected"]
+    assert list(decisions["selected value"]) == [0.0, 1.0] and decisions["instances"].sum() == len(TRAIN_IDS)
+    assert abs(decisions["share"].sum() - 1.0) < 1e-9 and "mean teacher_loss" in decisions
+    assert sum(len(t["x"]) for t in titled(at, "selected vs teacher_loss")["data"]) == len(TRAIN_IDS)
+    table = at.dataframe[1].value
     assert len(table) == len(TRAIN_IDS) and table["weight"].is_monotonic_decreasing
     at.multiselect(key="inst_classes").set_value([3]).run()
-    assert set(at.dataframe[0].value["label"]) == {3}
+    assert set(at.dataframe[1].value["label"]) == {3}
     at.select_slider(key="inst_epoch_train").set_value(0).run()
     assert titled(at, "weights at epoch 0")
     at.radio(key="inst_split").set_value("val").run()

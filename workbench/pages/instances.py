@@ -69,6 +69,45 @@ def trajectories_section(run: Run, split: str, frame: pd.DataFrame) -> None:
     st.plotly_chart(weight_trajectories(traj.dropna(subset=["weight"])), key="inst_traj")
 
 
+# Columns every classification run records; anything else a method put in `per_sample` is one of
+# its per-instance decisions (selected flag, pseudo-label, gate value, confidence flag, ...).
+STANDARD_COLUMNS = {"instance_id", "label", "split", "epoch", "step", "weight", "teacher_loss", "student_loss",
+                    "distill_loss", "teacher_pred", "student_pred", "teacher_conf", "student_conf"}
+
+
+def decision_columns(frame: pd.DataFrame) -> list[str]:
+    """The method-specific per-instance columns of this epoch (numeric, recorded for some rows)."""
+    return [c for c in frame.columns if c not in STANDARD_COLUMNS and not c.startswith("term_")
+            and pd.api.types.is_numeric_dtype(frame[c]) and frame[c].notna().any()]
+
+
+def decision_summary(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """For a flag or a small set of values (selected, pseudo-label): count, share and mean losses per
+    value; for a continuous one: quartile bins. Shows at a glance what the method's choice tracks."""
+    data = frame.dropna(subset=[column])
+    values = data[column]
+    groups = values if values.nunique() <= 12 else pd.qcut(values, 4, duplicates="drop").astype(str)
+    losses = [c for c in ("teacher_loss", "student_loss", "weight") if c in data and data[c].notna().any()]
+    table = data.groupby(groups, sort=True).agg(instances=(column, "size"), **{f"mean {c}": (c, "mean") for c in losses})
+    table.insert(1, "share", table["instances"] / max(len(data), 1))
+    return table.reset_index().rename(columns={column: f"{column} value"})
+
+
+def decisions_section(frame: pd.DataFrame, names: list[str]) -> bool:
+    """What the method decided per instance, next to the teacher's and student's losses."""
+    columns = decision_columns(frame)
+    if not columns:
+        return False
+    column = st.selectbox("Per-instance decision", columns, key="inst_decision")
+    st.dataframe(decision_summary(frame, column), hide_index=True, key="inst_decision_table")
+    left, right = st.columns(2)
+    left.plotly_chart(weight_histogram(frame, column=column), key="inst_decision_hist")
+    loss = next((c for c in ("teacher_loss", "student_loss") if c in frame and frame[c].notna().any()), None)
+    if loss:
+        right.plotly_chart(weight_scatter(frame, x=loss, y=column, class_names=names), key="inst_decision_scatter")
+    return True
+
+
 def table_section(frame: pd.DataFrame, names: list[str], run_id: str, epoch: int) -> None:
     cols = st.columns([2, 2, 2, 1])
     classes = cols[0].multiselect("Classes", list(range(len(names))), format_func=lambda k: names[k],
@@ -139,6 +178,9 @@ def main() -> None:
         names = [str(k) for k in range(int(np.nanmax(frame["label"])) + 1)] if len(frame) else []
     st.subheader(f"Weights at epoch {epoch}")
     weights_section(frame, names, epoch)
+    st.subheader("The method's per-instance decisions")
+    if not decisions_section(frame, names):
+        st.caption("This run's method records no per-instance decisions beyond the weight.")
     st.subheader("Highest and lowest weighted instances")
     gallery_section(run, frame, names)
     st.subheader("Weight trajectories across epochs")
