@@ -146,3 +146,15 @@ def test_run_arms_trains_every_arm_on_every_seed(make_raw, tmp_path):
                    raw["cache_dir"], verbose=False)
     assert sorted(zip(out.arm, out.seed)) == [("kd", 0), ("kd", 1), ("scratch", 0), ("scratch", 1)]
     assert out["test/student_acc"].between(0, 1).all() and out["run_id"].is_unique
+
+
+@pytest.mark.slow
+def test_run_arms_in_worker_processes_matches_one_after_another(make_raw, tmp_path):
+    """Two spawned workers give the same rows, in the same order, as training sequentially."""
+    raw = make_raw({"epochs": 1})
+    arms = {"scratch": {"method": "scratch"}, "kd": {}}
+    one = run_arms(raw, arms, [0, 1], tmp_path / "a", raw["cache_dir"], verbose=False)
+    two = run_arms(raw, arms, [0, 1], tmp_path / "b", raw["cache_dir"], verbose=False, workers=2)
+    assert list(zip(two.arm, two.seed)) == list(zip(one.arm, one.seed))
+    assert two["test/student_acc"].tolist() == one["test/student_acc"].tolist()
+    assert all(str(tmp_path / "b") in d for d in two.run_dir)
