@@ -126,35 +126,38 @@ def run_arms(base: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]], see
     """Train every arm at every seed (same seeds for all arms) and collect the final metrics.
 
     Returns one row per arm x seed (seed-major order): arm, seed, run_id, run_dir, wall_s and every
-    final metric. ``workers`` > 1 trains that many runs at once in separate processes (spawned, one
-    torch thread each as the config says): on a 2-core machine two single-threaded runs finish
-    nearly twice as fast as one after the other. Runs that need the same uncached teacher must not
-    start together (call `prepare_teachers` first).
+    final metric. ``workers`` > 1 trains that many runs at once (see `run_jobs`).
     """
-    jobs = [(arm, overrides, int(seed)) for seed in seeds for arm, overrides in arms.items()]
+    jobs = [(base, arm, overrides, int(seed)) for seed in seeds for arm, overrides in arms.items()]
+    return run_jobs(jobs, runs_dir, cache_dir, verbose=verbose, workers=workers)
 
-    def report(row: dict[str, Any]) -> None:
+
+def run_jobs(jobs: Iterable[tuple[Mapping[str, Any], str, Mapping[str, Any], int]], runs_dir, cache_dir,
+             verbose: bool = True, workers: int = 1) -> pd.DataFrame:
+    """Train each (base config, arm name, overrides, seed) job; one row per job, in job order.
+
+    ``workers`` > 1 trains that many runs at once in separate spawned processes (one torch thread
+    each, as the config says): on a 2-core machine two single-threaded runs finish nearly twice as
+    fast as one after the other. Jobs that need the same uncached teacher must not start together
+    (call `prepare_teachers` first).
+    """
+    jobs = [(dict(base), arm, dict(overrides), int(seed)) for base, arm, overrides, seed in jobs]
+
+    def report(row: dict[str, Any]) -> dict[str, Any]:
         if verbose:
             shown = row.get("test/student_acc", row.get("test/student_mAP", float("nan")))
             print(f"seed {row['seed']} {row['arm']:<12} {shown:.4f}  ({row['wall_s']:.1f} s)", flush=True)
+        return row
 
-    rows: list[dict[str, Any]] = []
     if workers <= 1 or len(jobs) <= 1:
-        for arm, overrides, seed in jobs:
-            rows.append(_run_one(base, arm, overrides, seed, runs_dir, cache_dir))
-            report(rows[-1])
-        return pd.DataFrame(rows)
+        return pd.DataFrame([report(_run_one(*job, runs_dir, cache_dir)) for job in jobs])
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_run_one, dict(base), arm, dict(overrides), seed, str(runs_dir), str(cache_dir))
-                   for arm, overrides, seed in jobs]
-        for future in futures:
-            rows.append(future.result())
-            report(rows[-1])
-    return pd.DataFrame(rows)
+        futures = [pool.submit(_run_one, *job, str(runs_dir), str(cache_dir)) for job in jobs]
+        return pd.DataFrame([report(future.result()) for future in futures])
 
 
 def reference_arm(frame: pd.DataFrame, source_arm: str, name: str = "teacher",
