@@ -8,7 +8,7 @@ import math
 from kd_engine.reproduce import reproduce
 
 MAIN = {"scratch", "base", "aid", "aid_shuffled", "aid_mean"}
-RET = {f"ret_{a}" for a in MAIN | {"aid_a0.3", "aid_a1", "aid_a3"}}
+RET = {f"ret_{a}" for a in MAIN | {"aid_a1", "aid_a3"}}
 FRC = {f"frc_{a}" for a in MAIN}
 SELF = {"ret_self_base", "ret_self_aid"}
 
