@@ -50,6 +50,23 @@ def storage_url(cfg: ExperimentConfig) -> str:
     return f"sqlite:///{root / 'optuna.db'}"
 
 
+def open_study(url: str, name: str, attempts: int = 10):
+    """Create or join the study. Workers starting together race to create the schema and the
+    study; SQLite waits up to 60 s for a lock, and a lost race is retried (then it loads)."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(attempts):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            return optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                       load_if_exists=True)
+        except Exception:  # sqlalchemy IntegrityError / OperationalError from the race
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + 0.3 * attempt)
+
+
 def run_boss(cfg: ExperimentConfig, max_evals: int | None = None,
              evaluate: Callable[..., dict[str, Any]] | None = None, self_distill: bool = True):
     """Run (or join, or resume) the study until it holds `search.budget` complete trials, or run
@@ -69,7 +86,7 @@ def run_boss(cfg: ExperimentConfig, max_evals: int | None = None,
     root = search_dir(cfg.runs_dir, sid)
     url = storage_url(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=sid, storage=url, direction="maximize", load_if_exists=True)
+    study = open_study(url, sid)
     # One sampler seed per (search seed, trials already there): a lone worker is reproducible, and
     # a resumed or second worker does not replay the first one's proposals.
     study.sampler = optuna.samplers.TPESampler(seed=search.seed * 100_003 + len(study.trials),
