@@ -136,3 +136,24 @@ def open_search(search: str | Path, runs_dir: str | Path = "runs") -> Search:
     if (candidate / "search.json").is_file():
         return Search(candidate)
     raise KDWError(f"search {str(search)!r}: not found under {Path(runs_dir) / SEARCHES_DIR}")
+
+
+def tree_visits(search: Search) -> pd.DataFrame:
+    """MCTS visit counts per tree level and choice (level, choice, visits), summed over the tree;
+    empty for strategies without a tree."""
+    state = search.state()
+    tree = (state.get("strategy_state") or {}).get("tree")
+    if not tree:
+        return pd.DataFrame(columns=["level", "choice", "visits"])
+    levels = state["space"]
+    counts: dict[tuple[int, int], int] = {}
+
+    def walk(node: dict[str, Any], depth: int) -> None:
+        for index, child in node["children"].items():
+            counts[(depth, int(index))] = counts.get((depth, int(index)), 0) + int(child["N"])
+            walk(child, depth + 1)
+
+    walk(tree, 0)
+    rows = [{"level": levels[d][0].split(".")[-1], "choice": levels[d][1][i], "visits": n}
+            for (d, i), n in sorted(counts.items())]
+    return pd.DataFrame(rows, columns=["level", "choice", "visits"])
