@@ -153,6 +153,8 @@ def test_boss_pool_is_the_best_k_by_validation_accuracy():
     ("search.budget=0", "search.budget"),
     ("search.strategy=annealing", "unknown search strategy 'annealing'"),
     ("search.params.cc=2", "unknown parameter 'cc' for strategy mcts"),
+    ("search.params.c=-1x", "search.params.c: must be a number"),
+    ("search.params.reward=test_acc", "search.params.reward: 'test_acc' is not one of"),
     ("search.space={nope.x: [1]}", "search.space.nope.x"),
 ])
 def test_search_config_errors_are_one_line(tmp_path, override, match):
@@ -160,6 +162,14 @@ def test_search_config_errors_are_one_line(tmp_path, override, match):
         cfg = load_config(REPO / "configs/autokd_digits.yaml", [override, f"runs_dir={tmp_path}"])
         run_search(cfg)
     assert "\n" not in str(info.value)
+
+
+def test_boss_config_errors(tmp_path):
+    for override, match in (("search.params.pool_k=0", "search.params.pool_k: must be an integer >= 1"),
+                            ("search.params.poolk=2", "unknown parameter 'poolk' for strategy boss"),
+                            ("search.space={lr: [1]}", "search.space: strategy boss has the card's fixed space")):
+        with pytest.raises(ConfigError, match=match):
+            run_search(load_config(REPO / "configs/boss_digits.yaml", [override, f"runs_dir={tmp_path}"]))
 
 
 def _kdw(*args, cwd=REPO):

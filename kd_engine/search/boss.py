@@ -82,6 +82,9 @@ def run_boss(cfg: ExperimentConfig, max_evals: int | None = None,
         raise ConfigError(f"search.space: strategy {search.strategy} has the card's fixed space "
                           f"({', '.join(SPACE)}); leave search.space empty")
     p = {**PARAMS, **search.params}
+    for key, low in (("warmup", 0), ("pool_k", 1), ("startup_trials", 0)):
+        if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < low:
+            raise ConfigError(f"search.params.{key}: must be an integer >= {low}, got {p[key]!r}")
     sid = search_id_of(cfg)
     root = search_dir(cfg.runs_dir, sid)
     url = storage_url(cfg)

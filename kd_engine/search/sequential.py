@@ -142,7 +142,10 @@ class MCTS(_Sequential):
 
     def __init__(self, space: Space, params: dict[str, Any], seed: int):
         super().__init__(space, params, seed)
-        self.c = float(params.get("c", 1.0))
+        c = params.get("c", 1.0)
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or c < 0:
+            raise ConfigError(f"search.params.c: must be a number >= 0, got {c!r}")
+        self.c = float(c)
         self.root = Node()
         self.lo: float | None = None
         self.hi: float | None = None
