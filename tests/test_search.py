@@ -197,7 +197,8 @@ def test_autokd_search_trials_are_tagged_runs_reading_the_teacher_cache(tmp_path
     from kd_engine.store import list_runs, open_run
 
     assert main(["train", str(REPO / "configs/autokd_digits.yaml"), "--runs-dir", str(tmp_path),
-                 "--set", "search.budget=2", "--set", "epochs=1", "--set", "teacher.train.epochs=1"]) == 0
+                 "--set", "search.budget=2", "--set", "epochs=1", "--set", "teacher.train.epochs=1",
+                 "--set", f"cache_dir={tmp_path / 'cache'}"]) == 0
     search = open_search("autokd_digits", tmp_path)
     trials = search.trials()
     assert len(trials) == 2 and trials["reward"].notna().all()
