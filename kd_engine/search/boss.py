@@ -104,7 +104,7 @@ def run_boss(cfg: ExperimentConfig, max_evals: int | None = None,
                      "optimizer.momentum": 1.0 - trial.suggest_float("one_minus_momentum",
                                                                       *SPACE["one_minus_momentum"], log=True),
                      "data.batch_size": trial.suggest_int("batch_size", *SPACE["batch_size"])}
-        kind, attrs = "warmup", {}
+        kind, attrs = ("warmup" if self_distill else "ce"), {}
         pool = select_pool(_trial_records(study), int(p["pool_k"])) if self_distill else []
         if self_distill and trial.number >= int(p["warmup"]) and pool:
             kind = "boss"
