@@ -196,12 +196,15 @@ def test_autokd_search_trials_are_tagged_runs_reading_the_teacher_cache(tmp_path
     from kd_engine.cli import main
     from kd_engine.store import list_runs, open_run
 
-    assert main(["train", str(REPO / "configs/autokd_digits.yaml"), "--runs-dir", str(tmp_path),
-                 "--set", "search.budget=2", "--set", "epochs=1", "--set", "teacher.train.epochs=1",
-                 "--set", f"cache_dir={tmp_path / 'cache'}"]) == 0
+    args = [str(REPO / "configs/autokd_digits.yaml"), "--runs-dir", str(tmp_path), "--set", "search.budget=2",
+            "--set", "epochs=1", "--set", "teacher.train.epochs=1", "--set", f"cache_dir={tmp_path / 'cache'}"]
+    assert main(["search", *args, "--max-evals", "1"]) == 0  # interrupted after one evaluation ...
+    assert len(open_search("autokd_digits", tmp_path).trials()) == 1
+    assert main(["train", *args]) == 0  # ... and resumed by `kdw train` of the same config
     search = open_search("autokd_digits", tmp_path)
     trials = search.trials()
-    assert len(trials) == 2 and trials["reward"].notna().all()
+    assert len(trials) == 2 and trials["reward"].notna().all() and trials["run_id"].nunique() == 2
+    assert list(trials["trial"]) == [0, 1]
     assert (trials["reward"] == -trials["val_loss"]).all()  # the reward is a validation quantity
     runs = list_runs(tmp_path).set_index("run_id")
     for row in trials.itertuples():
