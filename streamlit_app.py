@@ -25,6 +25,7 @@ PAGES = [
     st.Page("workbench/pages/features.py", title="Features", icon=":material/layers:"),
     st.Page("workbench/pages/attention.py", title="Attention", icon=":material/visibility:"),
     st.Page("workbench/pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("workbench/pages/search.py", title="Searches", icon=":material/travel_explore:"),
     st.Page("workbench/pages/methods.py", title="Methods", icon=":material/menu_book:"),
 ]
 

@@ -34,11 +34,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.runs_dir:
             overrides.append(f"runs_dir={args.runs_dir}")
         cfg = load_config(args.config, overrides)  # before torch is imported: a typo fails at once
+        if cfg.search is not None:  # a search section: run (or resume) the search of trials
+            from kd_engine.search import run_search
+
+            print(run_search(cfg))
+            return 0
         from kd_engine.trainers import train
 
         run_dir = train(cfg, run_id=args.run_id)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run_dir)
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    if args.list:
+        from kd_engine.search.read import list_searches
+
+        frame = list_searches(args.runs_dir or "runs")
+        print(frame.drop(columns=["created"]).to_string(index=False) if not frame.empty else "no searches")
+        return 0
+    from kd_engine.config import load_config
+
+    if not args.config:
+        raise KDWError("search: give a CONFIG file with a search section (or --list)")
+    overrides = list(args.set or []) + ([f"runs_dir={args.runs_dir}"] if args.runs_dir else [])
+    cfg = load_config(args.config, overrides)
+    from kd_engine.search import run_search
+
+    print(run_search(cfg, max_evals=args.max_evals))
     return 0
 
 
@@ -149,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", help="where runs go (overrides runs_dir)")
     p.add_argument("--run-id", help="the run's directory name (default: time-name-random)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("search", help="run, resume or join a search (a config with a search section)")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--runs-dir", help="where runs and searches go (overrides runs_dir)")
+    p.add_argument("--max-evals", type=int, metavar="N",
+                   help="run at most N evaluations now (a worker sharing an Optuna study runs exactly N)")
+    p.add_argument("--list", action="store_true", help="list the searches under --runs-dir")
+    p.set_defaults(func=_cmd_search)
 
     for name, func, text in (("runs", _cmd_runs, "list runs"), ("show", _cmd_show, "show one run"),
                              ("stop", _cmd_stop, "stop a running run")):

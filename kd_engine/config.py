@@ -108,6 +108,24 @@ class RecordConfig(_Strict):
     tensorboard: bool = True
 
 
+class SearchConfig(_Strict):
+    """A search over runs of this config (kd_engine.search): each trial is a normal run."""
+
+    strategy: str = "mcts"  # a name in kd_engine.search.STRATEGIES, checked when the search starts
+    budget: int = Field(40, gt=0)  # evaluations (trials) in all
+    seed: int = 0
+    id: str | None = None  # the search directory's name under <runs_dir>/_searches (default: name)
+    space: dict[str, Any] = Field(default_factory=dict)  # strategy-specific search space
+    params: dict[str, Any] = Field(default_factory=dict)  # strategy settings, e.g. MCTS's c
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(ch in value for ch in "/\\") or value.startswith(".")):
+            raise ValueError("must be a plain name without slashes")
+        return value
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     method: str = "standard"
@@ -128,6 +146,8 @@ class ExperimentConfig(_Strict):
     record: RecordConfig = Field(default_factory=RecordConfig)
     runs_dir: str = "runs"
     cache_dir: str = ".kdw_cache"
+    search: SearchConfig | None = None  # present: `kdw train` runs a search of trials of this config
+    tags: dict[str, Any] = Field(default_factory=dict)  # free labels, e.g. a search trial's id and number
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,159 @@
+"""Running a search: trials as ordinary runs of the run store, evaluations saved after each one.
+
+Each trial is the search's config without its `search` section, with the trial's choices applied
+as dotted keys, named `<search id>-t<NNN>` and tagged `{search_id, trial, strategy}` (in the run's
+config), so it shows in the dashboard like any run. Selection uses the validation split only; the
+test metrics of every trial are recorded but never read by a strategy.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from kd_engine.config import ExperimentConfig
+from kd_engine.errors import ConfigError, NonFiniteLossError
+from kd_engine.search.base import STRATEGIES, Space, atomic_write_json, read_json, search_dir, write_description
+
+log = logging.getLogger("kdw")
+RUNNER_PARAMS = ("reward", "teacher_cache")
+REWARDS = {"val_loss": lambda m: -m["val/student_loss"], "val_acc": lambda m: m["val/student_acc"]}
+KEPT_METRICS = ("val/student_acc", "val/student_loss", "test/student_acc", "test/student_loss")
+
+
+def base_raw(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config every trial starts from: the search's config without its search section."""
+    raw = cfg.to_dict()
+    raw.pop("search", None)
+    if raw["data"].get("split_seed") is None:  # every trial sees the same split
+        raw["data"]["split_seed"] = cfg.seed
+    return raw
+
+
+def search_id_of(cfg: ExperimentConfig) -> str:
+    return cfg.search.id or cfg.name
+
+
+def run_trial(base: dict[str, Any], overrides: dict[str, Any], search_id: str, trial: int,
+              strategy: str) -> dict[str, Any]:
+    """Train one trial as a normal run; returns run_id, run_dir, wall_s, status and its metrics.
+    A trial whose loss diverges is recorded as failed (status 'failed'), not raised."""
+    from kd_engine.experiment import set_key
+    from kd_engine.config import validate
+    from kd_engine.store import open_run
+    from kd_engine.trainers.loop import train
+
+    raw = copy.deepcopy(base)
+    for key, value in overrides.items():
+        set_key(raw, key, copy.deepcopy(value))
+    raw["name"] = f"{search_id}-t{trial:03d}"
+    raw["tags"] = {**raw.get("tags", {}), "search_id": search_id, "trial": int(trial), "strategy": strategy}
+    cfg = validate(raw, f"trial {trial}")
+    started = time.perf_counter()
+    from kd_engine.store.writer import new_run_id
+
+    run_id = new_run_id(raw["name"])
+    try:
+        run_dir = train(cfg, distributed=False, run_id=run_id)
+        status = "finished"
+    except NonFiniteLossError:
+        run_dir, status = Path(cfg.runs_dir) / run_id, "failed"
+    wall = time.perf_counter() - started
+    metrics = open_run(run_dir).final_metrics() if status == "finished" else {}
+    return {"run_id": run_id, "run_dir": str(run_dir), "wall_s": wall, "status": status,
+            "metrics": {k: metrics[k] for k in KEPT_METRICS if k in metrics}}
+
+
+def write_teacher_cache(cfg: ExperimentConfig, root: Path, layer: str) -> Path:
+    """Teacher logits and `layer` features on the training split, computed once per search and
+    stored as .npy (memory-mappable) under `root/teacher_cache`; reused on resume."""
+    import numpy as np
+    import torch
+
+    from kd_engine.cache import build_teacher
+    from kd_engine.data import build_data
+    from kd_engine.models import feature_taps
+
+    out = root / "teacher_cache"
+    if (out / "meta.json").is_file():
+        return out
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = build_data(cfg.data, cfg.seed)
+    teacher, source = build_teacher(cfg, data.input_shape, data.num_classes)
+    x = data.train.x.float()
+    with torch.no_grad(), feature_taps(teacher, [layer]) as taps:
+        logits = teacher(x)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "inputs.npy", x.flatten(1).numpy())
+    np.save(out / "logits.npy", logits.float().numpy())
+    np.save(out / "features.npy", taps[layer].float().numpy())
+    np.save(out / "ids.npy", data.train.ids.numpy())
+    atomic_write_json(out / "meta.json", {"layer": layer, "teacher": source, "count": len(x),
+                                          "split_seed": cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed})
+    return out
+
+
+def run_sequential(cfg: ExperimentConfig, max_evals: int | None = None,
+                   evaluate: Callable[[dict[str, Any], int], dict[str, Any]] | None = None) -> Path:
+    """Run (or resume) an `mcts`/`random` search; at most `max_evals` evaluations in this call.
+    `evaluate(config, trial)` replaces the proxy run (tests): it returns a dict with `reward`."""
+    search = cfg.search
+    sid = search_id_of(cfg)
+    root = search_dir(cfg.runs_dir, sid)
+    space = Space.from_config(search.space)
+    params = {k: v for k, v in search.params.items() if k not in RUNNER_PARAMS}
+    reward_name = search.params.get("reward", "val_loss")
+    if reward_name not in REWARDS:
+        raise ConfigError(f"search.params.reward: {reward_name!r} is not one of {', '.join(REWARDS)}")
+    strategy = STRATEGIES.get(search.strategy, field="search.strategy")(space, params, search.seed)
+    base = base_raw(cfg)
+    for key in space.keys:
+        _check_key(base, key)
+    state_path = root / "state.json"
+    state = read_json(state_path) if state_path.is_file() else None
+    if state is not None:
+        if state["strategy"] != search.strategy or state["space"] != [[k, list(v)] for k, v in space.levels]:
+            raise ConfigError(f"search.id: {root} holds another search (strategy or space differ); "
+                              "choose another search.id")
+        strategy.load_state_dict(state["strategy_state"])
+    else:
+        state = {"strategy": search.strategy, "space": [[k, list(v)] for k, v in space.levels],
+                 "reward": reward_name, "evaluations": [], "strategy_state": strategy.state_dict()}
+    write_description(root, sid, search.strategy, search.budget, cfg.to_dict(), reward=reward_name)
+    overrides_all: dict[str, Any] = {}
+    if evaluate is None and search.params.get("teacher_cache", cfg.method == "autokd"):
+        layer = (cfg.distill.params or {}).get("teacher_layer", "layer2")
+        cache = write_teacher_cache(cfg, root, layer)
+        overrides_all = {"distill.params.teacher_cache": str(cache), "teacher": None}
+    done_now = 0
+    while len(state["evaluations"]) < search.budget and (max_evals is None or done_now < max_evals):
+        trial = len(state["evaluations"])
+        path = strategy.propose()
+        config = space.config(path)
+        if evaluate is not None:
+            record = dict(evaluate(config, trial))
+        else:
+            record = run_trial(base, {**overrides_all, **config}, sid, trial, search.strategy)
+            m = record["metrics"]
+            record["reward"] = REWARDS[reward_name](m) if record["status"] == "finished" else None
+        reward = record["reward"]
+        worst = min([e["reward"] for e in state["evaluations"] if e["reward"] is not None], default=0.0)
+        strategy.observe(path, worst if reward is None else reward)  # a diverged trial counts as the worst seen
+        state["evaluations"].append({"trial": trial, "path": list(path), "config": config,
+                                     "time": time.time(), **record})
+        state["strategy_state"] = strategy.state_dict()
+        atomic_write_json(state_path, state)
+        done_now += 1
+        log.info("search %s trial %d/%d reward %s %s", sid, trial + 1, search.budget, reward, config)
+    return root
+
+
+def _check_key(base: dict[str, Any], dotted: str) -> None:
+    """A space key must name a config key that validates (checked on a copy with a dummy value later)."""
+    top = dotted.split(".")[0]
+    if top not in ExperimentConfig.model_fields or top == "search":
+        raise ConfigError(f"search.space.{dotted}: {top!r} is not a config key "
+                          f"(allowed: {', '.join(k for k in ExperimentConfig.model_fields if k != 'search')})")

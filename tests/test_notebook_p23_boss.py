@@ -1,0 +1,19 @@
+"""The BOSS notebook (card §23) runs end to end at the smoke budget and writes finite results."""
+from __future__ import annotations
+
+import json
+import math
+
+from kd_engine.reproduce import reproduce
+
+
+def test_p23_boss_smoke(tmp_path):
+    out = reproduce(["p23_boss"], budget="smoke", output=tmp_path)
+    payload = json.loads(out["p23_boss"].read_text())
+    assert payload["notebook"] == "p23_boss" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+    by_metric: dict[str, set[str]] = {}
+    for row in payload["rows"]:
+        assert row["baseline"] == "bo" and row["n"] == 1
+        assert row["mean"] is not None and math.isfinite(row["mean"]) and 0.0 <= row["mean"] <= 1.0
+        by_metric.setdefault(row["metric"], set()).add(row["arm"])
+    assert by_metric == {"test_acc_of_best_val": {"bo", "boss", "sd"}, "best_val_acc": {"bo", "boss", "sd"}}
