@@ -11,7 +11,10 @@
   ``student_acc`` is set to ``all_acc`` (raw argmax indices of novel clusters are arbitrary).
   The card's headline metric, ``train/novel_acc`` (clustering accuracy on the novel training
   samples, clean images, eval mode), is logged each epoch and in the final metrics;
-- the distiller's ``step_stats`` added to the step scalars.
+- the distiller's ``step_stats`` added to the step scalars;
+- after stage 1, the artifact ``relation_matrix`` (novel × known): the frozen teacher's mean
+  known-class distribution softmax(z_known / (τT)) over the training samples of each novel class
+  (labels used for this diagnostic only).
 """
 from __future__ import annotations
 
@@ -131,7 +134,23 @@ class NCDLoop(_Loop):
                 seen, loss_sum = seen + len(y), loss_sum + loss.item() * len(y)
         self.distiller.finish_stage1()
         if self.writer is not None:
+            self._save_relation_matrix()
             self.writer.log_scalars(0, 0, {"stage1/train_loss": loss_sum / max(seen, 1),
                                            "stage1/train_known_acc": correct / max(seen, 1),
                                            "stage1/epochs": float(epochs)})
             self.writer.event(f"stage 1: {epochs} supervised epochs on {len(y_all)} known-class samples")
+
+    @torch.no_grad()
+    def _save_relation_matrix(self) -> None:
+        teacher, known, d = self.distiller.frozen, self.distiller.known, self.distiller
+        train = self.data.train
+        rows = []
+        for c in range(known, self.data.num_classes):
+            x = train.x[train.y == c].to(self.device)
+            if not len(x):
+                rows.append(torch.full((known,), float("nan")))
+                continue
+            rows.append(F.softmax(teacher.heads(x)[0].float() / (d.tau * d.T), 1).mean(0).cpu())
+        names = self.data.class_names
+        self.writer.save_artifact("relation_matrix", torch.stack(rows).numpy(), kind="relation", dtype="float32",
+                                  meta={"rows": names[known:], "columns": names[:known]})
