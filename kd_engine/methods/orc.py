@@ -123,11 +123,19 @@ class ORC(Distiller):
         self.r, self.t0_scale = p["promote"], float(p["teacher_lr_scale"])
         self.t0 = None
         if teacher is not None:  # T0, the group's live copy of the pretrained teacher
-            self.t0 = copy.deepcopy(teacher).train()
+            self.t0 = copy.deepcopy(teacher)
             for parameter in self.t0.parameters():
                 parameter.requires_grad_(self.mode == "orc")
         self.member_names = (["T0"] if self.t0 is not None else []) + self.student.names
         self.step_stats: dict[str, torch.Tensor] = {}
+        self.train()
+
+    def train(self, mode: bool = True) -> "ORC":
+        """T0 trains (BatchNorm statistics included) only when ORC refines it; else it stays frozen."""
+        super().train(mode)
+        if self.t0 is not None and self.mode != "orc":
+            self.t0.eval()
+        return self
 
     # -- the group loop's interface ---------------------------------------------------------------
     def group_members(self) -> dict[str, nn.Module]:
