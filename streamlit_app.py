@@ -26,6 +26,7 @@ PAGES = [
     st.Page("workbench/pages/attention.py", title="Attention", icon=":material/visibility:"),
     st.Page("workbench/pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("workbench/pages/search.py", title="Searches", icon=":material/travel_explore:"),
+    st.Page("workbench/pages/roles.py", title="Roles", icon=":material/swap_horiz:"),
     st.Page("workbench/pages/methods.py", title="Methods", icon=":material/menu_book:"),
 ]
 

@@ -85,7 +85,8 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
     teacher, teacher_source = build_teacher(cfg, data.input_shape, data.num_classes, ctx.is_main, ctx.barrier)
     torch.manual_seed(cfg.seed + 1)  # adapters get the same init whether or not a teacher was cached
     distiller = method(cfg, student, teacher, data.input_shape).to(device)
-    return _Loop(cfg, ctx, device, data, distiller, teacher_source, resume, run_id).run()
+    loop = getattr(distiller, "make_loop", _Loop)  # a method may bring its own loop (a _Loop subclass)
+    return loop(cfg, ctx, device, data, distiller, teacher_source, resume, run_id).run()
 
 
 class _Loop:

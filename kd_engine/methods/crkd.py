@@ -1,0 +1,168 @@
+"""Cr-KD: class-relation knowledge distillation for novel class discovery (ICCV 2023, card §10;
+basis: the public code, as summarised on the card).
+
+The student is an ``ncd_resnet`` (known head of cosine prototypes + H novel heads). Labels
+below ``known`` are labelled (known) classes; samples of the other classes are unlabelled: their
+labels are used for nothing but evaluation (the mask y >= known says which samples are in the
+unlabelled set, as in NCD). The run's loop (``kd_engine.trainers.ncd.NCDLoop``) first trains the
+student supervised on the known classes (stage 1) and freezes a copy as the teacher.
+
+Stage 2, per step, on two augmented views (UNO base):
+- logits per head h: [known, novel_h] (cosine); targets: one-hot for labelled samples, and
+  Sinkhorn-Knopp pseudo-labels (ε = 0.05, 3 iterations) on the novel part for unlabelled ones;
+- L_UNO = mean over heads of the swapped-view CE(logits_v / τ, targets_v'), τ = 0.1;
+- L_kd (unlabelled samples only) = −T² mean_{views, heads, i} [u_i Σ_c p_ic log q_ic], p from the
+  frozen teacher's known head, q from the student's, u the gate of
+  `kd_engine.losses.class_relation.relation_gate` (not detached; ``gate: false`` sets u ≡ 1);
+- L = L_UNO + α L_kd (α = 0.1; α = 0 is UNO). Prototypes are renormalised after every step.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from kd_engine.data.augment import jitter
+from kd_engine.errors import ConfigError
+from kd_engine.losses.class_relation import class_relation_kd, relation_gate
+from kd_engine.losses.sinkhorn import sinkhorn_knopp
+from kd_engine.methods.base import Distiller, StepOutput
+from kd_engine.methods.registry import METHODS
+
+DEFAULTS = {"alpha": 0.1, "gate": True, "tau": 0.1, "temperature": 4.0, "epsilon": 0.05,
+            "sk_iterations": 3, "stage1_epochs": 20, "head_momentum": 0.9}
+
+
+def crkd_settings(params: dict) -> dict:
+    for key in params:
+        if key not in DEFAULTS:
+            raise ConfigError(f"distill.params: unknown parameter {key!r} for method crkd "
+                              f"(allowed: {', '.join(DEFAULTS)})")
+    out = {**DEFAULTS, **params}
+    if not isinstance(out["gate"], bool):
+        raise ConfigError(f"distill.params.gate: true or false, got {out['gate']!r}")
+    for key in ("alpha", "tau", "temperature", "epsilon", "head_momentum"):
+        if not isinstance(out[key], (int, float)) or isinstance(out[key], bool) or out[key] < 0 \
+                or (key != "alpha" and out[key] == 0) or (key == "head_momentum" and out[key] >= 1):
+            raise ConfigError(f"distill.params.{key}: out of range, got {out[key]!r}")
+    for key in ("sk_iterations", "stage1_epochs"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 0:
+            raise ConfigError(f"distill.params.{key}: a non-negative integer, got {out[key]!r}")
+    return out
+
+
+@METHODS.register("crkd")
+class CrKD(Distiller):
+    needs_teacher = False
+
+    def __init__(self, cfg, student, teacher, input_shape):
+        if teacher is not None:
+            raise ConfigError("teacher: method crkd trains its own teacher (stage 1 on the known classes, "
+                              "distill.params.stage1_epochs); remove the teacher section")
+        if not hasattr(student, "heads") or not hasattr(student, "known"):
+            raise ConfigError(f"student.name: method crkd needs an ncd_resnet student, got {cfg.student.name!r}")
+        super().__init__(student, None)
+        p = crkd_settings(dict(cfg.distill.params))
+        self.alpha, self.use_gate, self.tau, self.T = float(p["alpha"]), p["gate"], float(p["tau"]), float(p["temperature"])
+        self.epsilon, self.sk_iterations = float(p["epsilon"]), p["sk_iterations"]
+        self.stage1_epochs, self.head_momentum = p["stage1_epochs"], float(p["head_momentum"])
+        self.known = student.known
+        self.frozen = None  # the stage-1 teacher, set by finish_stage1 (kept in the run's state)
+        self.register_buffer("stage1_done", torch.zeros((), dtype=torch.bool))
+        self.step_stats: dict[str, torch.Tensor] = {}
+
+    def finish_stage1(self) -> None:
+        """Freeze a copy of the stage-1 student as the class-relation teacher."""
+        self.frozen = copy.deepcopy(self.student).eval()
+        for parameter in self.frozen.parameters():
+            parameter.requires_grad_(False)
+        self.stage1_done.fill_(True)
+
+    def train(self, mode: bool = True) -> "CrKD":
+        super().train(mode)
+        if self.frozen is not None:
+            self.frozen.eval()
+        return self
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if any(k.startswith("frozen.") for k in state_dict) and self.frozen is None:
+            self.finish_stage1()  # resuming after stage 1: the teacher's slot must exist first
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def after_step(self, step: int, epoch: int) -> None:
+        self.student.normalize_prototypes()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        if self.frozen is None:
+            raise RuntimeError("crkd: stage 1 has not run (use the NCD loop: kdw train)")
+        k, scale = self.known, self.tau
+        unl = y >= k
+        views = [jitter(x), jitter(x)]
+        outs = [self.student.heads(v) for v in views]  # (known (B,K), novel (H,B,N)) per view
+        with torch.no_grad():
+            t_known = [self.frozen.heads(v)[0] for v in views]
+        heads = outs[0][1].shape[0]
+        targets = []  # per view: (H, B, K+N)
+        for known_logits, novel in outs:
+            t = torch.zeros(heads, len(y), k + novel.shape[2], device=x.device)
+            t[:, ~unl, :] = F.one_hot(y[~unl], k + novel.shape[2]).float()
+            if unl.any():
+                for h in range(heads):
+                    t[h, unl, k:] = sinkhorn_knopp(novel[h, unl].float(), self.epsilon, self.sk_iterations)
+            targets.append(t)
+        uno = torch.zeros(heads, len(y), device=x.device)
+        for v, w in ((0, 1), (1, 0)):
+            known_logits, novel = outs[v]
+            logits = torch.cat([known_logits.unsqueeze(0).expand(heads, -1, -1), novel], 2).float() / scale
+            uno = uno + 0.5 * -(targets[w] * F.log_softmax(logits, 2)).sum(2)
+        kd = torch.zeros(len(y), device=x.device)
+        gate = torch.zeros(len(y), device=x.device)
+        if unl.any():
+            for v in range(2):
+                known_logits, novel = outs[v]
+                for h in range(heads):
+                    u = relation_gate(torch.cat([known_logits[unl], novel[h, unl]], 1).float(), k, self.tau, self.T)
+                    gate[unl] = gate[unl] + u.detach() / (2 * heads)
+                    kd[unl] = kd[unl] + class_relation_kd(known_logits[unl].float(), t_known[v][unl].float(),
+                                                          u if self.use_gate else None, self.tau, self.T,
+                                                          reduction="none") / (2 * heads)
+        self._track_heads(uno.detach().mean(1))
+        losses = {"task": uno.mean(), "distill": self.alpha * kd[unl].mean() if unl.any() else kd.sum()}
+        self._stats(outs, unl, gate)
+        best = self.student.best_head()
+        pseudo = torch.full_like(y, -1)
+        pseudo[unl] = targets[0][best, unl, k:].argmax(1) + k
+        per_sample = {"student_loss": uno.detach().mean(0), "distill_loss": kd.detach(), "gate": gate,
+                      "unlabelled": unl.float(), "pseudo_label": pseudo.float()}
+        logits = torch.cat([outs[0][0], outs[0][1][best]], 1)
+        return StepOutput(logits, losses, per_sample, None)
+
+    @torch.no_grad()
+    def _track_heads(self, head_losses: torch.Tensor) -> None:
+        """Running loss per novel head (EMA); the model reports the head with the lowest."""
+        buffer = self.student.head_loss
+        if bool((buffer == 0).all()):
+            buffer.copy_(head_losses)
+        else:
+            buffer.mul_(self.head_momentum).add_((1 - self.head_momentum) * head_losses)
+
+    @torch.no_grad()
+    def _stats(self, outs, unl, gate) -> None:
+        """Per step: the entropy of the known-head distribution at τT on unlabelled samples (the
+        card's 'fading relation'), and the mean raw (un-normalised) gate."""
+        known_logits, novel = outs[0]
+        zero = torch.zeros((), device=unl.device)
+        if not unl.any():
+            self.step_stats = {"train/known_entropy_novel": zero, "train/gate_raw_mean": zero}
+            return
+        p = F.softmax(known_logits[unl].float() / (self.tau * self.T), 1)
+        entropy = -(p * p.clamp_min(1e-12).log()).sum(1).mean()
+        raw = F.softmax(torch.cat([known_logits[unl], novel[self.student.best_head(), unl]], 1).float()
+                        / (self.tau * self.T), 1)[:, :self.known].sum(1).mean()
+        self.step_stats = {"train/known_entropy_novel": entropy, "train/gate_raw_mean": raw}
+
+    def make_loop(self, *args):
+        from kd_engine.trainers.ncd import NCDLoop
+
+        return NCDLoop(*args)
