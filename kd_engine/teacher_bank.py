@@ -232,7 +232,7 @@ class TeacherBank:
 
     def target_probs(self) -> torch.Tensor:
         """p_T[y] of every stored view, (N, K) (read once, e.g. for a calibration rule)."""
-        probs = torch.from_numpy(np.asarray(self.logits)).float()
+        probs = torch.from_numpy(np.array(self.logits)).float()
         probs = quantize_topk(probs, self.topk).exp() if self.topk else probs.softmax(-1)
         labels = torch.from_numpy(self.labels).view(-1, 1, 1).expand(-1, probs.shape[1], 1)
         return probs.gather(2, labels).squeeze(2)
