@@ -278,6 +278,7 @@ class BankDistiller(nn.Module):
     def __init__(self, inner: nn.Module, bank: TeacherBank, seed: int):
         super().__init__()
         self.inner, self.bank, self.seed, self.epoch = inner, bank, seed, 0
+        self.register_buffer("view_conf", bank.target_probs(), persistent=False)  # (N, K) p_T[y]
 
     @property
     def student(self) -> nn.Module:
@@ -293,14 +294,18 @@ class BankDistiller(nn.Module):
     def trainable_parameters(self):
         return self.inner.trainable_parameters()
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor):
+    def replay(self, x: torch.Tensor, ids: torch.Tensor):
+        """This epoch's stored view of each image: (cropped x, stored logits, rows, views)."""
         rows = self.bank.rows(ids)
         view = self.bank.draw(rows, self.seed, self.epoch)[:, 0]
         params, logits = self.bank.lookup(rows, view)
-        self.inner.teacher.pending = logits
-        out = self.inner(apply_views(x, params), y)
-        conf = F.softmax(logits.float(), 1).gather(1, y.cpu().view(-1, 1)).squeeze(1)
-        out.per_sample.update(bank_view=view.float().to(y.device), bank_conf_y=conf.to(y.device))
+        return apply_views(x, params), logits.to(x.device), rows, view
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor):
+        x, self.inner.teacher.pending, rows, view = self.replay(x, ids)
+        out = self.inner(x, y)
+        out.per_sample.update(bank_view=view.to(y.device, torch.float32),
+                              bank_conf_y=self.view_conf[rows, view].to(y.device))
         return out
 
 
