@@ -64,10 +64,6 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
     if resume is not None:
         cfg = validate(load_raw(Path(resume) / "config.yaml"), str(Path(resume) / "config.yaml"))
     check_names(cfg)
-    if cfg.teacher_cache:
-        from kd_engine.teacher_bank import check_teacher_cache
-
-        check_teacher_cache(cfg)
     if dataset_task(cfg.data.name) == "detection":
         from kd_engine.trainers.detection_loop import train_detection
 
