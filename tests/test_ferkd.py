@@ -107,3 +107,34 @@ def test_hard_labels_record_no_relabelling(make_raw):
     raw = make_raw({**FERKD, "epochs": 1, "distill.params": {"labels": "hard"}})
     rows = open_run(train(validate(raw), distributed=False)).instances(split="train", columns=["calibrated"])
     assert (rows.calibrated == 0).all()
+
+
+def test_ferkd_with_selfmix_resumes_to_identical_weights(make_raw, tmp_path, monkeypatch):
+    """The view draw depends only on (seed, epoch) and SelfMix's draws on the checkpointed torch
+    RNG, so a run stopped after epoch 1 and resumed ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    from kd_engine.trainers import train
+    from kd_engine.trainers.loop import StopRequested, _Loop
+
+    raw = make_raw({**FERKD, "epochs": 3, "data.batch_size": 128, "distill.params": {"selfmix": 0.5}})
+    reference = train(validate(raw), distributed=False)
+    original = _Loop._end_of_epoch
+
+    def stop_after_first(self, epoch):
+        original(self, epoch)
+        if epoch == 0:
+            raise StopRequested("test stop")
+
+    monkeypatch.setattr(_Loop, "_end_of_epoch", stop_after_first)
+    with pytest.raises(StopRequested):
+        train(validate({**raw, "runs_dir": str(tmp_path / "victim")}), distributed=False)
+    monkeypatch.setattr(_Loop, "_end_of_epoch", original)
+    (victim,) = [p for p in (tmp_path / "victim").iterdir() if (p / "store.sqlite").is_file()]
+    resumed = train(None, resume=victim, distributed=False)
+    a = load_file(str(reference / "checkpoints" / "student.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "student.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    views = [open_run(d).instances(split="train", columns=["epoch", "instance_id", "bank_view", "mix_lam"])
+             .sort_values(["epoch", "instance_id"]).reset_index(drop=True) for d in (reference, resumed)]
+    assert views[0].equals(views[1])
