@@ -23,3 +23,7 @@ def check_names(cfg: ExperimentConfig) -> None:
     OPTIMIZERS.get(cfg.optimizer.name, field="optimizer.name")
     for index, term in enumerate(cfg.distill.terms):
         LOSSES.get(term.loss, field=f"distill.terms.{index}.loss")
+    if cfg.teacher_cache:  # what a teacher soft-label bank can serve (logit terms, classification)
+        from kd_engine.teacher_bank import check_teacher_cache
+
+        check_teacher_cache(cfg)

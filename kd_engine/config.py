@@ -126,6 +126,27 @@ class SearchConfig(_Strict):
         return value
 
 
+class TeacherBankConfig(_Strict):
+    """The views of `teacher_cache: true` (kd_engine/teacher_bank.py): K random-resized crops
+    (+ flip) per training image, labelled once by the teacher and replayed exactly."""
+
+    views: int = Field(32, gt=0)
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    flip: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int | None = None  # None: the split seed
+    topk: int | None = Field(None, gt=0)  # quantised labels: keep the top-k probabilities (read time)
+    batch_size: int = Field(1024, gt=0)  # teacher batch while the bank is built (not part of its key)
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float], info) -> tuple[float, float]:
+        high = 1.0 if info.field_name == "scale" else float("inf")
+        if not 0.0 < value[0] <= value[1] <= high:
+            raise ValueError(f"expected 0 < low <= high{' <= 1' if high == 1.0 else ''}")
+        return value
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     method: str = "standard"
@@ -144,6 +165,8 @@ class ExperimentConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
+    teacher_cache: bool = False  # student epochs read a teacher soft-label bank (kd_engine/teacher_bank.py)
+    teacher_bank: TeacherBankConfig | None = None  # the bank's views (None: the defaults)
     runs_dir: str = "runs"
     cache_dir: str = ".kdw_cache"
     search: SearchConfig | None = None  # present: `kdw train` runs a search of trials of this config
@@ -160,6 +183,8 @@ class ExperimentConfig(_Strict):
     def _teacher_when_distilling(self) -> "ExperimentConfig":
         if self.distill.terms and self.teacher is None:
             raise ValueError("distill.terms need a teacher: add a 'teacher' section")
+        if self.teacher_cache and self.teacher is None:
+            raise ValueError("teacher_cache needs a teacher to label the bank: add a 'teacher' section")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,9 +30,17 @@ def test_quick_bench_writes_positive_finite_ratios(tmp_path):
             assert _positive_finite(ratio[field]), (key, field, ratio[field])
         assert len(ratio["per_round"]) == results["settings"]["rounds"]
         assert ratio["goal"] == 1.05 and isinstance(ratio["passed"], bool)
-    for arm in ("bare", "engine", "engine_norec"):
+    cache = results["ratios"]["kd_cache_vs_plain"]
+    assert cache["goal"] == 1.10 and isinstance(cache["passed"], bool)
+    assert (cache["arm"], cache["reference"]) == ("kd_cache", "plain")
+    assert results["ratios"]["kd_online_vs_plain"]["reference"] == "plain"
+    for key in ("kd_cache_vs_plain", "kd_online_vs_plain"):
+        assert _positive_finite(results["ratios"][key]["ratio"]), key
+    assert _positive_finite(results["cache_parts"]["replay"]["ms_per_step"])
+    for arm in ("bare", "engine", "engine_norec", "plain", "kd_cache"):
         assert _positive_finite(results["arms"][arm]["median"]), arm
         assert _positive_finite(results["arms"][arm]["cpu_median"]), arm
     assert results["settings"]["quick"] is True
-    for line in ("engine (recording on) vs bare loop", "record.instances true vs false"):
+    for line in ("engine (recording on) vs bare loop", "record.instances true vs false",
+                 "KD from teacher cache vs plain student", "online KD vs plain student"):
         assert line in proc.stdout

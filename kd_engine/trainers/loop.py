@@ -82,6 +82,12 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
     if cfg.teacher is not None:  # report mistakes in terms, layers or weighting before a teacher trains
         method(cfg, student, build_model(cfg.teacher, data.input_shape, data.num_classes, field="teacher"),
                data.input_shape)
+    if cfg.teacher_cache:  # the teacher's soft labels come from a bank; the teacher is not loaded
+        from kd_engine.teacher_bank import bank_distiller, prepare_bank
+
+        bank = prepare_bank(cfg, data, device, ctx.is_main, ctx.barrier)
+        distiller, teacher_source = bank_distiller(cfg, method, student, data, bank).to(device), str(bank.directory)
+        return _Loop(cfg, ctx, device, data, distiller, teacher_source, resume, run_id).run()
     teacher, teacher_source = build_teacher(cfg, data.input_shape, data.num_classes, ctx.is_main, ctx.barrier)
     torch.manual_seed(cfg.seed + 1)  # adapters get the same init whether or not a teacher was cached
     distiller = method(cfg, student, teacher, data.input_shape).to(device)
@@ -94,6 +100,7 @@ class _Loop:
         self.cfg, self.ctx, self.device, self.data = cfg, ctx, device, data
         self.distiller = distiller
         self.student, self.teacher = distiller.student, distiller.teacher
+        self.takes_ids = getattr(distiller, "takes_ids", False)
         self.model = DistributedDataParallel(distiller) if ctx.enabled else distiller
         self.autocast = lambda: runtime.autocast(device, cfg.amp)
         self.optimizer = build_optimizer(cfg.optimizer, distiller.trainable_parameters())
@@ -223,8 +230,8 @@ class _Loop:
         started, seen, last_flush = time.perf_counter(), 0, time.perf_counter()
         for x, y, ids, keep in self._batches(epoch):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                out = self.model(x, y)
+            with self.autocast():  # a method on a teacher bank also needs the instance ids
+                out = self.model(x, y, ids.to(self.device)) if self.takes_ids else self.model(x, y)
             loss = self._optimize(out, epoch)
             if self.cfg.record.instances:
                 records.append(self._instance_record(out, y, ids, keep, epoch))
