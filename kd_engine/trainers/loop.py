@@ -223,7 +223,8 @@ class _Loop:
         for x, y, ids, keep in self._batches(epoch):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast():
-                out = self.model(x, y)
+                out = (self.model(x, y, ids.to(self.device)) if self.distiller.wants_ids
+                       else self.model(x, y))
             loss = self._optimize(out, epoch)
             if self.cfg.record.instances:
                 records.append(self._instance_record(out, y, ids, keep, epoch))
