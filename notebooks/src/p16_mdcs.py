@@ -238,12 +238,13 @@ def describe(summary, arm, what):
 
 
 def holds(summary, arm, at_least=False):
+    """'holds', 'not shown' (within noise where a gain was claimed) or 'contradicted' (resolved lower)."""
     r = summary.set_index("arm").loc[arm]
-    if int(r["n"]) < 2:
-        return None
-    if at_least:
-        return not (r["verdict"] == "resolved" and r["diff_mean"] < 0)
-    return r["verdict"] == "resolved" and r["diff_mean"] > 0
+    if r["verdict"] == "resolved" and r["diff_mean"] < 0:
+        return "contradicted"
+    if at_least or (r["verdict"] == "resolved" and r["diff_mean"] > 0):
+        return "holds"
+    return "not shown"
 
 
 n = len(seeds)
@@ -258,7 +259,7 @@ claims = [("diversity beats plain experts on few-shot classes", holds(claim_few,
 if n < 2:
     claim_text = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    claim_text = " ".join(f"Claim '{c}': {'holds' if ok else 'not shown'} ({d})." for c, ok, d in claims)
+    claim_text = " ".join(f"Claim '{c}': {ok} ({d})." for c, ok, d in claims)
 best = means.idxmax()
 verdict_text = (f"Over {n} seed(s), balanced test accuracy (mean): "
                 + ", ".join(f"{a} {means[a]:.4f}" for a in order)
