@@ -44,6 +44,7 @@ def train_simclr(x: torch.Tensor, seed: int, hidden: int = 128, dim: int = 64, e
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    optimizer.zero_grad(set_to_none=True)
     torch.set_rng_state(state)
     return encoder.eval().requires_grad_(False), losses
 
