@@ -2,8 +2,9 @@
 
 The known classes 0..K−1 (K = ``known_classes``) are the task: ``labels_per_class`` training
 images per known class carry their label; up to ``unlabelled_known`` other known-class training
-images (drawn at random) join the unlabelled pool together with ⌈m·|U_known|/(1 − m)⌉ images of the unknown classes K..9
-(m = ``mismatch``), so a share m of the pool is out of distribution. Unlabelled training items
+images (drawn at random) join the unlabelled pool together with ⌈m·|U_known|/(1 − m)⌉ images
+of the unknown classes K..9 (m = ``mismatch``), so a share m of the pool is out of
+distribution. Unlabelled training items
 have ``y = −1``: the truth (digit, known or not) is kept in ``bundle.meta["truth"]`` for
 measurement only. Validation and test hold known-class images only. Instance ids are sklearn's
 row indices.

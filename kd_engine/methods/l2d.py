@@ -66,14 +66,14 @@ class L2D(Distiller):
         index[ids] = torch.arange(len(ids))
         train = data.train
         split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
-        teacher, self_source = cached_multilabel_teacher(
+        teacher, source = cached_multilabel_teacher(
             "query_cnn", {"width": p["teacher_width"], "dim": p["teacher_dim"], "heads": p["teacher_heads"]},
             data.input_shape, data.num_classes, train.x, train.ids, targets[index[train.ids]], split_seed,
             cfg.cache_dir, p["teacher_epochs"], p["teacher_lr"], p["teacher_batch_size"])
         super().__init__(student, None)
         # Not `self.teacher`: the loop would treat it as a config teacher (cache, eval on y).
         self.ml_teacher = teacher.requires_grad_(False).eval()
-        self.teacher_source = self_source
+        self.teacher_source = source
         self.p = p
         self.register_buffer("targets", targets, persistent=False)
         self.register_buffer("index", index, persistent=False)
