@@ -272,7 +272,7 @@ class BankDistiller(nn.Module):
     """Runs a logit distiller (e.g. `standard`) on the bank: crops the batch to one stored view
     per image and hands the distiller the stored logits as its teacher's output."""
 
-    takes_ids = True
+    wants_ids = True
     teacher = None  # the loop evaluates no teacher: there is none in this process
 
     def __init__(self, inner: nn.Module, bank: TeacherBank, seed: int):

@@ -26,6 +26,9 @@ class Distiller(nn.Module):
     """Base class. Subclasses set `needs_teacher` and implement `forward(x, y) -> StepOutput`."""
 
     needs_teacher = True
+    # True: the training loop calls forward(x, y, ids) with the batch's instance ids, for methods
+    # that keep per-instance state (pseudo-labels, multi-hot targets) in tables keyed by id.
+    wants_ids = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None):
         super().__init__()

@@ -90,7 +90,7 @@ class FerKDParams:
 @METHODS.register("ferkd")
 class FerKD(Distiller):
     uses_bank = True  # built by kd_engine.teacher_bank.bank_distiller; the teacher is never loaded
-    takes_ids = True
+    wants_ids = True
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, None)

@@ -100,7 +100,6 @@ class _Loop:
         self.cfg, self.ctx, self.device, self.data = cfg, ctx, device, data
         self.distiller = distiller
         self.student, self.teacher = distiller.student, distiller.teacher
-        self.takes_ids = getattr(distiller, "takes_ids", False)
         self.model = DistributedDataParallel(distiller) if ctx.enabled else distiller
         self.autocast = lambda: runtime.autocast(device, cfg.amp)
         self.optimizer = build_optimizer(cfg.optimizer, distiller.trainable_parameters())
@@ -230,8 +229,9 @@ class _Loop:
         started, seen, last_flush = time.perf_counter(), 0, time.perf_counter()
         for x, y, ids, keep in self._batches(epoch):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():  # a method on a teacher bank also needs the instance ids
-                out = self.model(x, y, ids.to(self.device)) if self.takes_ids else self.model(x, y)
+            with self.autocast():  # methods on a teacher bank or per-instance targets need the ids
+                out = (self.model(x, y, ids.to(self.device)) if self.distiller.wants_ids
+                       else self.model(x, y))
             loss = self._optimize(out, epoch)
             if self.cfg.record.instances:
                 records.append(self._instance_record(out, y, ids, keep, epoch))
