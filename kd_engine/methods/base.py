@@ -16,6 +16,8 @@ class StepOutput:
     # (B,) tensors recorded per instance: teacher_loss, student_loss, distill_loss, weight, ...
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_logits: torch.Tensor | None = None
+    # batch-level diagnostics (0-d tensors) logged per step as train/<name>, never optimised
+    scalars: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def total(self) -> torch.Tensor:
@@ -26,6 +28,7 @@ class Distiller(nn.Module):
     """Base class. Subclasses set `needs_teacher` and implement `forward(x, y) -> StepOutput`."""
 
     needs_teacher = True
+    wants_ids = False  # True: the loops call forward(x, y, ids=instance_ids)
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None):
         super().__init__()

@@ -222,8 +222,9 @@ class _Loop:
         started, seen, last_flush = time.perf_counter(), 0, time.perf_counter()
         for x, y, ids, keep in self._batches(epoch):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                out = self.model(x, y)
+            with self.autocast():  # a method that keeps per-instance state asks for the ids
+                out = (self.model(x, y, ids=ids.to(self.device)) if getattr(self.distiller, "wants_ids", False)
+                       else self.model(x, y))
             loss = self._optimize(out, epoch)
             if self.cfg.record.instances:
                 records.append(self._instance_record(out, y, ids, keep, epoch))
@@ -274,6 +275,8 @@ class _Loop:
             if key in ("student_loss", "teacher_loss", "weight") or key.startswith("term_"):
                 name = key.replace("term_", "term/")
                 values[f"train/{name}" if key != "weight" else "train/weight_mean"] = per_sample.float().mean()
+        for key, value in getattr(out, "scalars", {}).items():  # a method's batch-level diagnostics
+            values[f"train/{key}"] = value.detach().float()
         values["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"], device=loss.device)
         return values
 
