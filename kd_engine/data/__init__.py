@@ -20,7 +20,7 @@ from kd_engine.data.base import (  # noqa: E402
     stratified_split,
 )
 from kd_engine.data import digits, imagefolder, generators  # noqa: E402,F401
-from kd_engine.data import web_pool  # noqa: E402,F401
+from kd_engine.data import domain_shift, web_pool  # noqa: E402,F401
 from kd_engine.data.detection import builders as _detection_builders  # noqa: E402,F401
 from kd_engine.data.generators import GENERATORS  # noqa: E402
 
