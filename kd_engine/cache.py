@@ -20,11 +20,17 @@ from kd_engine.trainers.checkpoint import load_weights, read_metadata
 CACHE_VERSION = 1
 
 
+def teacher_data(cfg: ExperimentConfig):
+    """The data config the teacher trains on: ``teacher.data`` if set, else the run's."""
+    return cfg.teacher.data if cfg.teacher.data is not None else cfg.data
+
+
 def teacher_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     """Everything that changes the teacher's weights, and nothing else."""
     assert cfg.teacher is not None
-    data = cfg.data.model_dump(mode="json", exclude={"eval_batch_size"})
-    data["split_seed"] = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
+    source = teacher_data(cfg)
+    data = source.model_dump(mode="json", exclude={"eval_batch_size"})
+    data["split_seed"] = source.split_seed if source.split_seed is not None else cfg.seed
     train = cfg.teacher.train.model_dump(mode="json")
     if train["grad_clip"] is None:  # settings added later leave older teachers' hashes alone
         del train["grad_clip"]
@@ -43,7 +49,7 @@ def teacher_training_config(cfg: ExperimentConfig) -> ExperimentConfig:
     assert cfg.teacher is not None
     identity = teacher_identity(cfg)
     settings = cfg.teacher.train
-    data = cfg.data.model_copy(update={"split_seed": identity["data"]["split_seed"]})
+    data = teacher_data(cfg).model_copy(update={"split_seed": identity["data"]["split_seed"]})
     return ExperimentConfig(
         name=f"teacher-{cfg.teacher.name}-{stable_hash(identity)[:8]}", method="scratch",
         seed=settings.seed, device=cfg.device, amp=cfg.amp, epochs=settings.epochs,
@@ -69,8 +75,9 @@ def check_spec(path: Path, cfg: ExperimentConfig) -> None:
             f"for {cfg.teacher.name} {cfg.teacher.params}")
     # A teacher trained on another split has seen this run's test images: refuse it.
     trained_on = meta.get("data") or {}
-    split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
-    if trained_on and (trained_on.get("name") != cfg.data.name or trained_on.get("split_seed") != split_seed):
+    source = teacher_data(cfg)
+    split_seed = source.split_seed if source.split_seed is not None else cfg.seed
+    if trained_on and (trained_on.get("name") != source.name or trained_on.get("split_seed") != split_seed):
         raise CheckpointError(
             f"teacher.checkpoint: {path} was trained on {trained_on.get('name')} split seed "
             f"{trained_on.get('split_seed')}, but this run uses {cfg.data.name} split seed {split_seed}; "

@@ -69,6 +69,8 @@ class ModelSpec(_Strict):
 class TeacherConfig(ModelSpec):
     checkpoint: str | None = None
     train: TrainSettings = Field(default_factory=TrainSettings)
+    # the data the teacher trains on, when it is not the run's (e.g. KD from a shifted pool)
+    data: DataConfig | None = None
 
 
 class TermConfig(_Strict):

@@ -16,6 +16,8 @@ class StepOutput:
     # (B,) tensors recorded per instance: teacher_loss, student_loss, distill_loss, weight, ...
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_logits: torch.Tensor | None = None
+    # batch-level diagnostics (0-d tensors) logged per step as train/<name>, never optimised
+    scalars: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def total(self) -> torch.Tensor:

@@ -230,7 +230,7 @@ class _Loop:
         for x, y, ids, keep in self._batches(epoch):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast():  # methods on a teacher bank or per-instance targets need the ids
-                out = (self.model(x, y, ids.to(self.device)) if self.distiller.wants_ids
+                out = (self.model(x, y, ids=ids.to(self.device)) if self.distiller.wants_ids
                        else self.model(x, y))
             loss = self._optimize(out, epoch)
             if self.cfg.record.instances:
@@ -282,6 +282,8 @@ class _Loop:
             if key in ("student_loss", "teacher_loss", "weight") or key.startswith("term_"):
                 name = key.replace("term_", "term/")
                 values[f"train/{name}" if key != "weight" else "train/weight_mean"] = per_sample.float().mean()
+        for key, value in getattr(out, "scalars", {}).items():  # a method's batch-level diagnostics
+            values[f"train/{key}"] = value.detach().float()
         values["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"], device=loss.device)
         return values
 
