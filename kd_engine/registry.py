@@ -5,6 +5,7 @@ import inspect
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from kd_engine.errors import ConfigError
+from kd_engine.params import reject_unknown
 
 T = TypeVar("T")
 
@@ -48,10 +49,8 @@ def construct(factory: Callable[..., Any], params: dict[str, Any], field: str, *
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     allowed = [n for n, p in list(signature.parameters.items())[len(args):]
                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
-    for key in params:
-        if not accepts_any and key not in allowed:
-            raise ConfigError(
-                f"{field}: unknown parameter {key!r} (allowed: {', '.join(allowed) or 'none'})")
+    if not accepts_any:
+        reject_unknown(params, allowed, field)
     try:
         return factory(*args, **params)
     except TypeError as exc:

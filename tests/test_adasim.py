@@ -11,7 +11,7 @@ from kd_engine.config import load_config
 from kd_engine.data.views import ViewSpec, multi_crop, random_view, step_generator, two_views
 from kd_engine.errors import ConfigError
 from kd_engine.losses.dino import dino_cross_entropy, updated_center
-from kd_engine.methods.two_view import method_params
+from kd_engine.params import read_params
 from kd_engine.metrics_ssl import effective_rank, embedding_std, mean_entropy
 from kd_engine.trainers.knn_memory import KNNVoteMemory, adaptive_partners
 
@@ -153,10 +153,10 @@ def test_view_and_method_params_errors_name_the_field():
         ViewSpec.from_params({"blur": 1})
     with pytest.raises(ConfigError, match=r"distill.params.views.scale"):
         ViewSpec.from_params({"scale": [0.5, 1.5]})
-    with pytest.raises(ConfigError, match=r"distill.params.kk: unknown parameter for method adasim"):
-        method_params("adasim", {"kk": 3}, {"k": 5})
-    with pytest.raises(ConfigError, match=r"distill.params.k: expected a number"):
-        method_params("adasim", {"k": "five"}, {"k": 5})
+    with pytest.raises(ConfigError, match=r"distill.params: unknown parameter 'kk' for method adasim"):
+        read_params({"kk": 3}, {"k": 5}, "distill.params", "method adasim")
+    with pytest.raises(ConfigError, match=r"distill.params.k: expected an integer"):
+        read_params({"k": "five"}, {"k": 5}, "distill.params", "method adasim")
 
 
 # -- the method through the trainer ------------------------------------------------------------

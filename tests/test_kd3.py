@@ -76,7 +76,7 @@ def test_web_pool_is_disjoint_seeded_and_as_specified():
     assert len(clean.train) == 800 and abs(len(web.test) - 497) <= 2
     again = _data(pool_size=400, digit_fraction=0.4, stroke_fraction=0.3)
     assert torch.equal(again.train.x, web.train.x)                  # a pure function of the seed
-    with pytest.raises(ConfigError, match=r"data.params.size"):
+    with pytest.raises(ConfigError, match=r"data.params: unknown parameter .size."):
         _data(size=3)
 
 

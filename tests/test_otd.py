@@ -61,7 +61,7 @@ def test_stained_digits_with_new_classes():
     assert data.train.x[domain == 1].mean() > data.train.x[domain == 0].mean()  # inverted: brighter
     again = build_data(DataConfig(name="digits_shift", params={"shots": 5}), 1)
     assert torch.equal(again.test.x, data.test.x)
-    with pytest.raises(ConfigError, match=r"data.params.shot"):
+    with pytest.raises(ConfigError, match=r"data.params: unknown parameter .shot."):
         build_data(DataConfig(name="digits_shift", params={"shot": 5}), 1)
 
 

@@ -10,6 +10,7 @@ import torch
 from kd_engine.data import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get, split_bundle
 from kd_engine.errors import ConfigError
+from kd_engine.params import reject_unknown
 
 
 @lru_cache(maxsize=1)
@@ -28,9 +29,7 @@ def build_digits(data_cfg: Any, seed: int) -> DataBundle:
     if size is not None and int(size) != 8:
         raise ConfigError(f"data.image_size: digits images are 8x8, got {size}")
     params = dict(cfg_get(data_cfg, "params", {}) or {})
-    if params:
-        raise ConfigError(f"data.params: unknown parameter {sorted(params)[0]!r} "
-                          "for dataset digits (allowed: none)")
+    reject_unknown(params, (), "data.params", "dataset digits")
     x, y = _load()
     full = TensorInstanceDataset(torch.from_numpy(x.copy()), torch.from_numpy(y.copy()),
                                  torch.arange(len(y), dtype=torch.int64), images=x[:, 0])

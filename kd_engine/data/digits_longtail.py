@@ -13,6 +13,7 @@ from kd_engine.data import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get
 from kd_engine.data.digits import _load
 from kd_engine.errors import ConfigError, DataError
+from kd_engine.params import reject_unknown
 
 PARAMS = {"imbalance": 20.0, "max_per_class": 100, "val_per_class": 15}
 
@@ -31,10 +32,7 @@ def shot_groups(num_classes: int = 10) -> dict[str, list[int]]:
 
 def _params(data_cfg: Any) -> dict[str, Any]:
     params = dict(cfg_get(data_cfg, "params", {}) or {})
-    for key in params:
-        if key not in PARAMS:
-            raise ConfigError(f"data.params: unknown parameter {key!r} for dataset digits_longtail "
-                              f"(allowed: {', '.join(PARAMS)})")
+    reject_unknown(params, PARAMS, "data.params", "dataset digits_longtail")
     out = {**PARAMS, **params}
     if not isinstance(out["imbalance"], (int, float)) or out["imbalance"] < 1:
         raise ConfigError(f"data.params.imbalance: must be a number >= 1, got {out['imbalance']!r}")

@@ -21,6 +21,7 @@ from kd_engine.data import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get, stratified_split
 from kd_engine.data.digits import _load
 from kd_engine.errors import ConfigError, DataError
+from kd_engine.params import reject_unknown
 
 PARAMS = {"known_classes": 5, "labels_per_class": 10, "mismatch": 0.3, "unlabelled_known": 300}
 UNLABELLED = -1
@@ -28,10 +29,7 @@ UNLABELLED = -1
 
 def _params(data_cfg: Any) -> dict[str, Any]:
     params = dict(cfg_get(data_cfg, "params", {}) or {})
-    for key in params:
-        if key not in PARAMS:
-            raise ConfigError(f"data.params: unknown parameter {key!r} for dataset digits_mismatch "
-                              f"(allowed: {', '.join(PARAMS)})")
+    reject_unknown(params, PARAMS, "data.params", "dataset digits_mismatch")
     p = {**PARAMS, **params}
     if not isinstance(p["known_classes"], int) or not 2 <= p["known_classes"] <= 9:
         raise ConfigError(f"data.params.known_classes: an integer in [2, 9], got {p['known_classes']!r}")

@@ -18,6 +18,7 @@ from kd_engine.data import DATASETS
 from kd_engine.data.base import TensorInstanceDataset, cfg_get, split_bundle
 from kd_engine.data.digits import _load
 from kd_engine.errors import ConfigError
+from kd_engine.params import reject_unknown
 
 PARAMS = ("known_classes",)
 
@@ -38,10 +39,7 @@ def build_digits_ncd(data_cfg: Any, seed: int):
     if size is not None and int(size) != 8:
         raise ConfigError(f"data.image_size: digits images are 8x8, got {size}")
     params = dict(cfg_get(data_cfg, "params", {}) or {})
-    for key in params:
-        if key not in PARAMS:
-            raise ConfigError(f"data.params: unknown parameter {key!r} for dataset digits_ncd "
-                              f"(allowed: {', '.join(PARAMS)})")
+    reject_unknown(params, PARAMS, "data.params", "dataset digits_ncd")
     order = ncd_order(params.get("known_classes", [0, 1, 2, 3, 4]))
     known = len(params.get("known_classes", [0, 1, 2, 3, 4]))
     x, digit = _load()

@@ -21,6 +21,7 @@ from kd_engine.data import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get, stratified_split
 from kd_engine.data.digits import _load
 from kd_engine.errors import ConfigError
+from kd_engine.params import reject_unknown
 
 DEFAULTS = {"known_classes": 8, "shots": 5, "target_test_fraction": 0.4, "blur": 0.7, "noise": 0.15,
             "gamma": [0.7, 1.4], "invert": True}
@@ -39,12 +40,9 @@ def stain(img: np.ndarray, rng: np.random.Generator, blur: float = 0.7, noise: f
 
 
 def _params(data_cfg: Any) -> dict[str, Any]:
-    p = dict(DEFAULTS)
-    for key, value in dict(cfg_get(data_cfg, "params", {}) or {}).items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"data.params.{key}: unknown parameter for dataset digits_shift "
-                              f"(allowed: {', '.join(DEFAULTS)})")
-        p[key] = value
+    params = dict(cfg_get(data_cfg, "params", {}) or {})
+    reject_unknown(params, DEFAULTS, "data.params", "dataset digits_shift")
+    p = {**DEFAULTS, **params}
     if not 1 <= int(p["known_classes"]) < 10:
         raise ConfigError(f"data.params.known_classes: must be in 1..9, got {p['known_classes']}")
     if int(p["shots"]) < 0:

@@ -16,6 +16,7 @@ from PIL import Image
 from kd_engine.data import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get, split_bundle
 from kd_engine.errors import ConfigError, DataError
+from kd_engine.params import reject_unknown
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff",
                   ".webp")
@@ -71,10 +72,7 @@ def build_imagefolder(data_cfg: Any, seed: int) -> DataBundle:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ConfigError(f"data.image_size: must be a positive integer, got {size!r}")
     params = dict(cfg_get(data_cfg, "params", {}) or {})
-    unknown = sorted(set(params) - set(_ALLOWED_PARAMS))
-    if unknown:
-        raise ConfigError(f"data.params: unknown parameter {unknown[0]!r} for dataset "
-                          f"imagefolder (allowed: {', '.join(_ALLOWED_PARAMS)})")
+    reject_unknown(params, _ALLOWED_PARAMS, "data.params", "dataset imagefolder")
     grayscale = bool(params.get("grayscale", False))
 
     root = Path(root_s).expanduser()

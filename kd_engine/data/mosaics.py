@@ -20,6 +20,7 @@ from kd_engine.data import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get, stratified_split
 from kd_engine.data.digits import _load
 from kd_engine.errors import ConfigError
+from kd_engine.params import reject_unknown
 
 PARAMS = {"n_train": 3000, "n_val": 400, "n_test": 800, "max_labels": 4}
 
@@ -49,10 +50,7 @@ def make_mosaics(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.
 @DATASETS.register("digit_mosaics")
 def build_digit_mosaics(data_cfg: Any, seed: int) -> DataBundle:
     params = dict(cfg_get(data_cfg, "params", {}) or {})
-    for key in params:
-        if key not in PARAMS:
-            raise ConfigError(f"data.params: unknown parameter {key!r} for dataset digit_mosaics "
-                              f"(allowed: {', '.join(PARAMS)})")
+    reject_unknown(params, PARAMS, "data.params", "dataset digit_mosaics")
     p = {**PARAMS, **params}
     for key, value in p.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

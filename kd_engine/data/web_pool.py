@@ -28,6 +28,7 @@ from kd_engine.data import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get, stratified_split
 from kd_engine.data.digits import _load
 from kd_engine.errors import ConfigError
+from kd_engine.params import reject_unknown
 
 KINDS = ("digit", "stroke", "texture")
 POOL_ID_OFFSET = 100_000  # pool ids never collide with digit row indices
@@ -111,12 +112,9 @@ def make_pool(source_x: np.ndarray, source_y: np.ndarray, n: int, digit_fraction
 
 
 def _params(data_cfg: Any) -> dict[str, Any]:
-    params = dict(DEFAULTS)
-    for key, value in dict(cfg_get(data_cfg, "params", {}) or {}).items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"data.params.{key}: unknown parameter for dataset digits_web "
-                              f"(allowed: {', '.join(DEFAULTS)})")
-        params[key] = value
+    given = dict(cfg_get(data_cfg, "params", {}) or {})
+    reject_unknown(given, DEFAULTS, "data.params", "dataset digits_web")
+    params = {**DEFAULTS, **given}
     if params["part"] not in ("web", "clean"):
         raise ConfigError(f"data.params.part: expected web or clean, got {params['part']!r}")
     fractions = (params["digit_fraction"], params["stroke_fraction"])

@@ -14,9 +14,9 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from kd_engine.errors import ConfigError
 from kd_engine.losses import (attention_transfer, binary_kd, cs_divergence, dist, dkd, fitnet, kd,
                               relation_loss, rkd)
+from kd_engine.params import reject_unknown
 from kd_engine.registry import Registry
 
 INPUT_KINDS = ("logits", "logits_target", "features", "adapted_features", "embedding")
@@ -40,10 +40,7 @@ class TermSpec:
                       "embedding": 2}[self.inputs]
         names = list(inspect.signature(self.fn).parameters)[positional:]
         allowed = [n for n in names if n != "reduction"]
-        for key in params:
-            if key not in allowed:
-                raise ConfigError(f"{field}: unknown parameter {key!r} for loss "
-                                  f"(allowed: {', '.join(allowed) or 'none'})")
+        reject_unknown(params, allowed, field, "loss")
 
 
 LOSSES: Registry[TermSpec] = Registry("distillation loss")

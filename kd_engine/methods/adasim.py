@@ -29,9 +29,10 @@ from kd_engine.errors import ConfigError
 from kd_engine.losses.dino import dino_cross_entropy, updated_center
 from kd_engine.methods.base import StepOutput
 from kd_engine.methods.registry import METHODS
-from kd_engine.methods.two_view import TwoViewDistiller, method_params
+from kd_engine.methods.two_view import TwoViewDistiller
 from kd_engine.metrics_ssl import effective_rank, embedding_std, mean_entropy
 from kd_engine.models import feature_taps, layer_shapes
+from kd_engine.params import read_params
 from kd_engine.trainers.ema import EMATeacher, cosine_momentum
 from kd_engine.trainers.knn_memory import KNNVoteMemory, adaptive_partners
 
@@ -66,7 +67,7 @@ class AdaSim(TwoViewDistiller):
     wants_ids = True
 
     def __init__(self, cfg, student, teacher, input_shape):
-        p = method_params("adasim", cfg.distill.params, DEFAULTS)
+        p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method adasim")
         super().__init__(student, None, p["views"], cfg.seed)
         if p["partner"] not in PARTNERS:
             raise ConfigError(f"distill.params.partner: expected one of {', '.join(PARTNERS)}, got {p['partner']!r}")

@@ -18,6 +18,7 @@ from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
 from kd_engine.methods.standard import make_adapter
 from kd_engine.models import feature_taps, layer_shapes
+from kd_engine.params import reject_unknown
 
 TRANSFORMS = ("identity", "gap", "attention", "channel_softmax", "mask", "pool124")
 DISTANCES = ("mse", "l1", "cosine", "kl", "pearson", "cs")
@@ -109,10 +110,7 @@ class AutoKD(Distiller):
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
-        unknown = sorted(set(cfg.distill.params) - set(PARAMS))
-        if unknown:
-            raise ConfigError(f"distill.params: unknown parameter {unknown[0]!r} for method autokd "
-                              f"(allowed: {', '.join(PARAMS)})")
+        reject_unknown(cfg.distill.params, PARAMS, "distill.params", "method autokd")
         p = {**PARAMS, **cfg.distill.params}
         for key, allowed in (("transform", TRANSFORMS), ("distance", DISTANCES)):
             if p[key] not in allowed:

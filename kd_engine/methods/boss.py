@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
+from kd_engine.params import reject_unknown
 from kd_engine.trainers.checkpoint import load_weights
 
 PARAMS = ("alpha", "init_from")
@@ -35,10 +36,7 @@ class BOSS(Distiller):
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
         params = dict(cfg.distill.params)
-        unknown = sorted(set(params) - set(PARAMS))
-        if unknown:
-            raise ConfigError(f"distill.params: unknown parameter {unknown[0]!r} for method boss "
-                              f"(allowed: {', '.join(PARAMS)})")
+        reject_unknown(params, PARAMS, "distill.params", "method boss")
         alpha = params.get("alpha", 0.5)
         if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"distill.params.alpha: must be a number in [0, 1], got {alpha!r}")

@@ -29,16 +29,14 @@ from kd_engine.losses.class_relation import class_relation_kd, relation_gate
 from kd_engine.losses.sinkhorn import sinkhorn_knopp
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
+from kd_engine.params import reject_unknown
 
 DEFAULTS = {"alpha": 0.1, "gate": True, "tau": 0.1, "temperature": 4.0, "epsilon": 0.05,
             "sk_iterations": 3, "stage1_epochs": 20, "head_momentum": 0.9}
 
 
 def crkd_settings(params: dict) -> dict:
-    for key in params:
-        if key not in DEFAULTS:
-            raise ConfigError(f"distill.params: unknown parameter {key!r} for method crkd "
-                              f"(allowed: {', '.join(DEFAULTS)})")
+    reject_unknown(params, DEFAULTS, "distill.params", "method crkd")
     out = {**DEFAULTS, **params}
     if not isinstance(out["gate"], bool):
         raise ConfigError(f"distill.params.gate: true or false, got {out['gate']!r}")

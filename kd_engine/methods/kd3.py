@@ -31,8 +31,9 @@ from kd_engine.losses.kd3 import (classifier_alignment, info_nce, mix_distributi
 from kd_engine.losses.logit import kd
 from kd_engine.methods.base import StepOutput
 from kd_engine.methods.registry import METHODS
-from kd_engine.methods.two_view import TwoViewDistiller, method_params
+from kd_engine.methods.two_view import TwoViewDistiller
 from kd_engine.models import feature_taps, layer_shapes
+from kd_engine.params import read_params
 
 DEFAULTS = {"selection": "combined", "rho_start": 0.3, "rho_end": 0.8, "warmup_epochs": 5,
             "temperature": 4.0, "align": True, "mix": True, "mix_layer": "layer1", "mix_alpha": 0.1,
@@ -45,7 +46,7 @@ class KD3(TwoViewDistiller):
     wants_ids = True
 
     def __init__(self, cfg, student, teacher, input_shape):
-        p = method_params("kd3", cfg.distill.params, DEFAULTS)
+        p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method kd3")
         super().__init__(student, teacher, {}, cfg.seed)  # the (original, perturbed) pair of card 12
         if teacher is None:
             raise ConfigError("teacher: method 'kd3' distils from a teacher; add a teacher section")

@@ -29,7 +29,7 @@ from kd_engine.losses.binary import binary_kd
 from kd_engine.losses.logit import kd
 from kd_engine.losses.multilabel import bce_sum, class_structure, instance_structure
 from kd_engine.methods.base import Distiller, StepOutput
-from kd_engine.methods.params import check, read_params
+from kd_engine.params import check, read_params
 from kd_engine.methods.registry import METHODS
 from kd_engine.trainers.multilabel import cached_multilabel_teacher
 
@@ -50,12 +50,12 @@ class L2D(Distiller):
         if not hasattr(student, "label_embeddings"):
             raise ConfigError(f"student.name: method 'l2d' needs a label-query student (model query_cnn), "
                               f"got {cfg.student.name!r}")
-        p = read_params(cfg.distill.params, DEFAULTS, "l2d")
+        p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method l2d")
         for key in ("mld_weight", "cd_weight", "id_weight", "softmax_kd_weight"):
-            check(p[key] >= 0, key, f"must be >= 0, got {p[key]}")
-        check(p["temperature"] > 0, "temperature", f"must be > 0, got {p['temperature']}")
+            check(p[key] >= 0, f"distill.params.{key}", f"must be >= 0, got {p[key]}")
+        check(p["temperature"] > 0, "distill.params.temperature", f"must be > 0, got {p['temperature']}")
         for key in ("teacher_width", "teacher_dim", "teacher_heads", "teacher_epochs", "teacher_batch_size"):
-            check(isinstance(p[key], int) and p[key] >= 1, key, f"must be an integer >= 1, got {p[key]!r}")
+            check(isinstance(p[key], int) and p[key] >= 1, f"distill.params.{key}", f"must be an integer >= 1, got {p[key]!r}")
         data = build_data(cfg.data, cfg.seed)
         if "targets" not in data.meta:
             raise ConfigError(f"data.name: method 'l2d' needs multi-hot targets (dataset digit_mosaics), "

@@ -28,7 +28,7 @@ from kd_engine.errors import ConfigError
 from kd_engine.losses.logit import kd
 from kd_engine.losses.longtail import adjust_logits, log_prior
 from kd_engine.methods.base import Distiller, StepOutput
-from kd_engine.methods.params import check, read_params
+from kd_engine.params import check, read_params
 from kd_engine.methods.registry import METHODS
 
 DEFAULTS = {"lambdas": [-0.5, 1.0, 2.5], "kl_weight": 0.6, "ramp_epochs": 10, "temperature": 1.0,
@@ -60,19 +60,19 @@ class MDCS(Distiller):
         if not hasattr(student, "expert_logits"):
             raise ConfigError(f"student.name: method 'mdcs' needs a multi-expert student (model experts), "
                               f"got {cfg.student.name!r}")
-        p = read_params(cfg.distill.params, DEFAULTS, "mdcs")
+        p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method mdcs")
         experts = len(student.experts)
-        check(len(p["lambdas"]) == experts, "lambdas",
+        check(len(p["lambdas"]) == experts, "distill.params.lambdas",
               f"one λ per expert: the student has {experts} expert(s), got {len(p['lambdas'])} value(s)")
-        check(p["kl_weight"] >= 0, "kl_weight", f"must be >= 0, got {p['kl_weight']}")
-        check(p["temperature"] > 0, "temperature", f"must be > 0, got {p['temperature']}")
-        check(isinstance(p["ramp_epochs"], int) and p["ramp_epochs"] >= 1, "ramp_epochs",
+        check(p["kl_weight"] >= 0, "distill.params.kl_weight", f"must be >= 0, got {p['kl_weight']}")
+        check(p["temperature"] > 0, "distill.params.temperature", f"must be > 0, got {p['temperature']}")
+        check(isinstance(p["ramp_epochs"], int) and p["ramp_epochs"] >= 1, "distill.params.ramp_epochs",
               f"must be an integer >= 1, got {p['ramp_epochs']}")
-        check(len(p["contrast"]) == 2 and 0 <= p["contrast"][0] <= p["contrast"][1], "contrast",
+        check(len(p["contrast"]) == 2 and 0 <= p["contrast"][0] <= p["contrast"][1], "distill.params.contrast",
               f"must be [low, high] with 0 <= low <= high, got {p['contrast']}")
         for key in ("shift", "cutout"):
-            check(isinstance(p[key], int) and p[key] >= 0, key, f"must be an integer >= 0, got {p[key]}")
-        check(p["noise"] >= 0, "noise", f"must be >= 0, got {p['noise']}")
+            check(isinstance(p[key], int) and p[key] >= 0, f"distill.params.{key}", f"must be an integer >= 0, got {p[key]}")
+        check(p["noise"] >= 0, "distill.params.noise", f"must be >= 0, got {p['noise']}")
         self.p = p
         self.lambdas = [float(v) for v in p["lambdas"]]
         data = build_data(cfg.data, cfg.seed)  # the training split's class counts give log π

@@ -36,6 +36,7 @@ from kd_engine.losses.logit import kd
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
 from kd_engine.models import build_model
+from kd_engine.params import reject_unknown
 
 MODES = ("orc", "independent", "kd", "dml")
 DEFAULTS = {"mode": "orc", "students": [{}, {}, {}], "temperature": 4.0, "promote": 1,
@@ -44,10 +45,7 @@ DEFAULTS = {"mode": "orc", "students": [{}, {}, {}], "temperature": 4.0, "promot
 
 def orc_settings(params: dict) -> dict:
     """``distill.params`` with defaults filled in, or a one-line ConfigError naming the field."""
-    for key in params:
-        if key not in DEFAULTS:
-            raise ConfigError(f"distill.params: unknown parameter {key!r} for method orc "
-                              f"(allowed: {', '.join(DEFAULTS)})")
+    reject_unknown(params, DEFAULTS, "distill.params", "method orc")
     out = {**DEFAULTS, **params}
     if out["mode"] not in MODES:
         raise ConfigError(f"distill.params.mode: expected one of {', '.join(MODES)}, got {out['mode']!r}")

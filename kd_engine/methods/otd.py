@@ -26,7 +26,7 @@ from kd_engine.data import build_data
 from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
-from kd_engine.methods.two_view import method_params
+from kd_engine.params import read_params
 from kd_engine.trainers.grad_subspace import GradientSubspace, flat, gradient_surrogate, project, unflat
 
 DEFAULTS = {"mode": "self_train", "stream1": False, "stream2": False, "alpha": 0.3, "threshold": 0.9,
@@ -40,7 +40,7 @@ class OTD(Distiller):
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, None)
-        p = method_params("otd", cfg.distill.params, DEFAULTS)
+        p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method otd")
         if p["mode"] not in ("source_only", "self_train"):
             raise ConfigError(f"distill.params.mode: expected source_only or self_train, got {p['mode']!r}")
         if p["mode"] == "source_only" and (p["stream1"] or p["stream2"]):

@@ -3,8 +3,8 @@ pair fits too): a Distiller base that draws two seeded augmented views per batch
 
 A subclass calls ``self.views(x, partner)`` in ``forward``; the views of optimisation step s come
 from generators fixed by (run seed, s, stream), so a rerun or a resumed run sees the same views,
-and the step counter is a buffer saved with the distiller. ``method_params`` checks
-``distill.params`` against the names a method allows, one ConfigError line per mistake.
+and the step counter is a buffer saved with the distiller. A method reads its ``distill.params``
+with ``kd_engine.params.read_params``.
 """
 from __future__ import annotations
 
@@ -13,28 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from kd_engine.data.views import ViewSpec, multi_crop, two_views
-from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller
-
-
-def method_params(method: str, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``defaults`` overridden by ``params``; an unknown name or a value of the wrong kind is a
-    ConfigError naming ``distill.params.<name>``."""
-    out = dict(defaults)
-    for key, value in (params or {}).items():
-        if key not in defaults:
-            raise ConfigError(f"distill.params.{key}: unknown parameter for method {method} "
-                              f"(allowed: {', '.join(defaults)})")
-        default = defaults[key]
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"distill.params.{key}: expected true or false, got {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
-                isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ConfigError(f"distill.params.{key}: expected a number, got {value!r}")
-        if isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"distill.params.{key}: expected a string, got {value!r}")
-        out[key] = type(default)(value) if isinstance(default, (int, float)) and not isinstance(default, bool) else value
-    return out
 
 
 class TwoViewDistiller(Distiller):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from kd_engine.data import build_data
 from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
-from kd_engine.methods.params import check, read_params
+from kd_engine.params import check, read_params
 from kd_engine.methods.registry import METHODS
 from kd_engine.trainers.simclr import SIMCLR_DEFAULTS, cached_simclr, shifted_features
 
@@ -72,12 +72,12 @@ class WAD(Distiller):
         super().__init__(student, None)
         if teacher is not None:
             raise ConfigError("teacher: method 'wad' trains its own SimCLR teacher; remove the teacher section")
-        p = read_params(cfg.distill.params, DEFAULTS, "wad")
-        check(p["weighting"] in WEIGHTINGS, "weighting", f"one of {', '.join(WEIGHTINGS)}, got {p['weighting']!r}")
+        p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method wad")
+        check(p["weighting"] in WEIGHTINGS, "distill.params.weighting", f"one of {', '.join(WEIGHTINGS)}, got {p['weighting']!r}")
         for key in ("rounds", "labelled_batch", "simclr_epochs", "simclr_hidden", "simclr_dim"):
-            check(isinstance(p[key], int) and p[key] >= 1, key, f"must be an integer >= 1, got {p[key]!r}")
-        check(0 <= p["alpha"] <= 1, "alpha", f"must be in [0, 1], got {p['alpha']}")
-        check(p["unlabelled_weight"] >= 0, "unlabelled_weight", f"must be >= 0, got {p['unlabelled_weight']}")
+            check(isinstance(p[key], int) and p[key] >= 1, f"distill.params.{key}", f"must be an integer >= 1, got {p[key]!r}")
+        check(0 <= p["alpha"] <= 1, "distill.params.alpha", f"must be in [0, 1], got {p['alpha']}")
+        check(p["unlabelled_weight"] >= 0, "distill.params.unlabelled_weight", f"must be >= 0, got {p['unlabelled_weight']}")
         self.p = p
         data = build_data(cfg.data, cfg.seed)
         truth = data.meta.get("truth")

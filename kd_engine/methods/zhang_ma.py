@@ -25,6 +25,7 @@ from kd_engine.methods.detection_base import (DETECTION_METHODS, DetectionDistil
                                               gt_rows, level_rows, student_columns, student_pass,
                                               teacher_columns)
 from kd_engine.methods.registry import METHODS
+from kd_engine.params import reject_unknown
 from kd_engine.weighting import build_weighting
 from kd_engine.weighting.aid_detection import fpn_strides, paint_per_gt_mask
 
@@ -37,10 +38,7 @@ PARAMS = ("preset", "tau", "weights", "channel_mask", "nonlocal", "nl_pool", "nl
 
 def zhang_ma_settings(params: dict, kind: str, all_levels: list[str]) -> dict:
     """``distill.params`` -> tau, term weights and head switches (a preset, then overrides)."""
-    for key in params:
-        if key not in PARAMS:
-            raise ConfigError(f"distill.params: unknown parameter {key!r} for method zhang_ma "
-                              f"(allowed: {', '.join(PARAMS)})")
+    reject_unknown(params, PARAMS, "distill.params", "method zhang_ma")
     preset = params.get("preset", DEFAULT_PRESET[kind])
     if preset not in ZHANG_MA_DEFAULTS:
         raise ConfigError(f"distill.params.preset: unknown preset {preset!r} "

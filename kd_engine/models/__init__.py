@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from kd_engine.errors import ConfigError
+from kd_engine.params import reject_unknown
 from kd_engine.registry import Registry
 
 # Defined before the model modules are imported: they register themselves into it.
@@ -45,10 +46,7 @@ def build_model(spec: Any, input_shape: Sequence[int], num_classes: int,
     cls = MODELS.get(name, field=f"{field}.name")
     params = dict(getattr(spec, "params", None) or {})
     allowed = model_params(name)
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(f"{field}.params: unknown parameter {key!r} for model {name} "
-                              f"(allowed: {', '.join(allowed)})")
+    reject_unknown(params, allowed, f"{field}.params", f"model {name}")
     try:
         return cls(input_shape=tuple(int(s) for s in input_shape), num_classes=int(num_classes),
                    **params)

@@ -17,6 +17,7 @@ import numpy as np
 
 from kd_engine.config import ExperimentConfig
 from kd_engine.errors import ConfigError
+from kd_engine.params import reject_unknown
 from kd_engine.search.base import STRATEGIES, search_dir, write_description
 from kd_engine.search.runner import base_raw, run_trial, search_id_of
 
@@ -74,10 +75,7 @@ def run_boss(cfg: ExperimentConfig, max_evals: int | None = None,
     import optuna
 
     search = cfg.search
-    unknown = sorted(set(search.params) - set(PARAMS))
-    if unknown:
-        raise ConfigError(f"search.params: unknown parameter {unknown[0]!r} for strategy {search.strategy} "
-                          f"(allowed: {', '.join(PARAMS)})")
+    reject_unknown(search.params, PARAMS, "search.params", f"strategy {search.strategy}")
     if search.space:
         raise ConfigError(f"search.space: strategy {search.strategy} has the card's fixed space "
                           f"({', '.join(SPACE)}); leave search.space empty")

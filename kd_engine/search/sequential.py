@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from kd_engine.errors import ConfigError
+from kd_engine.params import reject_unknown
 from kd_engine.search.base import STRATEGIES, Space
 
 MAX_REJECTIONS = 2000
@@ -82,10 +83,7 @@ class _Sequential:
     NAME, PARAMS = "", ()
 
     def __init__(self, space: Space, params: dict[str, Any], seed: int):
-        unknown = sorted(set(params) - set(self.PARAMS))
-        if unknown:
-            raise ConfigError(f"search.params: unknown parameter {unknown[0]!r} for strategy {self.NAME} "
-                              f"(allowed: {', '.join(self.PARAMS) or 'none'})")
+        reject_unknown(params, self.PARAMS, "search.params", f"strategy {self.NAME}")
         self.space, self.params = space, dict(params)
         self.rng = np.random.default_rng(seed)
         self.evaluated: set[tuple[int, ...]] = set()

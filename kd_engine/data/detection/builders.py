@@ -23,6 +23,7 @@ from kd_engine.data.base import DataBundle, cfg_get
 from kd_engine.data.detection.coco import DetectionDataset, load_coco, write_scenes
 from kd_engine.data.detection.scenes import generate_scenes
 from kd_engine.errors import ConfigError, DataError
+from kd_engine.params import reject_unknown
 
 SCENES_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -65,10 +66,7 @@ def _detection(builder):
 
 
 def _check_params(params: dict, allowed: Sequence[str], dataset: str) -> None:
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(f"data.params: unknown parameter {key!r} for dataset {dataset} "
-                              f"(allowed: {', '.join(allowed)})")
+    reject_unknown(params, allowed, "data.params", f"dataset {dataset}")
 
 
 def _bundle(splits: dict[str, DetectionDataset], image_size: int, name: str,
