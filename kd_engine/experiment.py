@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -48,6 +49,13 @@ def repo_file(relative: str | Path) -> Path:
         if (root / relative).exists():
             return root / relative
     raise KDWError(f"{relative}: not found from {Path.cwd()} or its parents")
+
+
+def work_dirs(work_dir: str | Path | None, name: str) -> tuple[Path, Path, Path]:
+    """A notebook's work folder (``work_dir``, or a fresh temporary ``kdw-<name>-*`` folder) and
+    its ``runs`` and ``cache`` subfolders."""
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"kdw-{name}-"))
+    return work, work / "runs", work / "cache"
 
 
 def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:

@@ -158,3 +158,32 @@ def test_run_arms_in_worker_processes_matches_one_after_another(make_raw, tmp_pa
     assert list(zip(two.arm, two.seed)) == list(zip(one.arm, one.seed))
     assert two["test/student_acc"].tolist() == one["test/student_acc"].tolist()
     assert all(str(tmp_path / "b") in d for d in two.run_dir)
+
+
+def test_verdict_in_words_from_a_summary_row():
+    from kd_engine.reporting import arm_row, describe, resolved_gain, resolved_loss
+
+    table = summarize(frame(), "acc", baseline="scratch")
+    assert arm_row(table, "kd")["n"] == 4
+    assert describe(table, "kd", "kd − scratch") == \
+        "kd − scratch: +0.0475 ± 0.0096 (threshold 0.0096; resolved, higher)"
+    assert describe(table, "other", "other − scratch", threshold=False) == \
+        "other − scratch: +0.0050 ± 0.0238 (within noise)"
+    # a lower-is-better metric: the same resolved gain in accuracy reads as worse
+    assert describe(table, "kd", "kd", words=("better", "worse"), lower_is_better=True).endswith(
+        "(threshold 0.0096; resolved, worse)")
+    assert resolved_gain(table, "kd") and not resolved_loss(table, "kd")
+    assert not resolved_gain(table, "other") and not resolved_loss(table, "other")
+    flipped = summarize(frame(), "acc", baseline="kd")
+    assert resolved_loss(flipped, "scratch")
+    one_seed = summarize(frame()[frame()["seed"] == 0], "acc", baseline="scratch")
+    assert describe(one_seed, "kd", "kd − scratch") == "kd − scratch: +0.0500 on one seed (no verdict possible)"
+
+
+def test_work_dirs(tmp_path):
+    from kd_engine.experiment import work_dirs
+
+    assert work_dirs(tmp_path / "w", "p99-x") == (tmp_path / "w", tmp_path / "w" / "runs", tmp_path / "w" / "cache")
+    work, runs, cache = work_dirs(None, "p99-x")
+    assert work.is_dir() and work.name.startswith("kdw-p99-x-") and runs == work / "runs" and cache == work / "cache"
+    work.rmdir()

@@ -74,19 +74,19 @@ work_dir = None       # runs and the teacher cache go here (None: a fresh tempor
 import copy
 import math
 import multiprocessing
-import tempfile
 import time
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
+from kd_engine import reporting
 from kd_engine.config import load_raw
 from concurrent.futures import ProcessPoolExecutor
 
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers,
-                                  reference_arm, repo_file, run_jobs, save_results, summarize)
+                                  reference_arm, repo_file, run_jobs, save_results, summarize, work_dirs)
 from kd_engine.store import StoreError, open_run
 from workbench.figures import (arm_comparison, arm_distributions, boxes_frame, detection_gallery,
                                paired_differences, weight_histogram)
@@ -147,8 +147,7 @@ def pair_config(path, model):
     return raw
 
 
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-aid-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "aid")
 bases = {"ret": pair_config("configs/aid_retinanet.yaml", "retinanet"),
          "frc": pair_config("configs/aid_fasterrcnn.yaml", "fasterrcnn")}
 for key, raw in bases.items():
@@ -363,12 +362,7 @@ gallery(ret0.loc["aid_a3", "run_dir"], "RetinaNet, α = 3: the lowest-weighted t
 # ## 6. Verdict in words
 
 # %%
-def describe(summary, arm, what):
-    r = summary.set_index("arm").loc[arm]
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    word = ("resolved, " + ("better" if r["diff_mean"] > 0 else "worse")) if r["verdict"] == "resolved" else "within noise"
-    return f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} (threshold {r['threshold']:.4f}; {word})"
+describe = partial(reporting.describe, words=("better", "worse"))
 
 
 def ctrl_words(key, what):

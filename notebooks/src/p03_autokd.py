@@ -43,16 +43,15 @@ work_dir = None       # runs, searches and the teacher cache go here (None: a fr
 
 # %%
 import copy
-import tempfile
 import time
-from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
 
 from kd_engine.config import load_raw, validate
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize)
+                                  save_results, summarize, work_dirs)
+from kd_engine.reporting import arm_row as row, describe
 from kd_engine.search import run_search
 from kd_engine.search.read import open_search, tree_visits
 from workbench.figures import arm_comparison, level_visits, paired_differences, search_bands
@@ -65,8 +64,7 @@ EVALS = 4 if SMOKE else 30
 PROXY_EPOCHS = 1 if SMOKE else 2
 FINAL_EPOCHS = 2 if SMOKE else 15
 TEACHER_EPOCHS = 2 if SMOKE else None  # None: the config's 30
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p03-autokd-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p03-autokd")
 raw = load_raw(repo_file("configs/autokd_digits.yaml"))
 raw = apply_budget(raw, {**settings, "epochs": PROXY_EPOCHS, "teacher_epochs": TEACHER_EPOCHS})
 raw.update(device="cpu", runs_dir=str(runs_dir), cache_dir=str(cache_dir))
@@ -175,26 +173,13 @@ paired_differences(final, "kd", acc, order=[a for a in order if a != "kd"],
 # ## 5. Verdict in words
 
 # %%
-def row(summary, arm):
-    return summary.set_index("arm").loc[arm]
-
-
-def words(summary, arm, what):
-    r = row(summary, arm)
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    side = "higher" if r["diff_mean"] > 0 else "lower"
-    tail = f"resolved, {side}" if r["verdict"] == "resolved" else "within noise"
-    return f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} (threshold {r['threshold']:.4f}; {tail})"
-
-
 n = len(seeds)
-lines = [words(reward_summary, "mcts", "MCTS − random best reward (−val loss)"),
-         words(proxy_test_summary, "mcts", "MCTS − random test accuracy of the chosen proxy run"),
-         words(final_summary, "mcts_best", "MCTS-chosen distiller − vanilla KD, final test accuracy"),
-         words(final_summary, "random_best", "random-chosen distiller − vanilla KD, final test accuracy"),
-         words(final_summary, "fitnet", "FitNet − vanilla KD, final test accuracy"),
-         words(final_summary, "student", "student alone − vanilla KD, final test accuracy")]
+lines = [describe(reward_summary, "mcts", "MCTS − random best reward (−val loss)"),
+         describe(proxy_test_summary, "mcts", "MCTS − random test accuracy of the chosen proxy run"),
+         describe(final_summary, "mcts_best", "MCTS-chosen distiller − vanilla KD, final test accuracy"),
+         describe(final_summary, "random_best", "random-chosen distiller − vanilla KD, final test accuracy"),
+         describe(final_summary, "fitnet", "FitNet − vanilla KD, final test accuracy"),
+         describe(final_summary, "student", "student alone − vanilla KD, final test accuracy")]
 if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:

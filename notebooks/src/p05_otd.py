@@ -52,9 +52,7 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs go here (None: a fresh temporary directory)
 
 # %%
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -63,7 +61,8 @@ from IPython.display import Markdown, display
 
 from kd_engine.config import load_raw
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize)
+                                  save_results, summarize, work_dirs)
+from kd_engine.reporting import arm_row as row, describe
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, paired_differences
 
@@ -71,8 +70,7 @@ FULL_EPOCHS = 20  # the card's 40 do not fit the shared CPU with 15 runs
 started = time.perf_counter()
 settings = budget_settings(budget, seeds=3, epochs=FULL_EPOCHS if budget == "full" else None)
 seeds = settings["seeds"]
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p05-otd-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p05-otd")
 base = apply_budget(load_raw(repo_file("configs/otd_digits.yaml")), settings)
 print(f"budget {budget}: seeds {seeds}, epochs {base['epochs']}, {base['threads']} torch thread(s) per run")
 print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
@@ -172,22 +170,9 @@ paired_differences(frame, "self_train", "test/H", order=[a for a in order if a !
 # ## 5. Verdict in words
 
 # %%
-def row(summary, arm):
-    return summary.set_index("arm").loc[arm]
-
-
-def words(summary, arm, what):
-    r = row(summary, arm)
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    kind = "within noise" if r["verdict"] != "resolved" else (
-        "resolved, higher" if r["diff_mean"] > 0 else "resolved, lower")
-    return f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} (threshold {r['threshold']:.4f}; {kind})"
-
-
 n = int(row(h, "self_train")["n"])
-lines = [words(h, a, f"{a} − self_train, H") for a in ("source_only", "stream1", "stream2", "both")]
-lines += [words(novel, "both", "both − self_train, novel accuracy"), words(shared, "both", "both − self_train, shared accuracy")]
+lines = [describe(h, a, f"{a} − self_train, H") for a in ("source_only", "stream1", "stream2", "both")]
+lines += [describe(novel, "both", "both − self_train, novel accuracy"), describe(shared, "both", "both − self_train, shared accuracy")]
 means = {a: row(h, a)["mean"] for a in arms}
 r90 = premise.get("train/src_rank", float("nan"))
 e3 = premise.get("train/src_energy_r3", float("nan"))

@@ -42,9 +42,7 @@ work_dir = None       # runs go here (None: a fresh temporary directory)
 
 # %%
 import json
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,16 +50,18 @@ import plotly.graph_objects as go
 import yaml
 from IPython.display import Markdown, display
 
+from kd_engine import reporting
 from kd_engine.config import load_raw
-from kd_engine.experiment import apply_budget, budget_settings, format_summary, repo_file, run_arms, save_results, summarize
+from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
+                                  save_results, summarize, work_dirs)
+from kd_engine.reporting import arm_row as row
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, arm_distributions, paired_differences
 
 started = time.perf_counter()
 settings = budget_settings(budget, seeds=5)
 seeds = settings["seeds"]
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p10-crkd-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p10-crkd")
 base = apply_budget(load_raw(repo_file("configs/crkd_digits.yaml")), settings)
 if budget == "smoke":
     base["distill"]["params"]["stage1_epochs"] = 2
@@ -203,17 +203,8 @@ display(Markdown("**Per novel class, test accuracy (Hungarian over all classes),
 # ## 6. Verdict in words
 
 # %%
-def row(summary, arm):
-    return summary.set_index("arm").loc[arm]
-
-
 def describe(summary, arm, other="uno"):
-    r = row(summary, arm)
-    if int(r["n"]) < 2:
-        return f"{arm} − {other}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    word = "within noise" if r["verdict"] != "resolved" else ("resolved, higher" if r["diff_mean"] > 0
-                                                               else "resolved, lower")
-    return f"{arm} − {other}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} (threshold {r['threshold']:.4f}; {word})"
+    return reporting.describe(summary, arm, f"{arm} − {other}")
 
 
 n = len(seeds)

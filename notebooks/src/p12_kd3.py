@@ -52,7 +52,6 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
 # %%
-import tempfile
 import time
 from pathlib import Path
 
@@ -66,9 +65,10 @@ from kd_engine.config import load_raw, validate
 from kd_engine.data import build_data
 from kd_engine.data.web_pool import shift_digit
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers,
-                                  reference_arm, repo_file, run_arms, save_results, summarize)
+                                  reference_arm, repo_file, run_arms, save_results, summarize, work_dirs)
 from kd_engine.metrics_extra import auroc
 from kd_engine.models import build_model
+from kd_engine.reporting import arm_row as row, describe
 from kd_engine.store import open_run
 from kd_engine.trainers.checkpoint import load_weights
 from workbench.figures import arm_comparison, arm_curves, arm_distributions, paired_differences
@@ -76,8 +76,7 @@ from workbench.figures import arm_comparison, arm_curves, arm_distributions, pai
 started = time.perf_counter()
 settings = budget_settings(budget, seeds=3)
 seeds = settings["seeds"]
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p12-kd3-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p12-kd3")
 base = apply_budget(load_raw(repo_file("configs/kd3_digits.yaml")), settings)
 if budget == "smoke":
     base["distill"]["params"]["warmup_epochs"] = 1  # two epochs: let the combined score run at all
@@ -213,24 +212,11 @@ paired_differences(heavy, "heavy_kd_all", "test/student_acc", order=["heavy_teac
 # ## 6. Verdict in words
 
 # %%
-def row(summary, arm):
-    return summary.set_index("arm").loc[arm]
-
-
-def words(summary, arm, what):
-    r = row(summary, arm)
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    kind = "within noise" if r["verdict"] != "resolved" else (
-        "resolved, higher" if r["diff_mean"] > 0 else "resolved, lower")
-    return f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} (threshold {r['threshold']:.4f}; {kind})"
-
-
 n = int(row(acc, "kd_all")["n"])
-lines = [words(acc, a, f"{a} − kd_all, test accuracy (default pool)") for a in ("teacher_sel", "combined_sel", "+align", "kd3")]
-lines += [words(acc_heavy, a, f"{a} − heavy_kd_all, test accuracy (heavy pool)")
+lines = [describe(acc, a, f"{a} − kd_all, test accuracy (default pool)") for a in ("teacher_sel", "combined_sel", "+align", "kd3")]
+lines += [describe(acc_heavy, a, f"{a} − heavy_kd_all, test accuracy (heavy pool)")
           for a in ("heavy_teacher_sel", "heavy_combined_sel")]
-lines += [words(shifted, "kd3", "kd3 − kd_all, accuracy on extra-shifted digits")]
+lines += [describe(shifted, "kd3", "kd3 − kd_all, accuracy on extra-shifted digits")]
 p_def = {a: row(prec, a)["mean"] for a in default_arms}
 p_heavy = {a: row(prec_heavy, a)["mean"] for a in heavy_arms}
 auc_means = {a: row(auc, a)["mean"] for a in ("teacher_sel", "combined_sel")}

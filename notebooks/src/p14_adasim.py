@@ -52,9 +52,7 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs go here (None: a fresh temporary directory)
 
 # %%
-import tempfile
 import time
-from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -62,8 +60,9 @@ from IPython.display import Markdown, display
 
 from kd_engine.config import load_raw
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize)
+                                  save_results, summarize, work_dirs)
 from kd_engine.metrics_ssl import representation_metrics
+from kd_engine.reporting import arm_row as row, describe
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, arm_distributions, paired_differences
 
@@ -71,8 +70,7 @@ started = time.perf_counter()
 settings = budget_settings(budget, seeds=3)
 seeds = settings["seeds"]
 TUNING_SEED = 100  # the ζ grid runs here, on a split and initialisation no reported arm uses
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p14-adasim-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p14-adasim")
 base = apply_budget(load_raw(repo_file("configs/adasim_digits.yaml")), settings)
 if budget == "smoke":
     base["distill"]["params"]["history"] = 1  # two epochs: let the bootstrapping code run at all
@@ -208,25 +206,12 @@ arm_comparison(frame_all, "test/linear_probe_acc", order=order, title="linear-pr
 # ## 5. Verdict in words
 
 # %%
-def row(summary, arm):
-    return summary.set_index("arm").loc[arm]
-
-
-def words(summary, arm, what):
-    r = row(summary, arm)
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    kind = "within noise" if r["verdict"] != "resolved" else (
-        "resolved, higher" if r["diff_mean"] > 0 else "resolved, lower")
-    return f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} (threshold {r['threshold']:.4f}; {kind})"
-
-
 n = int(row(knn, "dino")["n"])
-lines = [words(knn, "naive_nn", "naive NN − DINO, 20-NN test accuracy"),
-         words(knn, "adasim", "AdaSim − DINO, 20-NN test accuracy"),
-         words(probe, "naive_nn", "naive NN − DINO, linear-probe accuracy"),
-         words(probe, "adasim", "AdaSim − DINO, linear-probe accuracy"),
-         words(knn, "pixels", "raw pixels − DINO, 20-NN test accuracy")]
+lines = [describe(knn, "naive_nn", "naive NN − DINO, 20-NN test accuracy"),
+         describe(knn, "adasim", "AdaSim − DINO, 20-NN test accuracy"),
+         describe(probe, "naive_nn", "naive NN − DINO, linear-probe accuracy"),
+         describe(probe, "adasim", "AdaSim − DINO, linear-probe accuracy"),
+         describe(knn, "pixels", "raw pixels − DINO, 20-NN test accuracy")]
 means = {a: row(knn, a)["mean"] for a in order}
 collapse = {a: row(std_s, a)["mean"] for a in ("dino", "naive_nn", "adasim")}
 ent_last = {a: row(ent_s, a)["mean"] for a in ("dino", "naive_nn", "adasim")}

@@ -55,9 +55,8 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the teacher/bank cache go here (None: a fresh temporary directory)
 
 # %%
-import tempfile
 import time
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -65,11 +64,14 @@ import torch
 import yaml
 from IPython.display import Markdown, display
 
+from kd_engine import reporting
 from kd_engine.config import load_raw
 from kd_engine.data import build_data
-from kd_engine.experiment import (apply_budget, arm_config, budget_settings, format_summary, prepare_teachers,
-                                  repo_file, run_arms, save_results, summarize)
+from kd_engine.experiment import (apply_budget, arm_config, budget_settings, format_summary,
+                                  prepare_teachers, repo_file, run_arms, save_results, summarize,
+                                  work_dirs)
 from kd_engine.methods.ferkd import calibration_mask
+from kd_engine.reporting import arm_row as row, resolved_gain, resolved_loss
 from kd_engine.store import open_run
 from kd_engine.teacher_bank import TeacherBank, apply_views, bank_dir
 from workbench.figures import arm_comparison, arm_curves, arm_distributions, paired_differences
@@ -78,8 +80,7 @@ from workbench.figures.runs import image_gallery
 started = time.perf_counter()
 settings = budget_settings(budget, seeds=3)
 seeds = settings["seeds"]
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p15-ferkd-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p15-ferkd")
 base = apply_budget(load_raw(repo_file("configs/ferkd_digits.yaml")), settings)
 print(f"budget {budget}: seeds {seeds}, student epochs {base['epochs']}, "
       f"teacher epochs {base['teacher']['train']['epochs']}, {base['threads']} torch thread(s) per run")
@@ -211,28 +212,7 @@ image_gallery(list(shown), titles, ncols=8,
 # ## 6. Verdict in words
 
 # %%
-def row(summary, arm):
-    return summary.set_index("arm").loc[arm]
-
-
-def describe(summary, arm, what):
-    r = row(summary, arm)
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    word = "within noise" if r["verdict"] != "resolved" else ("resolved, better" if r["diff_mean"] > 0
-                                                              else "resolved, worse")
-    return f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} (threshold {r['threshold']:.4f}; {word})"
-
-
-def better(summary, arm):
-    r = row(summary, arm)
-    return r["verdict"] == "resolved" and r["diff_mean"] > 0
-
-
-def worse(summary, arm):
-    r = row(summary, arm)
-    return r["verdict"] == "resolved" and r["diff_mean"] < 0
-
+describe = partial(reporting.describe, words=("better", "worse"))
 
 n = int(row(acc_summary, "ferkd")["n"])
 lines = [describe(acc_summary, a, f"{a} − fkd test accuracy") for a in order if a != "fkd"]
@@ -241,23 +221,23 @@ early_lines = [describe(early_summary, a, f"{a} − fkd val accuracy at epoch {e
 if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    hard_below = worse(acc_summary, "hard")
+    hard_below = resolved_loss(acc_summary, "hard")
     parts = []
-    if better(acc_summary, "ferkd"):
+    if resolved_gain(acc_summary, "ferkd"):
         parts.append("FerKD's calibration (reconstruction) **beats** FKD on final test accuracy (resolved)")
-    elif worse(acc_summary, "ferkd"):
+    elif resolved_loss(acc_summary, "ferkd"):
         parts.append("FerKD's calibration (reconstruction) is **worse** than FKD on final test accuracy (resolved)")
     else:
         parts.append("FerKD's calibration (reconstruction) does **not** resolve a final-accuracy difference to FKD "
                      "(within noise)")
     parts.append("FKD beats hard labels on the same crops (resolved)" if hard_below else
-                 ("hard labels beat FKD (resolved)" if better(acc_summary, "hard") else
+                 ("hard labels beat FKD (resolved)" if resolved_gain(acc_summary, "hard") else
                   "FKD and hard labels on the same crops are within noise of each other"))
-    if better(early_summary, "ferkd"):
+    if resolved_gain(early_summary, "ferkd"):
         parts.append(f"early (epoch {early_epoch + 1}) FerKD is ahead of FKD (resolved)")
     else:
         parts.append(f"early (epoch {early_epoch + 1}) FerKD is not resolved ahead of FKD")
-    full = ("holds" if better(acc_summary, "ferkd") and hard_below else "is not shown")
+    full = ("holds" if resolved_gain(acc_summary, "ferkd") and hard_below else "is not shown")
     claim = (f"The card's ordering FerKD ≥ FKD ≥ hard {full} in this miniature: " + "; ".join(parts) + ".")
 online = row(acc_summary, "kd_online")
 contrast = (f"Online KD on full images reaches {online['mean']:.4f} test accuracy against FKD's "
@@ -269,7 +249,7 @@ mechanism = (f"Why: in seed {seeds[0]}'s bank {below:.3f} of the stored crops ha
              f"teacher was trained on full images only, as on the card, and never saw crops), so the rule relabels "
              f"{relabel_share:.3f} of them, far more than the bottom-{bottom:.0%} floor; a relabelled crop gets a "
              f"nearly hard label (ε = {base['distill']['params']['epsilon']})")
-if worse(acc_summary, "hard"):
+if resolved_loss(acc_summary, "hard"):
     mechanism += (", and hard labels on the same crops are resolved worse than FKD's teacher labels here, which is "
                   "the direction the calibration moves most labels")
 n_test = len(open_run(frame["run_dir"].iloc[0]).instances(split="test", columns=["instance_id"]))

@@ -48,8 +48,8 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs go here (None: a fresh temporary directory)
 
 # %%
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,11 +60,12 @@ import torch
 import yaml
 from IPython.display import Markdown, display
 
+from kd_engine import reporting
 from kd_engine.config import load_raw
 from kd_engine.data import build_data
 from kd_engine.data.digits_longtail import shot_groups
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize)
+                                  save_results, summarize, work_dirs)
 from kd_engine.metrics import balanced_accuracy
 from kd_engine.models import build_model
 from kd_engine.store import open_run
@@ -74,8 +75,7 @@ from workbench.figures import arm_comparison, arm_curves, paired_differences, pe
 started = time.perf_counter()
 settings = budget_settings(budget, seeds=10)
 seeds = settings["seeds"]
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p16-mdcs-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p16-mdcs")
 base = apply_budget(load_raw(repo_file("configs/mdcs_digits.yaml")), settings)
 print(f"budget {budget}: seeds {seeds}, epochs {base['epochs']}, {base['threads']} torch thread(s) per run")
 print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
@@ -228,13 +228,7 @@ go.Figure(go.Bar(x=spread.index.tolist(), y=spread.tolist())).update_layout(
 # ## 6. Verdict in words
 
 # %%
-def describe(summary, arm, what):
-    r = summary.set_index("arm").loc[arm]
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    word = ("within noise" if r["verdict"] != "resolved"
-            else "resolved, higher" if r["diff_mean"] > 0 else "resolved, lower")
-    return f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} ({word})"
+describe = partial(reporting.describe, threshold=False)
 
 
 def holds(summary, arm, at_least=False):

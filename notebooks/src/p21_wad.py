@@ -42,9 +42,8 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the SimCLR cache go here (None: a fresh temporary directory)
 
 # %%
-import tempfile
 import time
-from pathlib import Path
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,19 +52,20 @@ import plotly.graph_objects as go
 import yaml
 from IPython.display import Markdown, display
 
+from kd_engine import reporting
 from kd_engine.config import load_raw
 from kd_engine.data import build_data
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize)
+                                  save_results, summarize, work_dirs)
 from kd_engine.metrics_extra import auroc
+from kd_engine.reporting import resolved_gain, resolved_loss
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_distributions, paired_differences
 
 started = time.perf_counter()
 settings = budget_settings(budget, seeds=5)
 seeds = settings["seeds"]
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p21-wad-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p21-wad")
 base = apply_budget(load_raw(repo_file("configs/wad_digits.yaml")), settings)
 if budget == "smoke":
     base["distill"]["params"]["simclr_epochs"] = 5
@@ -201,24 +201,7 @@ fig.update_layout(title="test accuracy against mismatch (mean ± std over seeds)
 # ## 5. Verdict in words
 
 # %%
-def describe(summary, arm, what):
-    r = summary.set_index("arm").loc[arm]
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    word = ("within noise" if r["verdict"] != "resolved"
-            else "resolved, higher" if r["diff_mean"] > 0 else "resolved, lower")
-    return f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} ({word})"
-
-
-def resolved_up(summary, arm):
-    r = summary.set_index("arm").loc[arm]
-    return r["verdict"] == "resolved" and r["diff_mean"] > 0
-
-
-def not_worse(summary, arm):
-    r = summary.set_index("arm").loc[arm]
-    return not (r["verdict"] == "resolved" and r["diff_mean"] < 0)
-
+describe = partial(reporting.describe, threshold=False)
 
 n = len(seeds)
 lines = [describe(auroc_summary, f"wad_weight@m{m}", f"AUROC of w − 0.5 at m={m}") for m in MISMATCH]
@@ -232,9 +215,9 @@ else:
     def status(pairs, at_least=False):
         """'holds' if every (summary, arm) shows the claimed gain (or, with at_least, no resolved
         loss), 'contradicted' if any shows a resolved loss, else 'not shown'."""
-        if not all(not_worse(s, a) for s, a in pairs):
+        if not all(not resolved_loss(s, a) for s, a in pairs):
             return "contradicted"
-        return "holds" if at_least or all(resolved_up(s, a) for s, a in pairs) else "not shown"
+        return "holds" if at_least or all(resolved_gain(s, a) for s, a in pairs) else "not shown"
 
     checks = [("unknown images get lower w (AUROC > 0.5 at both m)",
                status([(auroc_summary, f"wad_weight@m{m}") for m in MISMATCH])),

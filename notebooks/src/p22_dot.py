@@ -38,26 +38,26 @@ work_dir = None       # runs and the teacher cache go here (None: a fresh tempor
 
 # %%
 import math
-import tempfile
 import time
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
+from kd_engine import reporting
 from kd_engine.config import load_raw
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers,
-                                  repo_file, run_arms, save_results, summarize)
+                                  repo_file, run_arms, save_results, summarize, work_dirs)
+from kd_engine.reporting import arm_row as row
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, loss_trajectory, paired_differences
 
 started = time.perf_counter()
 settings = budget_settings(budget, seeds=10)
 seeds = settings["seeds"]
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p22-dot-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p22-dot")
 base = apply_budget(load_raw(repo_file("configs/dot_digits.yaml")), settings)
 print(f"budget {budget}: seeds {seeds}, student epochs {base['epochs']}, "
       f"teacher epochs {base['teacher']['train']['epochs']}, {base['threads']} torch thread(s) per run")
@@ -186,22 +186,7 @@ arm_comparison(frame, acc_metric, order=sweep,
 # ## 7. Verdict in words
 
 # %%
-def row(summary, arm):
-    return summary.set_index("arm").loc[arm]
-
-
-def describe(summary, arm, what, lower_is_better=False):
-    r = row(summary, arm)
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    if r["verdict"] == "resolved":
-        good = (r["diff_mean"] < 0) == lower_is_better
-        word = "resolved, better" if good else "resolved, worse"
-    else:
-        word = "within noise"
-    return (f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} "
-            f"(threshold {r['threshold']:.4f}; {word})")
-
+describe = partial(reporting.describe, words=("better", "worse"))
 
 n = int(row(acc_summary, "kd_dot")["n"])
 kd_r, ce_r = row(kd_summary, "kd_dot"), row(ce_summary, "kd_dot")

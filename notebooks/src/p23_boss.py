@@ -37,7 +37,6 @@ work_dir = None       # runs, searches and studies go here (None: a fresh tempor
 
 # %%
 import copy
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +45,9 @@ import plotly.graph_objects as go
 from IPython.display import Markdown, display
 
 from kd_engine.config import load_raw, validate
-from kd_engine.experiment import apply_budget, budget_settings, format_summary, repo_file, save_results, summarize
+from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, save_results,
+                                  summarize, work_dirs)
+from kd_engine.reporting import arm_row as row, describe
 from kd_engine.search import run_search
 from kd_engine.search.read import open_search
 from kd_engine.search.runner import base_raw, run_trial
@@ -58,8 +59,7 @@ seeds = settings["seeds"]
 SMOKE = budget == "smoke"
 TRIALS, WARMUP, POOL_K, GENERATIONS = (4, 2, 2, 2) if SMOKE else (24, 8, 4, 3)
 EPOCHS = 2 if SMOKE else None  # None: the config's 15
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p23-boss-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p23-boss")
 raw = apply_budget(load_raw(repo_file("configs/boss_digits.yaml")), {**settings, "epochs": EPOCHS})
 raw.update(device="cpu", runs_dir=str(runs_dir), cache_dir=str(cache_dir))
 print(f"budget {budget}: seeds {seeds}, {TRIALS} trials per study ({WARMUP} warm-up, pool k = {POOL_K}), "
@@ -161,23 +161,10 @@ paired_differences(table, "bo", "test_acc_of_best_val", order=["boss", "sd"],
 # ## 5. Verdict in words
 
 # %%
-def row(summary, arm):
-    return summary.set_index("arm").loc[arm]
-
-
-def words(summary, arm, what):
-    r = row(summary, arm)
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    side = "higher" if r["diff_mean"] > 0 else "lower"
-    tail = f"resolved, {side}" if r["verdict"] == "resolved" else "within noise"
-    return f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} (threshold {r['threshold']:.4f}; {tail})"
-
-
 n = len(seeds)
-lines = [words(test_summary, "boss", "BOSS − BO, test accuracy of the best-validation trial"),
-         words(val_summary, "boss", "BOSS − BO, best validation accuracy"),
-         words(test_summary, "sd", "SD − BO, test accuracy of the best-validation generation")]
+lines = [describe(test_summary, "boss", "BOSS − BO, test accuracy of the best-validation trial"),
+         describe(val_summary, "boss", "BOSS − BO, best validation accuracy"),
+         describe(test_summary, "sd", "SD − BO, test accuracy of the best-validation generation")]
 boss_vs_sd = table.pivot(index="seed", columns="arm", values="test_acc_of_best_val")
 diff = boss_vs_sd["boss"] - boss_vs_sd["sd"]
 if n < 2:

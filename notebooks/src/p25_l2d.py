@@ -47,8 +47,8 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
 # %%
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,11 +60,12 @@ import yaml
 from IPython.display import Markdown, display
 from sklearn.metrics import average_precision_score, f1_score
 
+from kd_engine import reporting
 from kd_engine.config import load_raw, validate
 from kd_engine.data import build_data
 from kd_engine.data.mosaics import targets_for
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize)
+                                  save_results, summarize, work_dirs)
 from kd_engine.losses.affinity import relation_matrix
 from kd_engine.losses.multilabel import class_structure, instance_structure
 from kd_engine.methods.l2d import L2D
@@ -76,8 +77,7 @@ from workbench.figures import arm_comparison, map_panels, paired_differences
 started = time.perf_counter()
 settings = budget_settings(budget, seeds=3)
 seeds = settings["seeds"]
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p25-l2d-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p25-l2d")
 base = apply_budget(load_raw(repo_file("configs/l2d_digits.yaml")), settings)
 if budget == "smoke":
     base["distill"]["params"]["teacher_epochs"] = 2
@@ -211,13 +211,7 @@ print("mean |student − teacher| of the normalised class-0 distances:", {k: rou
 # ## 5. Verdict in words
 
 # %%
-def describe(summary, arm, what):
-    r = summary.set_index("arm").loc[arm]
-    if int(r["n"]) < 2:
-        return f"{what}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    word = ("within noise" if r["verdict"] != "resolved"
-            else "resolved, higher" if r["diff_mean"] > 0 else "resolved, lower")
-    return f"{what}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} ({word})"
+describe = partial(reporting.describe, threshold=False)
 
 
 def link(summary, arm, relation):

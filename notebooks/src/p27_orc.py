@@ -41,17 +41,17 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
 # %%
-import tempfile
 import time
-from pathlib import Path
 
 import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
+from kd_engine import reporting
 from kd_engine.config import load_raw
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers,
-                                  repo_file, run_arms, save_results, summarize)
+                                  repo_file, run_arms, save_results, summarize, work_dirs)
+from kd_engine.reporting import arm_row as row
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, paired_differences
 from workbench.figures.roles import member_curves, role_share, role_timeline
@@ -59,8 +59,7 @@ from workbench.figures.roles import member_curves, role_share, role_timeline
 started = time.perf_counter()
 settings = budget_settings(budget, seeds=5)
 seeds = settings["seeds"]
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-p27-orc-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "p27-orc")
 base = apply_budget(load_raw(repo_file("configs/orc_digits.yaml")), settings)
 print(f"budget {budget}: seeds {seeds}, student epochs {base['epochs']}, "
       f"teacher epochs {base['teacher']['train']['epochs']}, {base['threads']} torch thread(s) per run")
@@ -174,17 +173,8 @@ display(Markdown("**T0 before (frozen, pretrained) and after refinement on E (OR
 # ## 6. Verdict in words
 
 # %%
-def row(summary, arm):
-    return summary.set_index("arm").loc[arm]
-
-
 def describe(summary, arm, other="independent"):
-    r = row(summary, arm)
-    if int(r["n"]) < 2:
-        return f"{arm} − {other}: {r['diff_mean']:+.4f} on one seed (no verdict possible)"
-    word = "within noise" if r["verdict"] != "resolved" else ("resolved, better" if r["diff_mean"] > 0
-                                                               else "resolved, worse")
-    return f"{arm} − {other}: {r['diff_mean']:+.4f} ± {r['diff_std']:.4f} (threshold {r['threshold']:.4f}; {word})"
+    return reporting.describe(summary, arm, f"{arm} − {other}", words=("better", "worse"))
 
 
 n = len(seeds)

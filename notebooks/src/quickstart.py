@@ -27,9 +27,7 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
 # %%
-import tempfile
 import time
-from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -37,15 +35,14 @@ from IPython.display import Markdown, display
 
 from kd_engine.config import load_raw
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers,
-                                  reference_arm, repo_file, run_arms, save_results, summarize)
+                                  reference_arm, repo_file, run_arms, save_results, summarize, work_dirs)
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, arm_distributions, paired_differences
 
 started = time.perf_counter()
 settings = budget_settings(budget, seeds=5)
 seeds = settings["seeds"]
-work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kdw-quickstart-"))
-runs_dir, cache_dir = work / "runs", work / "cache"
+work, runs_dir, cache_dir = work_dirs(work_dir, "quickstart")
 base = apply_budget(load_raw(repo_file("configs/digits_kd.yaml")), settings)
 print(f"budget {budget}: seeds {seeds}, student epochs {base['epochs']}, "
       f"teacher epochs {base['teacher']['train']['epochs']}, {base['threads']} torch thread(s) per run")
