@@ -6,6 +6,7 @@ per session into a temporary cache_dir, so tests reuse it instead of retraining 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -110,3 +111,19 @@ def make_raw(tmp_path, teacher_cache):
         return digits_raw(runs_dir or tmp_path / "runs", teacher_cache.cache_dir, overrides)
 
     return factory
+
+
+@pytest.fixture
+def smoke_results(tmp_path):
+    """Factory: run a notebook at the smoke budget into this test's tmp dir and return its results
+    JSON, after checking the header every smoke test checks (the notebook, the budget, seed 0)."""
+
+    def run(notebook: str) -> dict[str, Any]:
+        from kd_engine.reproduce import reproduce
+
+        out = reproduce([notebook], budget="smoke", output=tmp_path)
+        payload = json.loads(out[notebook].read_text())
+        assert payload["notebook"] == notebook and payload["budget"] == "smoke" and payload["seeds"] == [0]
+        return payload
+
+    return run

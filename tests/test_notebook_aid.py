@@ -2,10 +2,7 @@
 finite mAP and AP50 for every arm of both detector pairs."""
 from __future__ import annotations
 
-import json
 import math
-
-from kd_engine.reproduce import reproduce
 
 MAIN = {"scratch", "base", "aid", "aid_shuffled", "aid_mean"}
 RET = {f"ret_{a}" for a in MAIN | {"aid_a1", "aid_a3"}}
@@ -13,10 +10,8 @@ FRC = {f"frc_{a}" for a in MAIN}
 SELF = {"ret_self_base", "ret_self_aid"}
 
 
-def test_aid_smoke(tmp_path):
-    out = reproduce(["aid"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["aid"].read_text())
-    assert payload["notebook"] == "aid" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_aid_smoke(smoke_results):
+    payload = smoke_results("aid")
     arms: dict[tuple[str, str], set[str]] = {}
     for row in payload["rows"]:
         assert row["n"] == 1

@@ -1,16 +1,11 @@
 """The Auto-KD notebook (card §3) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
-import json
 import math
 
-from kd_engine.reproduce import reproduce
 
-
-def test_p03_autokd_smoke(tmp_path):
-    out = reproduce(["p03_autokd"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p03_autokd"].read_text())
-    assert payload["notebook"] == "p03_autokd" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p03_autokd_smoke(smoke_results):
+    payload = smoke_results("p03_autokd")
     by_metric: dict[str, set[str]] = {}
     for row in payload["rows"]:
         assert row["n"] == 1 and row["mean"] is not None and math.isfinite(row["mean"])

@@ -2,18 +2,13 @@
 finite results."""
 from __future__ import annotations
 
-import json
 import math
-
-from kd_engine.reproduce import reproduce
 
 ARMS = {"source_only", "self_train", "stream1", "stream2", "both"}
 
 
-def test_p05_otd_smoke(tmp_path):
-    out = reproduce(["p05_otd"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p05_otd"].read_text())
-    assert payload["notebook"] == "p05_otd" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p05_otd_smoke(smoke_results):
+    payload = smoke_results("p05_otd")
     assert "reconstruction" in payload["title"].lower() and "reconstruction" in payload["notes"].lower()
     by_metric: dict[str, set[str]] = {}
     for row in payload["rows"]:

@@ -1,19 +1,14 @@
 """The Cr-KD notebook (card §10) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
-import json
 import math
-
-from kd_engine.reproduce import reproduce
 
 ARMS = {"uno", "crkd_nogate", "crkd", "crkd_a0.3"}
 METRICS = {"train/novel_acc", "test/novel_acc", "test/known_acc", "test/all_acc"}
 
 
-def test_p10_crkd_smoke(tmp_path):
-    out = reproduce(["p10_crkd"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p10_crkd"].read_text())
-    assert payload["notebook"] == "p10_crkd" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p10_crkd_smoke(smoke_results):
+    payload = smoke_results("p10_crkd")
     by_baseline: dict[tuple[str, str], set[str]] = {}
     for row in payload["rows"]:
         assert row["n"] == 1 and row["mean"] is not None and math.isfinite(row["mean"])

@@ -2,19 +2,14 @@
 finite results."""
 from __future__ import annotations
 
-import json
 import math
-
-from kd_engine.reproduce import reproduce
 
 DEFAULT = {"kd_all", "teacher_sel", "combined_sel", "+align", "kd3"}
 HEAVY = {"heavy_kd_all", "heavy_teacher_sel", "heavy_combined_sel"}
 
 
-def test_p12_kd3_smoke(tmp_path):
-    out = reproduce(["p12_kd3"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p12_kd3"].read_text())
-    assert payload["notebook"] == "p12_kd3" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p12_kd3_smoke(smoke_results):
+    payload = smoke_results("p12_kd3")
     assert "reconstruction" in payload["title"].lower() and "reconstruction" in payload["notes"].lower()
     arms: dict[tuple[str, str], set[str]] = {}
     for row in payload["rows"]:

@@ -1,18 +1,13 @@
 """The AdaSim notebook (card §14) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
-import json
 import math
-
-from kd_engine.reproduce import reproduce
 
 ARMS = {"dino", "naive_nn", "adasim"}
 
 
-def test_p14_adasim_smoke(tmp_path):
-    out = reproduce(["p14_adasim"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p14_adasim"].read_text())
-    assert payload["notebook"] == "p14_adasim" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p14_adasim_smoke(smoke_results):
+    payload = smoke_results("p14_adasim")
     by_metric: dict[str, set[str]] = {}
     for row in payload["rows"]:
         assert row["baseline"] == "dino" and row["n"] == 1

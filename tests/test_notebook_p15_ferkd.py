@@ -1,19 +1,14 @@
 """The FerKD notebook (card §15) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
-import json
 import math
-
-from kd_engine.reproduce import reproduce
 
 ARMS = {"kd_online", "kd_cache", "hard", "fkd", "fkd_top3", "ferkd", "ferkd_selfmix", "ferkd_tau0.1",
         "ferkd_tau0.4"}
 
 
-def test_p15_ferkd_smoke(tmp_path):
-    out = reproduce(["p15_ferkd"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p15_ferkd"].read_text())
-    assert payload["notebook"] == "p15_ferkd" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p15_ferkd_smoke(smoke_results):
+    payload = smoke_results("p15_ferkd")
     by_metric: dict[str, set[str]] = {}
     for row in payload["rows"]:
         assert row["baseline"] == "fkd" and row["n"] == 1

@@ -1,18 +1,13 @@
 """The MDCS notebook (card §16) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
-import json
 import math
-
-from kd_engine.reproduce import reproduce
 
 ARMS = {"single_ce", "experts_ce", "diversity", "no_cis", "mdcs"}
 
 
-def test_p16_mdcs_smoke(tmp_path):
-    out = reproduce(["p16_mdcs"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p16_mdcs"].read_text())
-    assert payload["notebook"] == "p16_mdcs" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p16_mdcs_smoke(smoke_results):
+    payload = smoke_results("p16_mdcs")
     by_metric: dict[str, set[str]] = {}
     for row in payload["rows"]:
         assert row["n"] == 1 and row["mean"] is not None and math.isfinite(row["mean"])

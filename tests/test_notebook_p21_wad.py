@@ -1,16 +1,11 @@
 """The WAD notebook (card §21) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
-import json
 import math
 
-from kd_engine.reproduce import reproduce
 
-
-def test_p21_wad_smoke(tmp_path):
-    out = reproduce(["p21_wad"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p21_wad"].read_text())
-    assert payload["notebook"] == "p21_wad" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p21_wad_smoke(smoke_results):
+    payload = smoke_results("p21_wad")
     by_metric: dict[str, set[str]] = {}
     for row in payload["rows"]:
         assert row["n"] == 1 and row["mean"] is not None and math.isfinite(row["mean"])

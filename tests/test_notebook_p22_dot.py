@@ -1,18 +1,13 @@
 """The DOT notebook (card §22) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
-import json
 import math
-
-from kd_engine.reproduce import reproduce
 
 ARMS = {"ce", "kd_sgd", "kd_dot", "dot_d0.025", "dot_d0.05", "dot_d0.09"}
 
 
-def test_p22_dot_smoke(tmp_path):
-    out = reproduce(["p22_dot"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p22_dot"].read_text())
-    assert payload["notebook"] == "p22_dot" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p22_dot_smoke(smoke_results):
+    payload = smoke_results("p22_dot")
     rows = payload["rows"]
     by_metric: dict[str, set[str]] = {}
     for row in rows:

@@ -1,16 +1,11 @@
 """The BOSS notebook (card §23) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
-import json
 import math
 
-from kd_engine.reproduce import reproduce
 
-
-def test_p23_boss_smoke(tmp_path):
-    out = reproduce(["p23_boss"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p23_boss"].read_text())
-    assert payload["notebook"] == "p23_boss" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p23_boss_smoke(smoke_results):
+    payload = smoke_results("p23_boss")
     by_metric: dict[str, set[str]] = {}
     for row in payload["rows"]:
         assert row["baseline"] == "bo" and row["n"] == 1

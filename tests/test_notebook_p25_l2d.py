@@ -1,18 +1,13 @@
 """The L2D notebook (card §25) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
-import json
 import math
-
-from kd_engine.reproduce import reproduce
 
 ARMS = {"bce", "softmax_kd", "mld", "mld_led", "mld_led_card", "teacher"}
 
 
-def test_p25_l2d_smoke(tmp_path):
-    out = reproduce(["p25_l2d"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p25_l2d"].read_text())
-    assert payload["notebook"] == "p25_l2d" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p25_l2d_smoke(smoke_results):
+    payload = smoke_results("p25_l2d")
     by_metric: dict[str, set[str]] = {}
     for row in payload["rows"]:
         assert row["n"] == 1 and row["mean"] is not None and math.isfinite(row["mean"])

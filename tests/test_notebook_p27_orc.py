@@ -2,18 +2,13 @@
 writes finite results for every arm."""
 from __future__ import annotations
 
-import json
 import math
-
-from kd_engine.reproduce import reproduce
 
 ARMS = {"independent", "kd", "dml", "orc"}
 
 
-def test_p27_orc_smoke(tmp_path):
-    out = reproduce(["p27_orc"], budget="smoke", output=tmp_path)
-    payload = json.loads(out["p27_orc"].read_text())
-    assert payload["notebook"] == "p27_orc" and payload["budget"] == "smoke" and payload["seeds"] == [0]
+def test_p27_orc_smoke(smoke_results):
+    payload = smoke_results("p27_orc")
     assert "reconstruction" in payload["title"] and "reconstruction" in payload["notes"]
     by_baseline: dict[tuple[str, str], set[str]] = {}
     for row in payload["rows"]:
