@@ -16,6 +16,7 @@ import pandas as pd
 
 from kd_engine.errors import KDWError
 from kd_engine.search.base import SEARCHES_DIR, read_json
+from kd_engine.store.reader import newest_first
 
 BASE_COLUMNS = ["trial", "reward", "best_so_far", "status", "run_id", "wall_s", "val_acc", "val_loss",
                 "test_acc"]
@@ -118,13 +119,7 @@ def list_searches(runs_dir: str | Path = "runs") -> pd.DataFrame:
                          "path": str(path.parent)})
     columns = ["search_id", "strategy", "budget", "evaluations", "best_reward", "best_trial",
                "best_test_acc", "created", "path"]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=columns)
-    for column in columns:
-        if column not in frame:
-            frame[column] = None
-    return frame.sort_values("created", ascending=False, na_position="last").reset_index(drop=True)
+    return newest_first(rows, columns)
 
 
 def open_search(search: str | Path, runs_dir: str | Path = "runs") -> Search:

@@ -202,6 +202,18 @@ def open_run(run: str | Path, runs_dir: str | Path = "runs") -> Run:
     return Run(resolve_run(run, runs_dir))
 
 
+def newest_first(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """A listing (of runs, of searches): ``rows`` as a frame with at least ``columns`` (None where a
+    row lacks one), newest ``created`` first; an empty listing still has the columns."""
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    for column in columns:
+        if column not in frame:
+            frame[column] = None
+    return frame.sort_values("created", ascending=False, na_position="last").reset_index(drop=True)
+
+
 def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
     """One row per run, newest first. A corrupted run is listed with status 'corrupt'."""
     rows = []
@@ -223,11 +235,5 @@ def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
         rows.append(row)
     columns = ["run_id", "status", "name", "method", "dataset", "teacher", "student", "created",
                "error", "path"]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=columns)
-    for column in columns:
-        if column not in frame:
-            frame[column] = None
-    frame = frame.sort_values("created", ascending=False, na_position="last").reset_index(drop=True)
+    frame = newest_first(rows, columns)
     return frame[columns + [c for c in frame.columns if c not in columns]]
