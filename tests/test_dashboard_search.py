@@ -89,3 +89,26 @@ def test_search_page_shows_trials_and_curves(searches_dir, monkeypatch):
 def test_search_page_empty(tmp_path, monkeypatch):
     at = _open(tmp_path, monkeypatch)
     assert "No searches under" in "\n".join(str(e.value) for e in at.info)
+
+
+def test_dashboard_launch_of_a_search_names_it_and_leaves_pending_when_it_starts(tmp_path, monkeypatch):
+    """A config with a search section launched from the dashboard becomes a search named by the
+    launch id; the launch stays pending only until the search's directory exists."""
+    from workbench import launcher
+
+    def fake_spawn(command, base, run_id, kind, config):
+        record = {"run_id": run_id, "pid": 0, "kind": kind, "config": config, "command": command}
+        (launcher._records(base) / f"{run_id}.json").write_text(json.dumps(record))
+        return record
+
+    monkeypatch.setattr(launcher, "_spawn", fake_spawn)
+    text = (REPO / "configs" / "boss_digits.yaml").read_text()
+    record = launcher.launch(text, "boss_digits.yaml", base=tmp_path)
+    assert record["kind"] == "search"
+    written = launcher.parse_yaml((tmp_path / launcher.LAUNCH_DIR / f"{record['run_id']}.yaml").read_text())
+    assert written["search"]["id"] == record["run_id"]
+    assert [p["run_id"] for p in launcher.pending(tmp_path)] == [record["run_id"]]  # not started yet
+    search = tmp_path / "_searches" / record["run_id"]
+    search.mkdir(parents=True)
+    (search / "search.json").write_text(json.dumps({"id": record["run_id"], "strategy": "boss"}))
+    assert launcher.pending(tmp_path) == []

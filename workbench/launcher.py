@@ -21,6 +21,7 @@ import yaml
 from kd_engine.checks import check_names
 from kd_engine.config import ExperimentConfig, apply_override, validate
 from kd_engine.errors import ConfigError, KDWError
+from kd_engine.search.read import open_search
 from kd_engine.store import new_run_id
 from kd_engine.store.schema import DB_NAME
 
@@ -89,15 +90,19 @@ def _spawn(command: list[str], base: Path, run_id: str, kind: str, config: str |
 
 def launch(text: str, source: str = "config", overrides: list[str] | None = None,
            base: Path | None = None, run_id: str | None = None) -> dict:
-    """Validate and start `kdw train`; returns the launch record (its `run_id` names the run)."""
+    """Validate and start `kdw train`; returns the launch record (its `run_id` names the run, or
+    the search when the config has a search section and names none)."""
     base = Path(base or runs_dir()).resolve()
     raw, cfg = prepare(text, source, overrides)
     run_id = run_id or new_run_id(cfg.name)
+    kind = "train" if cfg.search is None else "search"
+    if kind == "search" and cfg.search.id is None:  # so the launch can be found among the searches
+        raw["search"] = {**(raw.get("search") or {}), "id": run_id}
     config_path = _records(base) / f"{run_id}.yaml"
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     command = [sys.executable, "-m", "kd_engine.cli", "train", str(config_path), "--run-id", run_id,
                "--runs-dir", str(base)]
-    return _spawn(command, base, run_id, "train", str(config_path))
+    return _spawn(command, base, run_id, kind, str(config_path))
 
 
 def resume(run_id: str, base: Path | None = None) -> dict:
@@ -167,6 +172,18 @@ def _log_error(text: str) -> str | None:
     return rest[-1] if rest else None
 
 
+def _started(record: dict, base: Path) -> bool:
+    """The launch has become a run (its store exists) or a search (its directory has a search.json;
+    its trials are runs and the Searches page shows it)."""
+    if record.get("kind") == "search":
+        try:
+            open_search(record["run_id"], base)
+            return True
+        except KDWError:
+            return False
+    return (base / record["run_id"] / DB_NAME).is_file()
+
+
 def pending(base: Path | None = None) -> list[dict]:
     """Launches whose run has no store yet: `starting` while the process lives (data, teacher),
     else `failed` with the last `error:` line of its log."""
@@ -177,7 +194,7 @@ def pending(base: Path | None = None) -> list[dict]:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if (base / record["run_id"] / DB_NAME).is_file():
+        if _started(record, base):
             pid_alive(record.get("pid"))  # reap a finished child
             continue
         alive = pid_alive(record.get("pid"))
