@@ -361,26 +361,36 @@ def run_and_report(run_fn, prefix: str, quick: bool, table_fn, out: str | Path) 
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kd_engine.bench",
-                                     description="Engine step time against a bare PyTorch loop, "
-                                                 "and recording on against off.")
-    parser.add_argument("--quick", action="store_true", help="short smoke run (the numbers mean little)")
+def bench_parser(prog: str, description: str, full: dict, quick: dict, out: str,
+                 quick_help: str = "short smoke run (the numbers mean little)") -> argparse.ArgumentParser:
+    """The options every `make bench` entry point takes (presets `full` / `quick`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--rounds", type=int,
-                        help=f"interleaved rounds (default {FULL['rounds']}, quick {QUICK['rounds']})")
+                        help=f"interleaved rounds (default {full['rounds']}, quick {quick['rounds']})")
     parser.add_argument("--epochs-per-sample", type=int,
-                        help=f"epochs per timed sample (default {FULL['epochs_per_sample']}, "
-                             f"quick {QUICK['epochs_per_sample']})")
+                        help=f"epochs per timed sample (default {full['epochs_per_sample']}, "
+                             f"quick {quick['epochs_per_sample']})")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads for every arm (default 1: these small convolutions "
-                             "run fastest and steadiest on one thread)")
-    parser.add_argument("--student-width", type=int, default=8, help="student resnet width (default 8)")
+                        help="torch.set_num_threads for every arm (default 1: small models run fastest "
+                             "and steadiest on one thread)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--out", default="artifacts/bench/engine.json", help="where the JSON results go")
+    parser.add_argument("--out", default=out, help="where the JSON results go")
+    return parser
+
+
+def preset_sizes(args: argparse.Namespace, full: dict, quick: dict) -> tuple[int, int]:
+    """(rounds, epochs per sample): the command line's, else the chosen preset's."""
+    preset = quick if args.quick else full
+    return args.rounds or preset["rounds"], args.epochs_per_sample or preset["epochs_per_sample"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser("python -m kd_engine.bench", "Engine step time against a bare PyTorch loop, "
+                          "and recording on against off.", FULL, QUICK, "artifacts/bench/engine.json")
+    parser.add_argument("--student-width", type=int, default=8, help="student resnet width (default 8)")
     args = parser.parse_args(argv)
-    preset = QUICK if args.quick else FULL
-    rounds = args.rounds or preset["rounds"]
-    epochs = args.epochs_per_sample or preset["epochs_per_sample"]
+    rounds, epochs = preset_sizes(args, FULL, QUICK)
     run_and_report(lambda tmp: run(rounds, epochs, args.threads, args.device, args.student_width, tmp),
                    "kdw-bench-", args.quick, table, args.out)
     return 0

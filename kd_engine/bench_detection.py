@@ -30,7 +30,6 @@ when other processes share the machine.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from kd_engine.bench import _Arm, _sample, _summary, _timed, run_and_report
+from kd_engine.bench import _Arm, _sample, _summary, _timed, bench_parser, preset_sizes, run_and_report
 
 # configs/aid_retinanet.yaml's per-step workload, on a smaller training split.
 WORKLOAD = {
@@ -205,24 +204,12 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kd_engine.bench_detection",
-                                     description="Step time of AID over base distillation (Zhang & Ma, "
-                                                 "RetinaNet on scenes), side by side.")
-    parser.add_argument("--quick", action="store_true",
-                        help="short smoke run on 64-px scenes and small models (the numbers mean little)")
-    parser.add_argument("--rounds", type=int,
-                        help=f"interleaved rounds (default {FULL['rounds']}, quick {QUICK['rounds']})")
-    parser.add_argument("--epochs-per-sample", type=int,
-                        help=f"epochs per timed sample (default {FULL['epochs_per_sample']}, "
-                             f"quick {QUICK['epochs_per_sample']})")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads for both arms (default 1: the steadiest timings)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--out", default="artifacts/bench/detection.json", help="where the JSON results go")
+    parser = bench_parser("python -m kd_engine.bench_detection", "Step time of AID over base distillation "
+                          "(Zhang & Ma, RetinaNet on scenes), side by side.", FULL, QUICK,
+                          "artifacts/bench/detection.json",
+                          quick_help="short smoke run on 64-px scenes and small models (the numbers mean little)")
     args = parser.parse_args(argv)
-    preset = QUICK if args.quick else FULL
-    rounds = args.rounds or preset["rounds"]
-    epochs = args.epochs_per_sample or preset["epochs_per_sample"]
+    rounds, epochs = preset_sizes(args, FULL, QUICK)
     run_and_report(lambda tmp: run(rounds, epochs, args.threads, args.device, args.quick, tmp),
                    "kdw-bench-detection-", args.quick, table, args.out)
     return 0
