@@ -128,7 +128,7 @@ def test_kd_applies_to_unlabelled_samples_only_and_alpha_zero_is_uno():
     assert (out.per_sample["gate"][~unl] == 0).all() and (out.per_sample["gate"][unl] > 0).all()
     assert out.per_sample["unlabelled"].tolist() == unl.float().tolist()
     uno = _step(_method(alpha=0.0), x, y)
-    assert float(uno.losses["distill"]) == 0.0
+    assert uno.losses["distill"].item() == 0.0
     torch.testing.assert_close(uno.losses["task"], out.losses["task"])
     torch.testing.assert_close(out.losses["distill"], 0.1 * out.per_sample["distill_loss"][unl].mean())
 
