@@ -48,8 +48,9 @@
 #   (`data.split_seed: 0`: the seeds vary the students' initialisation and batch order, not the
 #   images), teachers 24 epochs (1536 steps), students 8 epochs (512 steps), and AdamW (lr 2e-3,
 #   weight decay 1e-4, 50 warm-up steps, cosine) instead of the card's SGD, because in 512 steps
-#   from scratch it learned where SGD had not started. The whole run takes about half an hour on
-#   two free cores. **History:** the first full CPU design (80-px scenes, 120–240 steps, SGD,
+#   from scratch it learned where SGD had not started. Estimated from per-step timings: about half
+#   an hour on two free cores (not measured; the one recorded run shared the machine with other
+#   jobs and took longer, see its wall time in the results). **History:** the first full CPU design (80-px scenes, 120–240 steps, SGD,
 #   a teacher per seed) left every RetinaNet model, teacher included, at 0.000 test mAP, so no
 #   comparison could be read and its numbers were never published; this design trades the
 #   per-seed datasets for steps. The students still train far fewer steps than the card's 3000,
