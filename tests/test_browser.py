@@ -112,6 +112,20 @@ def curve_points(page, run_id: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+def run_state(runs: Path, run_id: str) -> str:
+    """What the run and its launch say, for a failure message: status, error, the log's tail."""
+    from kd_engine.store import open_run
+
+    try:
+        meta = open_run(run_id, runs).meta()
+        state = f"status {open_run(run_id, runs).status()!r}, error {meta.get('error')!r}"
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the assertion
+        state = f"store unreadable: {exc}"
+    logs = sorted((runs / "_launches").glob(f"{run_id}*.log"))
+    tail = logs[0].read_text(errors="replace").splitlines()[-8:] if logs else ["(no launch log)"]
+    return state + "; launch log tail: " + " | ".join(tail)
+
+
 def test_every_page_renders_and_is_screenshotted(served, browser):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 2600})
@@ -148,7 +162,7 @@ def test_launch_watch_live_curve_and_stop(served, browser):
     deadline = time.time() + 90
     while time.time() < deadline and not (served["runs"] / run_id / "store.sqlite").is_file():
         time.sleep(0.5)
-    assert (served["runs"] / run_id / "store.sqlite").is_file(), (served["runs"] / "_launches").glob("*.log")
+    assert (served["runs"] / run_id / "store.sqlite").is_file(), run_state(served["runs"], run_id)
     goto(page, "Curves")
     no_exception(page, "Curves (live)")
     first = curve_points(page, run_id)
@@ -156,7 +170,7 @@ def test_launch_watch_live_curve_and_stop(served, browser):
     while grown <= first and time.time() < deadline:
         page.wait_for_timeout(1000)  # the live fragment refreshes on its own; no reload
         grown = curve_points(page, run_id)
-    assert grown > first, f"the live curve did not grow past {first} points"
+    assert grown > first, f"the live curve did not grow past {first} points; {run_state(served['runs'], run_id)}"
     page.screenshot(path=str(SHOTS / "curves_live.png"), full_page=True)
     goto(page, "Runs")
     page.get_by_role("button", name="Stop").click()

@@ -280,6 +280,22 @@ def test_running_run_live_curves_read_only_new_rows(running_dir, monkeypatch):
         assert "still training" in texts(at.info), name
 
 
+def test_curves_poll_a_run_caught_before_its_metadata(tmp_path, monkeypatch):
+    """A store opened in the instant between its tables and its metadata reads as starting, and
+    Curves keeps polling it: otherwise the page would sit at 0 points while the run trains."""
+    runs = tmp_path / "runs"
+    writer = RunWriter(runs / "20260101-000000-caught-early", tensorboard=False)
+    at = page(open_app(runs, monkeypatch, run_id="20260101-000000-caught-early"), "curves")
+    assert "live: refreshing" in texts(at.caption)
+    assert "caught-early: 0 points" in texts(at.caption)
+    writer.set_status("running")
+    writer.log_scalars(1, 0, {"train/task": 0.5})
+    writer.flush()
+    at.run()
+    assert "caught-early: 1 points" in texts(at.caption)
+    writer.close()
+
+
 # -- launching, stopping and resuming -----------------------------------------------------------
 def _cli_error(text: str, tmp_path: Path) -> str:
     from kd_engine import cli

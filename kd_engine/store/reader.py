@@ -70,9 +70,10 @@ class Run:
         return self._meta
 
     def status(self) -> str:
-        """running / finished / failed / stopped, or stale when a running trainer went silent."""
+        """running / finished / failed / stopped, stale when a running trainer went silent, or
+        starting while a new store has its tables but not yet its metadata."""
         meta = self.meta()
-        status = meta.get("status", "unknown")
+        status = meta.get("status", "starting")
         if status == "running":
             age = time.time() - float(meta.get("heartbeat") or 0)
             if age > STALE_AFTER_S or not _pid_alive(meta.get("pid")):

@@ -24,13 +24,17 @@ def new_run_id(name: str) -> str:
 class RunWriter:
     """Buffered writes to one run directory: metadata, scalars, instances, features, artifacts."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, initial_meta: Mapping[str, Any] | None = None):
+        """`initial_meta` is written right after the schema, before the (slow to import)
+        TensorBoard mirror starts, so a reader never sees a new store without its status."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "artifacts").mkdir(exist_ok=True)
         self.conn = connect_rw(self.run_dir)
         self._instance_columns = {row[1] for row in self.conn.execute("PRAGMA table_info(instances)")}
         self._scalar_buffer: list[tuple] = []
+        if initial_meta:
+            self.set_meta(**initial_meta)
         self._tb = _TensorBoardMirror(self.run_dir / "tb") if tensorboard else None
 
     @contextlib.contextmanager
@@ -53,12 +57,13 @@ class RunWriter:
         run_dir = Path(runs_dir) / run_id
         if (run_dir / "store.sqlite").exists():
             raise FileExistsError(f"{run_dir}: a run with this id already exists")
-        writer = cls(run_dir, tensorboard=tensorboard)
-        (run_dir / "config.yaml").write_text(config_yaml)
         now = time.time()
-        writer.set_meta(run_id=run_id, name=name, created=now, config=config_yaml,
-                        schema_version=SCHEMA_VERSION, host=socket.gethostname(), **meta)
-        writer.set_status("running")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_yaml)
+        writer = cls(run_dir, tensorboard=tensorboard, initial_meta=dict(
+            run_id=run_id, name=name, created=now, config=config_yaml, schema_version=SCHEMA_VERSION,
+            host=socket.gethostname(), **meta, status="running", error=None, updated=now,
+            pid=os.getpid(), heartbeat=now))
         return writer
 
     def set_meta(self, **items: Any) -> None:
