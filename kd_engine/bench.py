@@ -79,7 +79,7 @@ PARTS = {
     "_step_scalars": "per-step scalar tensors, every step",
 }
 
-CACHE_PARTS = {"replay": "teacher bank: id lookup, view draw, memmap read, crop"}
+CACHE_PARTS = {"replay": "teacher bank: id lookup, this epoch's view of each image"}
 
 
 def _sync(device: torch.device) -> None:

@@ -139,6 +139,9 @@ class TeacherBankConfig(_Strict):
     seed: int | None = None  # None: the split seed
     topk: int | None = Field(None, gt=0)  # quantised labels: keep the top-k probabilities (read time)
     batch_size: int = Field(1024, gt=0)  # teacher batch while the bank is built (not part of its key)
+    # Read time, not part of the key: when every stored crop of the training images fits in this
+    # many MB they are cut once at the start and a step only indexes them (0: crop every batch).
+    replay_memory_mb: float = Field(256.0, ge=0.0)
 
     @field_validator("scale", "ratio")
     @classmethod

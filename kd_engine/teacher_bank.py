@@ -117,7 +117,7 @@ def bank_identity(cfg: ExperimentConfig) -> dict:
         teacher = teacher_identity(cfg)
     data = cfg.data.model_dump(mode="json", exclude={"eval_batch_size", "batch_size"})
     data["split_seed"] = _split_seed(cfg)
-    views = bank_settings(cfg).model_dump(mode="json", exclude={"topk", "batch_size"})
+    views = bank_settings(cfg).model_dump(mode="json", exclude={"topk", "batch_size", "replay_memory_mb"})
     views["seed"] = views["seed"] if views["seed"] is not None else _split_seed(cfg)
     return {"version": BANK_VERSION, "teacher": teacher, "data": data, "views": views}
 
@@ -190,6 +190,8 @@ class TeacherBank:
                                       f"mismatch); delete {self.directory} to rebuild the bank")
             arrays[name] = np.load(path, mmap_mode="r")
         self.views, self.logits = arrays["views"], arrays["logits"]
+        # plain ndarray views of the same mapped memory: indexing them skips np.memmap's wrapper
+        self._views_array, self._logits_array = np.asarray(self.views), np.asarray(self.logits)
         self.ids, self.labels = np.array(arrays["ids"]), np.array(arrays["labels"])
         self.meta = meta
         if (not np.array_equal(self.ids, train.ids.numpy()) or not np.array_equal(self.labels, train.y.numpy())
@@ -225,10 +227,23 @@ class TeacherBank:
         """The stored crop parameters (B, 5) and teacher logits (B, C) of the given views
         (quantised to top-k log-probabilities when ``teacher_bank.topk`` is set)."""
         r, v = rows.cpu().numpy(), views.cpu().numpy()
-        logits = torch.from_numpy(np.asarray(self.logits[r, v]))
-        if self.topk:
-            logits = quantize_topk(logits, self.topk)
-        return torch.from_numpy(np.asarray(self.views[r, v])), logits
+        return torch.from_numpy(self._views_array[r, v]), self.logits_of(rows, views)
+
+    def logits_of(self, rows: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        logits = torch.from_numpy(self._logits_array[rows.cpu().numpy(), views.cpu().numpy()])
+        return quantize_topk(logits, self.topk) if self.topk else logits
+
+    def all_crops(self, images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """(N, K, C, H, W): every stored view of every training image (row order = bank order),
+        cut exactly as `apply_views` cuts a batch."""
+        n, k = len(self.ids), self.num_views
+        crops = torch.empty((n, k, *images.shape[1:]), dtype=images.dtype)
+        for start in range(0, n, chunk):
+            block = images[start:start + chunk]
+            for view in range(k):
+                params = torch.from_numpy(self._views_array[start:start + chunk, view].copy())
+                crops[start:start + chunk, view] = apply_views(block, params)
+        return crops
 
     def target_probs(self) -> torch.Tensor:
         """p_T[y] of every stored view, (N, K) (read once, e.g. for a calibration rule)."""
@@ -275,10 +290,14 @@ class BankDistiller(nn.Module):
     wants_ids = True
     teacher = None  # the loop evaluates no teacher: there is none in this process
 
-    def __init__(self, inner: nn.Module, bank: TeacherBank, seed: int):
+    def __init__(self, inner: nn.Module, bank: TeacherBank, seed: int, images: torch.Tensor | None = None):
+        """`images`: the training images in bank order; given, every stored crop is cut once here
+        and a step only indexes them (the batch's own pixels are then not read again)."""
         super().__init__()
         self.inner, self.bank, self.seed, self.epoch = inner, bank, seed, 0
         self.register_buffer("view_conf", bank.target_probs(), persistent=False)  # (N, K) p_T[y]
+        self.register_buffer("crops", None if images is None else bank.all_crops(images), persistent=False)
+        self._epoch_views: tuple | None = None  # (epoch, views, crops, logits) of every row
 
     @property
     def student(self) -> nn.Module:
@@ -297,9 +316,21 @@ class BankDistiller(nn.Module):
     def replay(self, x: torch.Tensor, ids: torch.Tensor):
         """This epoch's stored view of each image: (cropped x, stored logits, rows, views)."""
         rows = self.bank.rows(ids)
+        if self.crops is not None:  # the epoch's view of every image, gathered once per epoch
+            views, crops, logits = self._views_of_epoch()
+            at = rows.to(crops.device)
+            return crops[at].to(x.dtype), logits[at].to(x.device), rows, views[rows]
         view = self.bank.draw(rows, self.seed, self.epoch)[:, 0]
         params, logits = self.bank.lookup(rows, view)
         return apply_views(x, params), logits.to(x.device), rows, view
+
+    def _views_of_epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._epoch_views is None or self._epoch_views[0] != self.epoch:
+            every = torch.arange(len(self.bank.ids))
+            views = self.bank.draw(every, self.seed, self.epoch)[:, 0]
+            crops = self.crops[every.to(self.crops.device), views.to(self.crops.device)]
+            self._epoch_views = (self.epoch, views, crops, self.bank.logits_of(every, views).to(crops.device))
+        return self._epoch_views[1:]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor):
         x, self.inner.teacher.pending, rows, view = self.replay(x, ids)
@@ -317,4 +348,7 @@ def bank_distiller(cfg: ExperimentConfig, method, student: nn.Module, data, bank
         distiller = method(cfg, student, None, data.input_shape)
         distiller.attach_bank(bank)
         return distiller
-    return BankDistiller(method(cfg, student, ReplayTeacher(), data.input_shape), bank, cfg.seed)
+    images = data.train.x
+    crops_mb = images[0].numel() * images.element_size() * len(bank.ids) * bank.num_views / 2**20
+    precut = images if crops_mb <= bank_settings(cfg).replay_memory_mb else None
+    return BankDistiller(method(cfg, student, ReplayTeacher(), data.input_shape), bank, cfg.seed, precut)

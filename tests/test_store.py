@@ -100,27 +100,17 @@ def test_stale_detection(tmp_path):
 
 def test_a_new_store_is_starting_until_its_metadata_lands(tmp_path, monkeypatch):
     """The dashboard may read a store in the instant after its tables exist: it must read as
-    starting (still going to write), and `create` must write the status before the TensorBoard
-    mirror, whose import takes seconds, starts."""
-    from kd_engine.store import writer as writer_module
-
+    starting (still going to write), and `create` writes the status with its first metadata."""
     bare = RunWriter(tmp_path / "bare", tensorboard=False)  # tables, no metadata yet
     assert open_run("bare", tmp_path).status() == "starting"
     bare.close()
-    seen = []
-
-    class SpyMirror:
-        def __init__(self, log_dir):
-            seen.append(open_run("r1", tmp_path).status())
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(writer_module, "_TensorBoardMirror", SpyMirror)
-    writer = RunWriter.create(tmp_path, "exp", {"method": "standard"}, "name: exp\n", run_id="r1",
-                              tensorboard=True)
-    assert seen == ["running"]
-    assert open_run("r1", tmp_path).meta()["name"] == "exp"
+    first_writes = []
+    original = RunWriter.set_meta
+    monkeypatch.setattr(RunWriter, "set_meta", lambda self, **items: (first_writes.append(set(items)),
+                                                                      original(self, **items))[1])
+    writer = RunWriter.create(tmp_path, "exp", {"method": "standard"}, "name: exp\n", run_id="r1")
+    assert {"status", "name", "created", "heartbeat"} <= first_writes[0]
+    assert open_run("r1", tmp_path).status() == "running"
     writer.close()
 
 

@@ -98,6 +98,25 @@ def test_memmap_round_trip_replays_the_teacher_bit_for_bit(tmp_path):
     assert TeacherBank(directory, train).draw(rows, 0, 3, count=2).tolist() == a.tolist()
 
 
+def test_precut_crops_replay_exactly_what_cropping_each_batch_gives(tmp_path):
+    """The fast path (every stored crop cut once, a step only indexes) must hand the distiller the
+    same pixels, logits and views as cropping the batch, epoch after epoch."""
+    from kd_engine.teacher_bank import BankDistiller, ReplayTeacher
+
+    _, _, train, directory = _bank(tmp_path)
+    bank = TeacherBank(directory, train)
+    inner = nn.Module()
+    inner.teacher = ReplayTeacher()
+    batch = torch.tensor([5, 0, 11, 3])
+    x, ids = train.x[batch], train.ids[batch]
+    cutting, precut = BankDistiller(inner, bank, seed=7), BankDistiller(inner, bank, seed=7, images=train.x)
+    assert cutting.crops is None and precut.crops.shape == (12, 3, 1, 8, 8)
+    for epoch in (0, 1, 5):
+        cutting.epoch = precut.epoch = epoch
+        for a, b in zip(cutting.replay(x, ids), precut.replay(x, ids)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
 def test_corrupt_and_stale_banks_are_refused_in_one_line(tmp_path):
     cfg, teacher, train, directory = _bank(tmp_path)
     other = _tiny_split(n=11)

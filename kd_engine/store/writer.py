@@ -4,16 +4,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import secrets
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from kd_engine.store.tb_mirror import TensorBoardMirror
 from kd_engine.store.schema import CORE_INSTANCE_COLUMNS, SCHEMA_VERSION, check_identifier, connect_rw
 
 
@@ -35,7 +34,7 @@ class RunWriter:
         self._scalar_buffer: list[tuple] = []
         if initial_meta:
             self.set_meta(**initial_meta)
-        self._tb = _TensorBoardMirror(self.run_dir / "tb") if tensorboard else None
+        self._tensorboard, self._tb = tensorboard, None  # the mirror process starts at the first flush
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -89,8 +88,10 @@ class RunWriter:
             self._scalar_buffer.append((step, epoch, key, float(value), wall))
 
     def flush(self) -> None:
-        if self._tb is not None and self._scalar_buffer:
-            self._tb.put(list(self._scalar_buffer))
+        if self._tensorboard and self._tb is None and self._scalar_buffer:
+            since = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM scalars").fetchone()[0]
+            purge = min(row[0] for row in self._scalar_buffer) if since else None  # a resumed run
+            self._tb = TensorBoardMirror.start(self.run_dir, since, purge)
         if self._scalar_buffer:
             with self._transaction():
                 self.conn.executemany(
@@ -161,7 +162,7 @@ class RunWriter:
     def close(self) -> None:
         self.flush()
         if self._tb is not None:
-            self._tb.close()
+            self._tb.stop()
             self._tb = None
         self.conn.close()
 
@@ -172,30 +173,3 @@ def _to_python(values: np.ndarray, kind: str) -> list:
     if kind == "INTEGER":
         return values.astype(np.int64).tolist()
     return values.astype(np.float64).tolist()
-
-
-class _TensorBoardMirror:
-    """Mirrors the scalars into TensorBoard event files from a background thread, so building
-    event protobufs stays off the training step (the SQLite store remains the source of truth)."""
-
-    def __init__(self, log_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(log_dir=str(log_dir))
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._drain, name="kdw-tensorboard", daemon=True)
-        self._thread.start()
-
-    def put(self, rows: list[tuple]) -> None:
-        self._queue.put(rows)
-
-    def _drain(self) -> None:
-        while (rows := self._queue.get()) is not None:
-            for step, _epoch, key, value, wall in rows:
-                self._writer.add_scalar(key, value, step, walltime=wall)
-            self._writer.flush()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._writer.close()
