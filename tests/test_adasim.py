@@ -193,3 +193,36 @@ def test_adasim_trains_and_records_decisions(tmp_path, partner):
     keys = set(run.scalars()["key"])
     assert {"train/embedding_std", "train/teacher_entropy", "train/bootstrap_rate"} <= keys
     assert 0.0 <= run.final_metrics()["test/student_acc"] <= 1.0
+
+
+def test_a_stopped_adasim_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """The kNN vote memory is part of the checkpoint: stopped after epoch 1 and resumed, the run
+    ends with exactly the weights, EMA teacher and memory of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from kd_engine.trainers import loop as loop_module
+    from kd_engine.trainers.loop import StopRequested, train
+
+    reference = train(_cfg(tmp_path / "a", "distill.params.partner=adaptive"), distributed=False)
+    original = loop_module._Loop._checkpoint
+
+    def stop_after_epoch_1(self, epoch):
+        original(self, epoch)
+        if epoch == 1:
+            raise StopRequested("stopped by the test")
+
+    monkeypatch.setattr(loop_module._Loop, "_checkpoint", stop_after_epoch_1)
+    with pytest.raises(StopRequested):
+        train(_cfg(tmp_path / "b", "distill.params.partner=adaptive"), distributed=False)
+    monkeypatch.setattr(loop_module._Loop, "_checkpoint", original)
+    (stopped,) = (tmp_path / "b").glob("*adasim*")
+    resumed = train(None, resume=stopped, distributed=False)
+    a = load_file(str(reference / "checkpoints" / "student.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "student.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa = torch.load(reference / "checkpoints" / "state.pt", weights_only=True)["distiller"]
+    sb = torch.load(resumed / "checkpoints" / "state.pt", weights_only=True)["distiller"]
+    assert torch.equal(sa["_extra_state"]["memory"]["past_idx"], sb["_extra_state"]["memory"]["past_idx"])
+    for key, value in sa.items():
+        if key != "_extra_state":
+            assert torch.equal(value, sb[key]), key

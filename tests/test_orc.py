@@ -241,3 +241,43 @@ def test_short_run_records_roles_members_and_the_reported_student(tmp_path):
     member = build_model(type("Spec", (), {"name": info["model"], "params": info["params"]}), (1, 8, 8), 10)
     load_weights(member, path)
     assert final["student_params"] == sum(p.numel() for p in member.parameters())
+
+
+def test_a_stopped_orc_run_resumes_to_the_uninterrupted_group(tmp_path, monkeypatch):
+    """The whole group (teacher T0 refined in place, every student, the reported member) is in
+    state.pt: stopped after epoch 0 and resumed, the run ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    from kd_engine.trainers.group import GroupLoop
+    from kd_engine.trainers.loop import StopRequested, train
+
+    def config(name):
+        raw = load_raw("configs/orc_digits.yaml")
+        raw.update(epochs=2, threads=1, device="cpu", runs_dir=str(tmp_path / name),
+                   cache_dir=str(tmp_path / "cache"))
+        raw["teacher"]["train"]["epochs"] = 1
+        return validate(raw)
+
+    reference = train(config("a"), distributed=False)
+    original = GroupLoop._checkpoint
+
+    def stop_after_epoch_0(self, epoch):
+        original(self, epoch)
+        if epoch == 0:
+            raise StopRequested("stopped by the test")
+
+    monkeypatch.setattr(GroupLoop, "_checkpoint", stop_after_epoch_0)
+    with pytest.raises(StopRequested):
+        train(config("b"), distributed=False)
+    monkeypatch.setattr(GroupLoop, "_checkpoint", original)
+    (stopped,) = [p for p in (tmp_path / "b").iterdir() if (p / "store.sqlite").is_file()]
+    resumed = train(None, resume=stopped, distributed=False)
+    sa = torch.load(reference / "checkpoints" / "state.pt", weights_only=True)["distiller"]
+    sb = torch.load(resumed / "checkpoints" / "state.pt", weights_only=True)["distiller"]
+    assert sa.keys() == sb.keys() and any(k.startswith("t0.") for k in sa)
+    for key, value in sa.items():
+        assert torch.equal(value, sb[key]), key
+    a = load_file(str(reference / "checkpoints" / "student.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "student.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert open_run(resumed).meta()["reported_student"] == open_run(reference).meta()["reported_student"]

@@ -205,7 +205,9 @@ def test_autokd_search_trials_are_tagged_runs_reading_the_teacher_cache(tmp_path
     trials = search.trials()
     assert len(trials) == 2 and trials["reward"].notna().all() and trials["run_id"].nunique() == 2
     assert list(trials["trial"]) == [0, 1]
-    assert (trials["reward"] == -trials["val_loss"]).all()  # the reward is a validation quantity
+    # the card's reward, from validation quantities only: -(L_val + 1 * (1 - CKA(F_S, F_T)))
+    assert trials["val_cka"].between(0, 1).all()
+    assert trials["reward"].tolist() == pytest.approx((-(trials["val_loss"] + 1.0 - trials["val_cka"])).tolist())
     runs = list_runs(tmp_path).set_index("run_id")
     for row in trials.itertuples():
         run = open_run(tmp_path / row.run_id)
@@ -217,3 +219,36 @@ def test_autokd_search_trials_are_tagged_runs_reading_the_teacher_cache(tmp_path
     assert summary["evaluations"] == 2 and summary["best_reward"] == pytest.approx(trials["reward"].max())
     state = search.state()
     assert state["strategy_state"]["tree"]["N"] == 2
+
+
+def test_validation_cka_is_one_for_the_teacher_itself_and_lower_for_another_net(tmp_path):
+    """Known answer for the CKA reward term: a 'student' that is the teacher's architecture with
+    the teacher's weights has CKA 1 with the cached teacher features; a fresh init does not."""
+    import numpy as np
+    import torch
+
+    from kd_engine.data import build_data
+    from kd_engine.models import build_model, feature_taps
+    from kd_engine.search.runner import validation_cka
+    from kd_engine.trainers.checkpoint import save_weights
+
+    raw = {"name": "cka", "seed": 0, "method": "autokd", "data": {"name": "digits", "split_seed": 0},
+           "student": {"name": "resnet", "params": {"width": 8, "depth": 1}},
+           "distill": {"params": {"student_layer": "layer2", "teacher_layer": "layer2"}}}
+    cfg = validate(raw)
+    data = build_data(cfg.data, cfg.seed)
+    torch.manual_seed(1)
+    teacher = build_model(cfg.student, data.input_shape, data.num_classes).eval()
+    with torch.no_grad(), feature_taps(teacher, ["layer2"]) as taps:
+        teacher(data.val.x.float())
+    cache = tmp_path / "teacher_cache"
+    cache.mkdir()
+    np.save(cache / "val_features.npy", taps["layer2"].numpy())
+    np.save(cache / "val_ids.npy", data.val.ids.numpy())
+    for name, model in (("same", teacher), ("other", build_model(cfg.student, data.input_shape, data.num_classes))):
+        save_weights(model, tmp_path / name / "checkpoints" / "student.safetensors", {})
+    assert validation_cka(cfg, tmp_path / "same", cache) == pytest.approx(1.0, abs=1e-9)
+    assert validation_cka(cfg, tmp_path / "other", cache) < 0.99
+    np.save(cache / "val_ids.npy", data.val.ids.numpy()[::-1])
+    with pytest.raises(ConfigError, match="val_ids.npy: the teacher cache holds another validation split"):
+        validation_cka(cfg, tmp_path / "same", cache)

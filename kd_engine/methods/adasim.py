@@ -94,6 +94,15 @@ class AdaSim(TwoViewDistiller):
         self.total_steps = cfg.epochs * -(-len(self.train_y) // cfg.data.batch_size)
         self.epoch, self.bootstrapping = -1, False
 
+    def get_extra_state(self) -> dict:
+        """The kNN vote memory and the epoch counter ride in the checkpoint's state_dict, so a
+        resumed run votes exactly as an uninterrupted one."""
+        return {"memory": self.memory.state(), "epoch": torch.tensor(self.epoch)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.memory.load(state["memory"])
+        self.epoch = int(state["epoch"])
+
     def begin_epoch(self, epoch: int, total_epochs: int) -> None:
         if self.epoch >= 0 and epoch > self.epoch:
             self.memory.end_epoch()  # the finished epoch's top-k become one slot of the history

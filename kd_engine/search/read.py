@@ -67,6 +67,7 @@ class Search:
                          "run_id": e.get("run_id"), "wall_s": e.get("wall_s"),
                          "val_acc": m.get("val/student_acc"), "val_loss": m.get("val/student_loss"),
                          "test_acc": m.get("test/student_acc"),
+                         **({"val_cka": m["val/cka"]} if "val/cka" in m else {}),
                          **{k.split(".")[-1]: v for k, v in e.get("config", {}).items()}})
         return rows
 

@@ -18,8 +18,11 @@ from kd_engine.errors import ConfigError, NonFiniteLossError
 from kd_engine.search.base import STRATEGIES, Space, atomic_write_json, read_json, search_dir, write_description
 
 log = logging.getLogger("kdw")
-RUNNER_PARAMS = ("reward", "teacher_cache")
-REWARDS = {"val_loss": lambda m: -m["val/student_loss"], "val_acc": lambda m: m["val/student_acc"]}
+RUNNER_PARAMS = ("reward", "teacher_cache", "cka_beta")
+# Rewards from a trial's validation metrics and the search params. val_loss_cka is the card's
+# R = -(L_val + beta * (1 - CKA_linear(F_S, F_T))) on the validation split (beta: cka_beta, 1).
+REWARDS = {"val_loss": lambda m, p: -m["val/student_loss"], "val_acc": lambda m, p: m["val/student_acc"],
+           "val_loss_cka": lambda m, p: -(m["val/student_loss"] + float(p.get("cka_beta", 1.0)) * (1.0 - m["val/cka"]))}
 KEPT_METRICS = ("val/student_acc", "val/student_loss", "test/student_acc", "test/student_loss")
 
 
@@ -37,9 +40,10 @@ def search_id_of(cfg: ExperimentConfig) -> str:
 
 
 def run_trial(base: dict[str, Any], overrides: dict[str, Any], search_id: str, trial: int,
-              strategy: str) -> dict[str, Any]:
-    """Train one trial as a normal run; returns run_id, run_dir, wall_s, status and its metrics.
-    A trial whose loss diverges is recorded as failed (status 'failed'), not raised."""
+              strategy: str, cka_cache: Path | None = None) -> dict[str, Any]:
+    """Train one trial as a normal run; returns run_id, run_dir, wall_s, status and its metrics
+    (with `val/cka` against the cached teacher when `cka_cache` is given). A trial whose loss
+    diverges is recorded as failed (status 'failed'), not raised."""
     from kd_engine.experiment import set_key
     from kd_engine.config import validate
     from kd_engine.store import open_run
@@ -62,8 +66,33 @@ def run_trial(base: dict[str, Any], overrides: dict[str, Any], search_id: str, t
         run_dir, status = Path(cfg.runs_dir) / run_id, "failed"
     wall = time.perf_counter() - started
     metrics = open_run(run_dir).final_metrics() if status == "finished" else {}
-    return {"run_id": run_id, "run_dir": str(run_dir), "wall_s": wall, "status": status,
-            "metrics": {k: metrics[k] for k in KEPT_METRICS if k in metrics}}
+    kept = {k: metrics[k] for k in KEPT_METRICS if k in metrics}
+    if cka_cache is not None and status == "finished":
+        kept["val/cka"] = validation_cka(cfg, Path(run_dir), cka_cache)
+    return {"run_id": run_id, "run_dir": str(run_dir), "wall_s": wall, "status": status, "metrics": kept}
+
+
+def validation_cka(cfg: ExperimentConfig, run_dir: Path, cache: Path) -> float:
+    """Linear CKA between the trained student's `student_layer` features and the cached teacher's
+    `teacher_layer` features, on the validation split (never the test split)."""
+    import numpy as np
+    import torch
+
+    from kd_engine.data import build_data
+    from kd_engine.metrics import linear_cka
+    from kd_engine.models import build_model, feature_taps
+    from kd_engine.trainers.checkpoint import load_weights
+
+    data = build_data(cfg.data, cfg.seed)
+    if not np.array_equal(np.load(cache / "val_ids.npy"), data.val.ids.numpy()):
+        raise ConfigError(f"{cache / 'val_ids.npy'}: the teacher cache holds another validation split")
+    student = build_model(cfg.student, data.input_shape, data.num_classes, field="student")
+    load_weights(student, run_dir / "checkpoints" / "student.safetensors")
+    layer = (cfg.distill.params or {}).get("student_layer", "layer2")
+    with torch.no_grad(), feature_taps(student.eval(), [layer]) as taps:
+        student(data.val.x.float())
+    teacher = torch.from_numpy(np.load(cache / "val_features.npy"))
+    return linear_cka(taps[layer].flatten(1).double(), teacher.flatten(1).double())
 
 
 def write_teacher_cache(cfg: ExperimentConfig, root: Path, layer: str) -> Path:
@@ -77,7 +106,7 @@ def write_teacher_cache(cfg: ExperimentConfig, root: Path, layer: str) -> Path:
     from kd_engine.models import feature_taps
 
     out = root / "teacher_cache"
-    if (out / "meta.json").is_file():
+    if (out / "meta.json").is_file() and (out / "val_features.npy").is_file():
         return out
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -86,10 +115,16 @@ def write_teacher_cache(cfg: ExperimentConfig, root: Path, layer: str) -> Path:
     x = data.train.x.float()
     with torch.no_grad(), feature_taps(teacher, [layer]) as taps:
         logits = teacher(x)
+        train_features = taps[layer]
+    with torch.no_grad(), feature_taps(teacher, [layer]) as taps:  # for the CKA reward term
+        teacher(data.val.x.float())
+        val_features = taps[layer]
     out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "val_features.npy", val_features.float().numpy())
+    np.save(out / "val_ids.npy", data.val.ids.numpy())
     np.save(out / "inputs.npy", x.flatten(1).numpy())
     np.save(out / "logits.npy", logits.float().numpy())
-    np.save(out / "features.npy", taps[layer].float().numpy())
+    np.save(out / "features.npy", train_features.float().numpy())
     np.save(out / "ids.npy", data.train.ids.numpy())
     atomic_write_json(out / "meta.json", {"layer": layer, "teacher": source, "count": len(x),
                                           "split_seed": cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed})
@@ -124,10 +159,14 @@ def run_sequential(cfg: ExperimentConfig, max_evals: int | None = None,
                  "reward": reward_name, "evaluations": [], "strategy_state": strategy.state_dict()}
     write_description(root, sid, search.strategy, search.budget, cfg.to_dict(), reward=reward_name)
     overrides_all: dict[str, Any] = {}
+    cache = None
     if evaluate is None and search.params.get("teacher_cache", cfg.method == "autokd"):
         layer = (cfg.distill.params or {}).get("teacher_layer", "layer2")
         cache = write_teacher_cache(cfg, root, layer)
         overrides_all = {"distill.params.teacher_cache": str(cache), "teacher": None}
+    if reward_name == "val_loss_cka" and evaluate is None and cache is None:
+        raise ConfigError("search.params.reward: val_loss_cka reads the teacher's cached validation "
+                          "features; set search.params.teacher_cache: true (method autokd)")
     done_now = 0
     while len(state["evaluations"]) < search.budget and (max_evals is None or done_now < max_evals):
         trial = len(state["evaluations"])
@@ -136,9 +175,10 @@ def run_sequential(cfg: ExperimentConfig, max_evals: int | None = None,
         if evaluate is not None:
             record = dict(evaluate(config, trial))
         else:
-            record = run_trial(base, {**overrides_all, **config}, sid, trial, search.strategy)
+            record = run_trial(base, {**overrides_all, **config}, sid, trial, search.strategy,
+                               cka_cache=cache if reward_name == "val_loss_cka" else None)
             m = record["metrics"]
-            record["reward"] = REWARDS[reward_name](m) if record["status"] == "finished" else None
+            record["reward"] = REWARDS[reward_name](m, search.params) if record["status"] == "finished" else None
         reward = record["reward"]
         worst = min([e["reward"] for e in state["evaluations"] if e["reward"] is not None], default=0.0)
         strategy.observe(path, worst if reward is None else reward)  # a diverged trial counts as the worst seen

@@ -74,6 +74,24 @@ class KNNVoteMemory:
         self.epoch_idx.fill_(-1)
         self.epoch_sim.zero_()
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """Everything a resumed run needs (tensors only: `torch.load(weights_only=True)` reads it)."""
+        past = list(self.past)
+        empty = torch.zeros((0, *self.epoch_idx.shape), dtype=torch.long)
+        return {"bank": self.bank, "filled": self.filled, "epoch_idx": self.epoch_idx,
+                "epoch_sim": self.epoch_sim,
+                "past_idx": torch.stack([i for i, _ in past]) if past else empty,
+                "past_sim": torch.stack([s for _, s in past]) if past else empty.float()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        if tuple(state["bank"].shape) != tuple(self.bank.shape):
+            raise ValueError(f"kNN memory of shape {tuple(state['bank'].shape)} does not fit "
+                             f"{tuple(self.bank.shape)} (another training split or embedding size)")
+        for name in ("bank", "filled", "epoch_idx", "epoch_sim"):
+            getattr(self, name).copy_(state[name])
+        self.past.clear()
+        self.past.extend(zip(state["past_idx"].clone(), state["past_sim"].clone()))
+
     def vote_sums(self, rows: torch.Tensor) -> torch.Tensor:
         """Dense S_sum (B, N) over the history for the given rows."""
         out = torch.zeros(len(rows), self.bank.shape[0])

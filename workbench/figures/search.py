@@ -1,13 +1,13 @@
 """Figures of searches (kd_engine.search.read): best reward so far against the number of
 evaluations, one line per search or a mean ± std band per strategy over seeds, and the MCTS
-visit counts per tree level."""
+visit counts per tree level, and a search's proxy rewards against final scores."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-__all__ = ["search_curves", "search_bands", "level_visits"]
+__all__ = ["search_curves", "search_bands", "level_visits", "proxy_vs_final"]
 
 _PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
 
@@ -66,4 +66,17 @@ def level_visits(visits: pd.DataFrame, title: str | None = None) -> go.Figure:
         fig.add_bar(x=[f"{level}={c}" for c in rows["choice"]], y=rows["visits"], name=str(level),
                     marker_color=_PALETTE[i % 8])
     fig.update_layout(title=title or "MCTS visits per tree level", xaxis_title="choice", yaxis_title="visits")
+    return fig
+
+
+def proxy_vs_final(frame: pd.DataFrame, proxy: str = "reward", final: str = "final", label_col: str = "label",
+                   title: str | None = None) -> go.Figure:
+    """One point per configuration: its proxy reward (x) against its score after full training (y);
+    a search whose proxy ranks configurations as the final training does rises left to right."""
+    fig = go.Figure()
+    fig.add_scatter(x=frame[proxy].astype(float).tolist(), y=frame[final].astype(float).tolist(), mode="markers",
+                    text=frame[label_col].astype(str).tolist() if label_col in frame else None,
+                    marker={"size": 9, "color": _PALETTE[0]},
+                    hovertemplate=f"%{{text}}<br>{proxy} %{{x:.4f}}<br>{final} %{{y:.4f}}<extra></extra>")
+    fig.update_layout(title=title or f"{final} vs {proxy}", xaxis_title=proxy, yaxis_title=final)
     return fig
