@@ -192,6 +192,6 @@ wall = time.perf_counter() - started
 save_results(results_path, "p23_boss", [(test_summary, "bo"), (val_summary, "bo")], budget, seeds, wall,
              title="BOSS (card §23): Optuna TPE with self-distillation from the best-k trial checkpoints, "
                    "digits MLP 64-128-10",
-             notes=verdict_text.replace("**", "") + f" Studies took {search_wall:.0f} s on a shared, loaded CPU; "
+             notes=verdict_text.replace("**", "") + f" Studies took {search_wall:.0f} s; "
                    "sampler: Optuna TPE (installed).")
 print(f"budget {budget}: {len(seeds)} seed(s), {len(trials)} study trials + {len(sd)} born-again runs in {wall:.0f} s")
