@@ -47,7 +47,9 @@ work_dir = None       # runs, searches and the teacher cache go here (None: a fr
 
 # %%
 import copy
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -69,7 +71,7 @@ EVALS = 4 if SMOKE else 30
 PROXY_EPOCHS = 1 if SMOKE else 2
 FINAL_EPOCHS = 2 if SMOKE else 15
 TEACHER_EPOCHS = 2 if SMOKE else None  # None: the config's 30
-WORKERS = 1 if SMOKE else 2  # final runs trained at once (one torch thread each; the teacher is cached)
+WORKERS = 1 if SMOKE else 2  # searches / final runs at once (one torch thread each; teachers trained first)
 work, runs_dir, cache_dir = work_dirs(work_dir, "p03-autokd")
 raw = load_raw(repo_file("configs/autokd_digits.yaml"))
 raw = apply_budget(raw, {**settings, "epochs": PROXY_EPOCHS, "teacher_epochs": TEACHER_EPOCHS})
@@ -95,14 +97,20 @@ def search_config(strategy, seed):
     return validate(cfg, f"{strategy} seed {seed}")
 
 
-searches = {}
 t_search = time.perf_counter()
-for seed in seeds:
-    for strategy in ("mcts", "random"):
-        t0 = time.perf_counter()
-        searches[(strategy, seed)] = open_search(run_search(search_config(strategy, seed)))
-        print(f"seed {seed} {strategy:<6} {EVALS} evaluations in {time.perf_counter() - t0:.0f} s")
+# Each seed's teacher is trained (or loaded) once first, so two searches can then run at once
+# (WORKERS spawned processes, one torch thread each) without racing to train the same teacher.
+prepare_teachers({k: v for k, v in raw.items() if k != "search"}, seeds, runs_dir, cache_dir)
+keys = [(strategy, seed) for seed in seeds for strategy in ("mcts", "random")]
+if WORKERS > 1:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=WORKERS, mp_context=context) as pool:
+        roots = list(pool.map(run_search, [search_config(*key) for key in keys]))
+else:
+    roots = [run_search(search_config(*key)) for key in keys]
+searches = {key: open_search(root) for key, root in zip(keys, roots)}
 search_wall = time.perf_counter() - t_search
+print(f"{len(keys)} searches of {EVALS} evaluations in {search_wall:.0f} s ({WORKERS} at a time)")
 trials = pd.concat([s.trials().assign(strategy=k[0], seed=k[1]) for k, s in searches.items()], ignore_index=True)
 trials[["strategy", "seed", "trial", "transform", "distance", "temperature", "weight", "reward", "val_acc"]].head(8)
 
