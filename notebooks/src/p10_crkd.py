@@ -241,8 +241,7 @@ verdict_text = (
     f"Cr-KD {last_ent.get('crkd', float('nan')):.3f}. " + gap_text + " (one seed's relation matrix; a descriptive "
     "check of the second claim, not a test). Miniature deviations from the card: CNN width "
     f"{base['student']['params']['width']}, batch {base['data']['batch_size']}, "
-    f"{base['distill']['params']['stage1_epochs']} + {base['epochs']} epochs. Wall time {time.perf_counter() - started:.0f} s "
-    "was measured on the shared 2-core machine while other jobs ran (it is inflated accordingly).")
+    f"{base['distill']['params']['stage1_epochs']} + {base['epochs']} epochs.")
 display(Markdown(verdict_text))
 
 # %% [markdown]
