@@ -226,7 +226,7 @@ display(Markdown(spearman_text))
 
 # %%
 n = len(seeds)
-lines = [describe(reward_summary, "mcts", "MCTS − random best reward (−val loss)"),
+lines = [describe(reward_summary, "mcts", "MCTS − random best reward (−(L_val + 1 − CKA))"),
          describe(proxy_test_summary, "mcts", "MCTS − random test accuracy of the chosen proxy run"),
          describe(final_summary, "mcts_best", "MCTS-chosen distiller − vanilla KD, final test accuracy"),
          describe(final_summary, "random_best", "random-chosen distiller − vanilla KD, final test accuracy"),
