@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 from torchvision.transforms import RandomResizedCrop

@@ -89,6 +89,23 @@ def run_dirs(runs_dir: Path, prefix: str = "") -> list[Path]:
     return sorted(p for p in Path(runs_dir).glob(f"{prefix}*") if (p / "store.sqlite").is_file())
 
 
+def stop_after_epoch(monkeypatch, loop_class: type, method: str, epoch: int):
+    """Make `loop_class.method(self, e)` raise StopRequested right after it has run for epoch
+    `epoch` (as the dashboard's Stop would, with that epoch's checkpoint on disk); call the
+    returned function to put the method back before resuming."""
+    from kd_engine.trainers.loop import StopRequested
+
+    original = getattr(loop_class, method)
+
+    def stopping(self, e, *args, **kwargs):
+        original(self, e, *args, **kwargs)
+        if e == epoch:
+            raise StopRequested(f"stopped by the test after epoch {epoch}")
+
+    monkeypatch.setattr(loop_class, method, stopping)
+    return lambda: monkeypatch.setattr(loop_class, method, original)
+
+
 @pytest.fixture(scope="session")
 def teacher_cache(tmp_path_factory) -> SimpleNamespace:
     """Train the base config's teacher once; tests point cache_dir here to reuse it."""

@@ -200,21 +200,14 @@ def test_a_stopped_adasim_run_resumes_to_the_uninterrupted_weights(tmp_path, mon
     ends with exactly the weights, EMA teacher and memory of an uninterrupted run."""
     from safetensors.torch import load_file
 
-    from kd_engine.trainers import loop as loop_module
-    from kd_engine.trainers.loop import StopRequested, train
+    from conftest import stop_after_epoch
+    from kd_engine.trainers.loop import StopRequested, _Loop, train
 
     reference = train(_cfg(tmp_path / "a", "distill.params.partner=adaptive"), distributed=False)
-    original = loop_module._Loop._checkpoint
-
-    def stop_after_epoch_1(self, epoch):
-        original(self, epoch)
-        if epoch == 1:
-            raise StopRequested("stopped by the test")
-
-    monkeypatch.setattr(loop_module._Loop, "_checkpoint", stop_after_epoch_1)
+    resume_normally = stop_after_epoch(monkeypatch, _Loop, "_checkpoint", 1)
     with pytest.raises(StopRequested):
         train(_cfg(tmp_path / "b", "distill.params.partner=adaptive"), distributed=False)
-    monkeypatch.setattr(loop_module._Loop, "_checkpoint", original)
+    resume_normally()
     (stopped,) = (tmp_path / "b").glob("*adasim*")
     resumed = train(None, resume=stopped, distributed=False)
     a = load_file(str(reference / "checkpoints" / "student.safetensors"))

@@ -115,21 +115,15 @@ def test_ferkd_with_selfmix_resumes_to_identical_weights(make_raw, tmp_path, mon
     from safetensors.torch import load_file
 
     from kd_engine.trainers import train
+    from conftest import stop_after_epoch
     from kd_engine.trainers.loop import StopRequested, _Loop
 
     raw = make_raw({**FERKD, "epochs": 3, "data.batch_size": 128, "distill.params": {"selfmix": 0.5}})
     reference = train(validate(raw), distributed=False)
-    original = _Loop._end_of_epoch
-
-    def stop_after_first(self, epoch):
-        original(self, epoch)
-        if epoch == 0:
-            raise StopRequested("test stop")
-
-    monkeypatch.setattr(_Loop, "_end_of_epoch", stop_after_first)
+    resume_normally = stop_after_epoch(monkeypatch, _Loop, "_end_of_epoch", 0)
     with pytest.raises(StopRequested):
         train(validate({**raw, "runs_dir": str(tmp_path / "victim")}), distributed=False)
-    monkeypatch.setattr(_Loop, "_end_of_epoch", original)
+    resume_normally()
     (victim,) = [p for p in (tmp_path / "victim").iterdir() if (p / "store.sqlite").is_file()]
     resumed = train(None, resume=victim, distributed=False)
     a = load_file(str(reference / "checkpoints" / "student.safetensors"))

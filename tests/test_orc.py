@@ -248,6 +248,7 @@ def test_a_stopped_orc_run_resumes_to_the_uninterrupted_group(tmp_path, monkeypa
     state.pt: stopped after epoch 0 and resumed, the run ends with the uninterrupted run's weights."""
     from safetensors.torch import load_file
 
+    from conftest import stop_after_epoch
     from kd_engine.trainers.group import GroupLoop
     from kd_engine.trainers.loop import StopRequested, train
 
@@ -259,17 +260,10 @@ def test_a_stopped_orc_run_resumes_to_the_uninterrupted_group(tmp_path, monkeypa
         return validate(raw)
 
     reference = train(config("a"), distributed=False)
-    original = GroupLoop._checkpoint
-
-    def stop_after_epoch_0(self, epoch):
-        original(self, epoch)
-        if epoch == 0:
-            raise StopRequested("stopped by the test")
-
-    monkeypatch.setattr(GroupLoop, "_checkpoint", stop_after_epoch_0)
+    resume_normally = stop_after_epoch(monkeypatch, GroupLoop, "_checkpoint", 0)
     with pytest.raises(StopRequested):
         train(config("b"), distributed=False)
-    monkeypatch.setattr(GroupLoop, "_checkpoint", original)
+    resume_normally()
     (stopped,) = [p for p in (tmp_path / "b").iterdir() if (p / "store.sqlite").is_file()]
     resumed = train(None, resume=stopped, distributed=False)
     sa = torch.load(reference / "checkpoints" / "state.pt", weights_only=True)["distiller"]
