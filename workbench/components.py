@@ -22,6 +22,7 @@ from workbench import launcher
 STATUS_ICON = {"running": "●", "finished": "✓", "failed": "✗", "stale": "⚠", "stopped": "■",
                "corrupt": "✗", "locked": "⊘", "starting": "…"}
 RUN_KEY = "kdw_run"
+LIVE_STATUSES = ("running", "starting")  # a run in either state is still going to write rows
 
 
 def runs_dir() -> Path:

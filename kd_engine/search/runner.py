@@ -113,11 +113,10 @@ def write_teacher_cache(cfg: ExperimentConfig, root: Path, layer: str) -> Path:
     data = build_data(cfg.data, cfg.seed)
     teacher, source = build_teacher(cfg, data.input_shape, data.num_classes)
     x = data.train.x.float()
-    with torch.no_grad(), feature_taps(teacher, [layer]) as taps:
+    with torch.no_grad(), feature_taps(teacher, [layer]) as taps:  # each pass refills `taps`
         logits = teacher(x)
         train_features = taps[layer]
-    with torch.no_grad(), feature_taps(teacher, [layer]) as taps:  # for the CKA reward term
-        teacher(data.val.x.float())
+        teacher(data.val.x.float())  # validation features, for the CKA reward term
         val_features = taps[layer]
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "val_features.npy", val_features.float().numpy())

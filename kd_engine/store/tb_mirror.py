@@ -7,8 +7,9 @@ ran in a thread of the trainer (the GIL made the step wait for it).
 
 The trainer starts it with ``TensorBoardMirror.start`` and holds the write end of a pipe to its
 stdin; closing that pipe (``stop()``, or the trainer's death, however it dies) makes the mirror
-read the store once more and exit. No signal can race its start-up. Run as a script (not ``-m``) it imports only the standard library and ``tensorboard``,
-so it is up in a fraction of a second.
+read the store once more and exit. No signal can race its start-up. Run as a script (not
+``-m``) it imports only the standard library and ``tensorboard``, so it is up in a fraction of a
+second. The trainer starts it at its first flush of scalars.
 """
 from __future__ import annotations
 

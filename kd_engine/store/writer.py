@@ -24,8 +24,8 @@ class RunWriter:
     """Buffered writes to one run directory: metadata, scalars, instances, features, artifacts."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, initial_meta: Mapping[str, Any] | None = None):
-        """`initial_meta` is written right after the schema, before the (slow to import)
-        TensorBoard mirror starts, so a reader never sees a new store without its status."""
+        """`initial_meta` is written in the first transaction after the schema, so a reader (the
+        dashboard) meets a new store without its status only in that instant ("starting")."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "artifacts").mkdir(exist_ok=True)
@@ -59,11 +59,9 @@ class RunWriter:
         now = time.time()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_yaml)
-        writer = cls(run_dir, tensorboard=tensorboard, initial_meta=dict(
+        return cls(run_dir, tensorboard=tensorboard, initial_meta=dict(
             run_id=run_id, name=name, created=now, config=config_yaml, schema_version=SCHEMA_VERSION,
-            host=socket.gethostname(), **meta, status="running", error=None, updated=now,
-            pid=os.getpid(), heartbeat=now))
-        return writer
+            host=socket.gethostname(), **meta, **_status_fields("running")))
 
     def set_meta(self, **items: Any) -> None:
         rows = [(key, json.dumps(value)) for key, value in items.items()]
@@ -74,8 +72,7 @@ class RunWriter:
         self.set_meta(heartbeat=time.time(), pid=os.getpid())
 
     def set_status(self, status: str, error: str | None = None) -> None:
-        self.set_meta(status=status, error=error, updated=time.time(), pid=os.getpid(),
-                      heartbeat=time.time())
+        self.set_meta(**_status_fields(status, error))
 
     def event(self, message: str, level: str = "info") -> None:
         self.conn.execute("INSERT INTO events(wall, level, message) VALUES (?, ?, ?)",
@@ -165,6 +162,11 @@ class RunWriter:
             self._tb.stop()
             self._tb = None
         self.conn.close()
+
+
+def _status_fields(status: str, error: str | None = None) -> dict[str, Any]:
+    now = time.time()
+    return {"status": status, "error": error, "updated": now, "pid": os.getpid(), "heartbeat": now}
 
 
 def _to_python(values: np.ndarray, kind: str) -> list:

@@ -18,7 +18,6 @@ CACHE_KEY = "kdw_scalar_cache"
 DEFAULT_KEYS = ("train/task", "train/student_loss", "train/teacher_loss", "train/distill",
                 "train/term/*", "train/weight_mean", "val/*_acc", "val/*_map", "val/*_ap50", "lr")
 REFRESH_S = 2.0
-LIVE = ("running", "starting")  # a run in either state is still going to write rows
 
 
 def read_new(run_id: str) -> tuple[pd.DataFrame, int, str]:
@@ -53,7 +52,7 @@ def live_curves(run_ids: list[str], keys: list[str], smoothing: float, log_y: bo
         except StoreError as exc:
             st.warning(f"{run_id}: {exc}")
             continue
-        running |= status in LIVE
+        running |= status in ui.LIVE_STATUSES
         last = int(frame["step"].max()) if len(frame) else 0
         notes.append(f"{ui.STATUS_ICON.get(status, '•')} {run_id}: {len(frame)} points, step {last} "
                      f"(+{new_rows} new)")
@@ -113,7 +112,7 @@ def main() -> None:
     x = right.radio("x axis", ["step", "epoch", "wall"], horizontal=True, key="curves_x")
     selected = st.multiselect("Scalars", sorted(keys), default=default_keys(sorted(keys)) or sorted(keys)[:4],
                               key="curves_keys")
-    live = bool(runs[runs["run_id"].isin(chosen)]["status"].isin(LIVE).any())
+    live = bool(runs[runs["run_id"].isin(chosen)]["status"].isin(ui.LIVE_STATUSES).any())
     if live:
         st.caption(f"● live: refreshing every {REFRESH_S:g} s")
     st.fragment(run_every=REFRESH_S if live else None)(live_curves)(chosen, selected, smoothing, log_y, x, live)

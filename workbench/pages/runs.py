@@ -68,7 +68,7 @@ def run_list(live: bool) -> None:
     show_table(filtered(frame))
     for _, row in frame[frame["status"].isin(["corrupt", "locked"])].head(5).iterrows():
         (st.warning if row["status"] == "locked" else st.error)(f"{row['run_id']}: {row['error']}")
-    now_live = bool(frame["status"].isin(["running", "starting"]).any())
+    now_live = bool(frame["status"].isin(ui.LIVE_STATUSES).any())
     if now_live != live:
         st.rerun()
 
@@ -104,7 +104,7 @@ def actions(frame: pd.DataFrame) -> None:
     left, right, _ = st.columns([1, 1, 4])
     can_resume = status in ("stopped", "failed", "stale") and row.get("name") != "(launching)" and \
         (ui.runs_dir() / run_id / "checkpoints" / "state.pt").is_file()
-    if left.button("Stop", icon=":material/stop:", disabled=status not in ("running", "starting"), key="stop_btn"):
+    if left.button("Stop", icon=":material/stop:", disabled=status not in ui.LIVE_STATUSES, key="stop_btn"):
         try:
             st.success(launcher.stop(run_id, ui.runs_dir()))
         except KDWError as exc:
@@ -126,7 +126,7 @@ def main() -> None:
     st.title("Runs")
     base = ui.runs_dir()
     frame = runs_table()
-    live = bool(frame["status"].isin(["running", "starting"]).any()) if not frame.empty else False
+    live = bool(frame["status"].isin(ui.LIVE_STATUSES).any()) if not frame.empty else False
     st.fragment(run_every=3 if live else None)(run_list)(live)
     if not frame.empty:
         actions(frame)
