@@ -108,6 +108,9 @@ class RecordConfig(_Strict):
     attention_maps: int = Field(16, ge=0)
     scalars_every: int = Field(1, gt=0)
     tensorboard: bool = True
+    # every N steps, grad_norm/<loss>: the L2 norm of each named loss's gradient with respect to
+    # the student's trainable parameters (one extra backward pass per loss; 0 = off)
+    grad_norms_every: int = Field(0, ge=0)
 
 
 class SearchConfig(_Strict):
