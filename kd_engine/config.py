@@ -34,7 +34,7 @@ class DataConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    name: str = "sgd"  # a name in kd_engine.trainers.optim.OPTIMIZERS, checked when it is built
+    name: str = "sgd"  # a name in kd_engine.optim.OPTIMIZERS, checked when it is built
     lr: float = Field(0.05, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)

@@ -30,7 +30,7 @@ from kd_engine.store import RunWriter
 from kd_engine.tasks.base import Evaluation, Task
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
 from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, spatial_attention
-from kd_engine.trainers.optim import apply_warmup, build_optimizer, build_scheduler
+from kd_engine.optim import apply_warmup, build_optimizer, build_scheduler
 
 log = logging.getLogger("kdw")
 
