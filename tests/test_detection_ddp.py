@@ -34,7 +34,7 @@ def test_detection_under_torchrun_records_each_image_once_per_epoch(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
 
-    run_dir = [d for d in run_dirs(tmp_path / "runs") if not d.name.startswith("teacher-")]
+    run_dir = [d for d in run_dirs(tmp_path / "runs") if "-teacher-" not in d.name]
     assert len(run_dir) == 1  # one student run, written by rank 0 only
     run = open_run(run_dir[0])
     assert run.status() == "finished" and run.meta()["world_size"] == 2
