@@ -9,16 +9,30 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from kd_engine.errors import ConfigError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _not_bool(value: Any) -> Any:
+    """pydantic reads true/false as 1/0 for a number; a learning rate of `true` is a mistake."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+# A number that must be a number: not true/false, and (in the models that set allow_inf_nan=False)
+# finite. Strings such as "5e-4" still convert: YAML 1.1 reads a float without a dot as a string.
+Real = Annotated[float, BeforeValidator(_not_bool)]
+Count = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class DataConfig(_Strict):
@@ -34,21 +48,26 @@ class DataConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     name: str = "sgd"  # a name in kd_engine.trainers.optim.OPTIMIZERS, checked when it is built
-    lr: float = Field(0.05, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
+    lr: Real = Field(0.05, gt=0.0)
+    momentum: Real = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: Real = Field(5e-4, ge=0.0)
     nesterov: bool = False
-    params: dict[str, Any] = Field(default_factory=dict)  # optimizer-specific, e.g. DOT's delta
+    # optimizer-specific, e.g. DOT's delta: checked against the builder's annotated signature
+    params: dict[str, Any] = Field(default_factory=dict)
 
 
 class ScheduleConfig(_Strict):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     name: Literal["constant", "cosine", "step", "multistep"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0)
-    warmup_iters: int = Field(0, ge=0)  # linear warm-up from 0.1x over the first N steps
-    step_size: int = Field(10, gt=0)
-    milestones: list[int] = Field(default_factory=list)  # multistep: multiply by gamma at each
-    gamma: float = Field(0.1, gt=0.0)
+    warmup_epochs: Count = Field(0, ge=0)
+    warmup_iters: Count = Field(0, ge=0)  # linear warm-up from 0.1x over the first N steps
+    step_size: Count = Field(10, gt=0)
+    milestones: list[Annotated[Count, Field(ge=0)]] = Field(default_factory=list)  # multistep: x gamma at each
+    gamma: Real = Field(0.1, gt=0.0)
 
 
 class TrainSettings(_Strict):
