@@ -256,6 +256,30 @@ def test_method_defaults_satisfy_their_own_ranges():
         read_params(params, defaults, "distill.params", method)
 
 
+@pytest.mark.parametrize("settings, params, message", [
+    ("orc", {"temperature": True}, "distill.params.temperature: expected a number > 0, got True"),
+    ("orc", {"teacher_lr_scale": -1}, "distill.params.teacher_lr_scale: expected a number >= 0, got -1"),
+    ("orc", {"promote": 1.5}, "distill.params.promote: expected an integer >= 1, got 1.5"),
+    ("crkd", {"head_momentum": 1.0}, "distill.params.head_momentum: expected a number in (0, 1), got 1.0"),
+    ("crkd", {"epsilon": NAN}, "distill.params.epsilon: expected a number > 0, got nan"),
+    ("crkd", {"sk_iterations": -1}, "distill.params.sk_iterations: expected an integer >= 0, got -1"),
+    ("zhang_ma", {"tau": "x"}, "distill.params.tau: expected a number > 0, got 'x'"),
+    ("zhang_ma", {"tau": 0}, "distill.params.tau: expected a number > 0, got 0"),
+    ("zhang_ma", {"weights": {"am": -1}}, "distill.params.weights.am: expected a number >= 0, got -1"),
+    ("zhang_ma", {"channel_mask": 1}, "distill.params.channel_mask: expected true or false, got 1"),
+])
+def test_method_settings_values(settings, params, message):
+    from kd_engine.methods.crkd import crkd_settings
+    from kd_engine.methods.orc import orc_settings
+    from kd_engine.methods.zhang_ma import zhang_ma_settings
+
+    read = {"orc": orc_settings, "crkd": crkd_settings,
+            "zhang_ma": lambda p: zhang_ma_settings(p, "retinanet", ["p3", "p4"])}[settings]
+    with pytest.raises(ConfigError) as err:
+        read(params)
+    assert str(err.value) == message
+
+
 def test_ferkd_values_through_its_signature():
     from kd_engine.methods.ferkd import FerKDParams
     from kd_engine.registry import construct
