@@ -31,6 +31,7 @@ import math
 import re
 import types
 import typing
+from collections import abc
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -164,7 +165,7 @@ def check_value(value: Any, annotation: Any, field: str) -> Any:
     if bare is str:
         return value if isinstance(value, str) else fail("a string")
     origin = typing.get_origin(bare)
-    if origin in (list, tuple, typing.Sequence) or bare in (list, tuple):
+    if origin in (list, tuple, abc.Sequence) or bare in (list, tuple):
         if not isinstance(value, (list, tuple)):
             fail("a list")
         args = [a for a in typing.get_args(bare) if a is not Ellipsis]
@@ -177,7 +178,7 @@ def check_value(value: Any, annotation: Any, field: str) -> Any:
         if args:
             return [check_value(v, args[0], f"{field}.{i}") for i, v in enumerate(value)]
         return list(value)
-    if origin in (dict, typing.Mapping) or bare in (dict,):
+    if origin in (dict, abc.Mapping) or bare in (dict,):
         return value if isinstance(value, Mapping) else fail("a mapping")
     if isinstance(bare, type):
         return value if isinstance(value, bare) else fail(f"a {bare.__name__}")
