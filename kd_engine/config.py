@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
 
 from kd_engine.errors import ConfigError
 
@@ -29,9 +29,9 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-# A number that must be a number: not true/false, and (in the models that set allow_inf_nan=False)
-# finite. Strings such as "5e-4" still convert: YAML 1.1 reads a float without a dot as a string.
-Real = Annotated[float, BeforeValidator(_not_bool)]
+# A number that must be a number: not true/false, and finite. Strings such as "5e-4" still convert:
+# YAML 1.1 reads a float without a dot as a string.
+Real = Annotated[float, BeforeValidator(_not_bool), AllowInfNan(False)]
 Count = Annotated[int, BeforeValidator(_not_bool)]
 
 
@@ -48,8 +48,6 @@ class DataConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    model_config = ConfigDict(allow_inf_nan=False)
-
     name: str = "sgd"  # a name in kd_engine.trainers.optim.OPTIMIZERS, checked when it is built
     lr: Real = Field(0.05, gt=0.0)
     momentum: Real = Field(0.9, ge=0.0, lt=1.0)
@@ -60,8 +58,6 @@ class OptimizerConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    model_config = ConfigDict(allow_inf_nan=False)
-
     name: Literal["constant", "cosine", "step", "multistep"] = "cosine"
     warmup_epochs: Count = Field(0, ge=0)
     warmup_iters: Count = Field(0, ge=0)  # linear warm-up from 0.1x over the first N steps
@@ -73,11 +69,11 @@ class ScheduleConfig(_Strict):
 class TrainSettings(_Strict):
     """How a model is trained on its own (used for teachers that are not cached yet)."""
 
-    epochs: int = Field(20, gt=0)
+    epochs: Count = Field(20, gt=0)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     seed: int = 0
-    grad_clip: float | None = Field(None, gt=0.0)
+    grad_clip: Real | None = Field(None, gt=0.0)
 
 
 class ModelSpec(_Strict):
@@ -96,7 +92,7 @@ class TermConfig(_Strict):
     """One distillation term: a registered loss, its weight, and where its inputs come from."""
 
     loss: str
-    weight: float = Field(1.0, ge=0.0)
+    weight: Real = Field(1.0, ge=0.0)
     params: dict[str, Any] = Field(default_factory=dict)
     student_layer: str | None = None
     teacher_layer: str | None = None
@@ -104,7 +100,7 @@ class TermConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    task_weight: float = Field(1.0, ge=0.0)
+    task_weight: Real = Field(1.0, ge=0.0)
     terms: list[TermConfig] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)  # method settings, e.g. zhang_ma's
 
@@ -177,10 +173,10 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"
-    epochs: int = Field(10, gt=0)
-    eval_every: int = Field(1, gt=0)  # epochs between validation passes; the last is evaluated
-    grad_clip: float | None = Field(None, gt=0.0)
-    threads: int | None = Field(None, gt=0)
+    epochs: Count = Field(10, gt=0)
+    eval_every: Count = Field(1, gt=0)  # epochs between validation passes; the last is evaluated
+    grad_clip: Real | None = Field(None, gt=0.0)
+    threads: Count | None = Field(None, gt=0)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig | None = None
     student: ModelSpec

@@ -174,7 +174,7 @@ def test_good_weighting_values_pass():
     assert build_weighting("uniform", {"value": 0}).value == 0.0
 
 
-CONFIG_CASES = [  # (dotted key, value, needles) through the config schema
+CONFIG_CASES = [  # (dotted key, value, needles) through the config schema: optimizer, schedule, weights
     ("optimizer.lr", -0.1, ["optimizer.lr", "greater than 0", "-0.1"]),
     ("optimizer.lr", True, ["optimizer.lr", "true/false"]),
     ("optimizer.lr", INF, ["optimizer.lr", "finite"]),
@@ -186,11 +186,17 @@ CONFIG_CASES = [  # (dotted key, value, needles) through the config schema
     ("schedule.milestones", [5, -1], ["schedule.milestones.1", "-1"]),
     ("schedule.step_size", True, ["schedule.step_size", "true/false"]),
     ("teacher.train.optimizer.lr", 0, ["teacher.train.optimizer.lr", "greater than 0"]),
+    ("distill.terms.0.weight", True, ["distill.terms.0.weight", "true/false"]),
+    ("distill.terms.0.weight", INF, ["distill.terms.0.weight", "finite"]),
+    ("distill.task_weight", -1, ["distill.task_weight", "greater than or equal to 0"]),
+    ("epochs", True, ["epochs", "true/false"]),
+    ("grad_clip", NAN, ["grad_clip", "finite"]),
+    ("teacher.train.epochs", 0, ["teacher.train.epochs", "greater than 0"]),
 ]
 
 
 @pytest.mark.parametrize("key, value, needles", CONFIG_CASES, ids=[f"{c[0]}={c[1]}" for c in CONFIG_CASES])
-def test_optimizer_and_schedule_values(tmp_path, key, value, needles):
+def test_config_values(tmp_path, key, value, needles):
     with pytest.raises(ConfigError) as err:
         validate(digits_raw(tmp_path / "runs", tmp_path / "cache", {key: value}))
     _one_line(err, *needles)
