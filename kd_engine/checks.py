@@ -1,9 +1,11 @@
 """Name checks against every registry, run before anything is built or trained, so a typo in a
-model, loss, method, weighting or optimizer name fails at once with the allowed values."""
+model, loss, method, weighting or optimizer name fails at once with the allowed values; the
+values of loss, weighting and optimizer params are checked here too (kd_engine.params)."""
 from __future__ import annotations
 
 from kd_engine.config import ExperimentConfig
 from kd_engine.errors import ConfigError
+from kd_engine.params import check_call
 
 
 def check_names(cfg: ExperimentConfig) -> None:
@@ -23,7 +25,16 @@ def check_names(cfg: ExperimentConfig) -> None:
     WEIGHTINGS.get(cfg.weighting.strategy, field="weighting.strategy")
     OPTIMIZERS.get(cfg.optimizer.name, field="optimizer.name")
     for index, term in enumerate(cfg.distill.terms):
-        LOSSES.get(term.loss, field=f"distill.terms.{index}.loss")
+        LOSSES.get(term.loss, field=f"distill.terms.{index}.loss").check_params(
+            term.params, f"distill.terms.{index}.params")
+    check_call(WEIGHTINGS.get(cfg.weighting.strategy), cfg.weighting.params, "weighting.params",
+               owner=f"strategy {cfg.weighting.strategy}")
+    optimizers = [("optimizer", cfg.optimizer)]
+    if cfg.teacher is not None:
+        optimizers.append(("teacher.train.optimizer", cfg.teacher.train.optimizer))
+    for field, optimizer in optimizers:  # a builder takes (parameters, cfg) before its own params
+        check_call(OPTIMIZERS.get(optimizer.name), optimizer.params, f"{field}.params", skip=2,
+                   owner=f"optimizer {optimizer.name}")
     check_teacher_bank(cfg)
 
 

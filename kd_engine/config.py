@@ -10,10 +10,11 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
 
 from kd_engine.errors import ConfigError
 
@@ -60,6 +61,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _not_bool(value: Any) -> Any:
+    """pydantic reads true/false as 1/0 for a number; a learning rate of `true` is a mistake."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+# A number that must be a number: not true/false, and finite. Strings such as "5e-4" still convert:
+# YAML 1.1 reads a float without a dot as a string.
+Real = Annotated[float, BeforeValidator(_not_bool), AllowInfNan(False)]
+Count = Annotated[int, BeforeValidator(_not_bool)]
+
+
 class DataConfig(_Strict):
     name: str = "digits"
     root: str | None = None
@@ -74,30 +88,31 @@ class DataConfig(_Strict):
 
 class OptimizerConfig(_Strict):
     name: str = "sgd"  # a name in kd_engine.optim.OPTIMIZERS, checked when it is built
-    lr: float = Field(0.05, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
+    lr: Real = Field(0.05, gt=0.0)
+    momentum: Real = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: Real = Field(5e-4, ge=0.0)
     nesterov: bool = False
-    params: dict[str, Any] = Field(default_factory=dict)  # optimizer-specific, e.g. DOT's delta
+    # optimizer-specific, e.g. DOT's delta: checked against the builder's annotated signature
+    params: dict[str, Any] = Field(default_factory=dict)
 
 
 class ScheduleConfig(_Strict):
     name: Literal["constant", "cosine", "step", "multistep"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0)
-    warmup_iters: int = Field(0, ge=0)  # linear warm-up from 0.1x over the first N steps
-    step_size: int = Field(10, gt=0)
-    milestones: list[int] = Field(default_factory=list)  # multistep: multiply by gamma at each
-    gamma: float = Field(0.1, gt=0.0)
+    warmup_epochs: Count = Field(0, ge=0)
+    warmup_iters: Count = Field(0, ge=0)  # linear warm-up from 0.1x over the first N steps
+    step_size: Count = Field(10, gt=0)
+    milestones: list[Annotated[Count, Field(ge=0)]] = Field(default_factory=list)  # multistep: x gamma at each
+    gamma: Real = Field(0.1, gt=0.0)
 
 
 class TrainSettings(_Strict):
     """How a model is trained on its own (used for teachers that are not cached yet)."""
 
-    epochs: int = Field(20, gt=0)
+    epochs: Count = Field(20, gt=0)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     seed: int = 0
-    grad_clip: float | None = Field(None, gt=0.0)
+    grad_clip: Real | None = Field(None, gt=0.0)
 
 
 class ModelSpec(_Strict):
@@ -116,7 +131,7 @@ class TermConfig(_Strict):
     """One distillation term: a registered loss, its weight, and where its inputs come from."""
 
     loss: str
-    weight: float = Field(1.0, ge=0.0)
+    weight: Real = Field(1.0, ge=0.0)
     params: dict[str, Any] = Field(default_factory=dict)
     student_layer: str | None = None
     teacher_layer: str | None = None
@@ -124,7 +139,7 @@ class TermConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    task_weight: float = Field(1.0, ge=0.0)
+    task_weight: Real = Field(1.0, ge=0.0)
     terms: list[TermConfig] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)  # method settings, e.g. zhang_ma's
 
@@ -200,10 +215,10 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"
-    epochs: int = Field(10, gt=0)
-    eval_every: int = Field(1, gt=0)  # epochs between validation passes; the last is evaluated
-    grad_clip: float | None = Field(None, gt=0.0)
-    threads: int | None = Field(None, gt=0)
+    epochs: Count = Field(10, gt=0)
+    eval_every: Count = Field(1, gt=0)  # epochs between validation passes; the last is evaluated
+    grad_clip: Real | None = Field(None, gt=0.0)
+    threads: Count | None = Field(None, gt=0)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig | None = None
     student: ModelSpec

@@ -1,5 +1,9 @@
 """Run arms over seeds and report them honestly; shared by every notebook.
 
+A notebook holds only its method's arms and analysis; the rest is here: ``setup`` (budget, seeds,
+work folders, the budgeted config), ``run_arms``, ``collect_scalars``/``collect_instances`` (many
+runs' store rows in one frame, tagged with arm and seed), ``summarize`` and ``NotebookContext.save``.
+
 The reporting rule (docs/NOTEBOOKS.md): every arm runs on the same seeds; each arm is reported as
 mean ± std (n−1) over seeds; each arm is compared with the baseline by the per-seed paired
 difference, mean ± std; an effect is *resolved* only if |mean diff| > 2·std/√n of the paired
@@ -12,6 +16,7 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -167,6 +172,104 @@ def run_jobs(jobs: Iterable[tuple[Mapping[str, Any], str, Mapping[str, Any], int
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(_run_one, *job, str(runs_dir), str(cache_dir)) for job in jobs]
         return pd.DataFrame([report(future.result()) for future in futures])
+
+
+@dataclass
+class NotebookContext:
+    """What every notebook sets up first: its name, budget, seeds, work folders and (when it has
+    one) the budgeted base config. ``started`` is when set-up began, for the wall time."""
+
+    name: str
+    budget: str
+    settings: dict[str, Any]
+    seeds: list[int]
+    work: Path
+    runs_dir: Path
+    cache_dir: Path
+    base: dict[str, Any] | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def prepare_teachers(self, base: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        return prepare_teachers(self.base if base is None else base, self.seeds, self.runs_dir, self.cache_dir)
+
+    def run_arms(self, arms: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any] | None = None,
+                 seeds: Iterable[int] | None = None, **kwargs: Any) -> pd.DataFrame:
+        """`run_arms` on this context's base config, seeds and folders."""
+        return run_arms(self.base if base is None else base, arms, self.seeds if seeds is None else seeds,
+                        self.runs_dir, self.cache_dir, **kwargs)
+
+    def save(self, results_path, summaries: list[tuple[pd.DataFrame, str]], title: str,
+             notes: str = "") -> dict[str, Any] | None:
+        """`save_results` under this notebook's name, budget and seeds, with the wall time so far."""
+        return save_results(results_path, self.name, summaries, self.budget, self.seeds, self.wall_s,
+                            title=title, notes=notes)
+
+
+def setup(name: str, config: str | Path | Mapping[str, Any] | None, budget: str, seeds: int = 5,
+          work_dir: str | Path | None = None, show: bool = True, **budget_options: Any) -> NotebookContext:
+    """A notebook's set-up: `budget_settings(budget, seeds, **budget_options)`, its work folders
+    (`work_dir` or a fresh ``kdw-<name>-*`` folder) and, when ``config`` is given (a repository
+    path or a raw mapping), that config with the budget applied as ``context.base``. With
+    ``show`` it prints the budget and where the runs go."""
+    started = time.perf_counter()
+    settings = budget_settings(budget, seeds=seeds, **budget_options)
+    work, runs_dir, cache_dir = work_dirs(work_dir, name.replace("_", "-"))
+    base = None
+    if config is not None:
+        from kd_engine.config import load_raw
+
+        raw = load_raw(repo_file(config)) if isinstance(config, (str, Path)) else config
+        base = apply_budget(raw, settings)
+    context = NotebookContext(name, settings["budget"], settings, list(settings["seeds"]), work, runs_dir,
+                              cache_dir, base, started)
+    if show:
+        print(_describe_setup(context))
+    return context
+
+
+def _describe_setup(context: NotebookContext) -> str:
+    base = context.base or {}
+    parts = [f"budget {context.budget}: seeds {context.seeds}"]
+    if "epochs" in base:
+        parts.append(f"student epochs {base['epochs']}")
+    if (base.get("teacher") or {}).get("train", {}).get("epochs"):
+        parts.append(f"teacher epochs {base['teacher']['train']['epochs']}")
+    if base.get("threads"):
+        parts.append(f"{base['threads']} torch thread(s) per run")
+    return (", ".join(parts) + f"\nruns: {context.runs_dir}  (browse them with: kdw dashboard --runs-dir "
+            f"{context.runs_dir})")
+
+
+def _tagged(frame: pd.DataFrame, read, tags: Iterable[str]) -> pd.DataFrame:
+    """``read(run)`` of every row's run, each tagged with that row's ``tags`` columns, in one frame."""
+    from kd_engine.store import open_run
+
+    tags = [t for t in tags if t in frame.columns]
+    parts = [read(open_run(row["run_dir"])).assign(**{t: row[t] for t in tags})
+             for row in frame.to_dict("records")]
+    if not parts:
+        raise KDWError("collect: the frame has no runs")
+    return pd.concat(parts, ignore_index=True)
+
+
+def collect_scalars(frame: pd.DataFrame, keys: Iterable[str] | None = None,
+                    tags: Iterable[str] = ("arm", "seed")) -> pd.DataFrame:
+    """The scalars (``keys``, or all) of every run in ``frame`` (one row per run, with ``run_dir``)
+    as one long frame (step, epoch, key, value, ...), tagged with the row's ``arm`` and ``seed``."""
+    keys = list(keys) if keys is not None else None
+    return _tagged(frame, lambda run: run.scalars(keys=keys), tags)
+
+
+def collect_instances(frame: pd.DataFrame, split: str | None = "train", columns: Iterable[str] | None = None,
+                      tags: Iterable[str] = ("arm", "seed"), **options: Any) -> pd.DataFrame:
+    """The per-instance rows (``split``, ``columns``; ``options`` as for the store's
+    ``instances``) of every run in ``frame``, as one frame tagged with ``arm`` and ``seed``."""
+    columns = list(columns) if columns is not None else None
+    return _tagged(frame, lambda run: run.instances(split=split, columns=columns, **options), tags)
 
 
 def reference_arm(frame: pd.DataFrame, source_arm: str, name: str = "teacher",

@@ -1,11 +1,10 @@
 """A tiny name -> object registry, so adding a method or model touches only its own module."""
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from kd_engine.errors import ConfigError
-from kd_engine.params import reject_unknown
+from kd_engine.params import check_call
 
 T = TypeVar("T")
 
@@ -44,14 +43,13 @@ class Registry(Generic[T]):
 
 
 def construct(factory: Callable[..., Any], params: dict[str, Any], field: str, *args: Any) -> Any:
-    """Call a builder with user params, turning a bad keyword into a one-line ConfigError."""
-    signature = inspect.signature(factory)
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    allowed = [n for n, p in list(signature.parameters.items())[len(args):]
-               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
-    if not accepts_any:
-        reject_unknown(params, allowed, field)
+    """Call a builder with user params, after ``args``: an unknown keyword, or a value of the wrong
+    kind or outside the range its annotation declares (``kd_engine.params``), is one ConfigError
+    line. ``field`` may end in a note, e.g. ``weighting.params (strategy aid)``; a value's field is
+    then ``weighting.params.alpha``."""
+    base = field.split(" (", 1)[0]
+    kinds_checked = check_call(factory, params, base, skip=len(args), owner=field[len(base):].strip(" ()"))
     try:
-        return factory(*args, **params)
+        return factory(*args, **kinds_checked)
     except TypeError as exc:
         raise ConfigError(f"{field}: {exc}") from None

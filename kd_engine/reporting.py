@@ -1,6 +1,7 @@
 """The verdict in words, shared by the notebooks: a row of ``experiment.summarize`` turned into
-"<what>: +0.0123 ± 0.0045 (threshold 0.0090; resolved, higher)" and the tests the notebooks' claims
-use (a resolved gain, a resolved loss). No number is typed by hand: everything comes from the row."""
+"<what>: +0.0123 ± 0.0045 (threshold 0.0090; resolved, higher)", and the claim verdict a notebook
+states about a paper's claim ("holds", "contradicted" or "not shown"). No number is typed by hand:
+everything comes from the row."""
 from __future__ import annotations
 
 import pandas as pd
@@ -11,16 +12,26 @@ def arm_row(summary: pd.DataFrame, arm: str) -> pd.Series:
     return summary.set_index("arm").loc[arm]
 
 
-def resolved_gain(summary: pd.DataFrame, arm: str) -> bool:
-    """The paired difference of ``arm`` to the baseline is resolved and positive."""
-    r = arm_row(summary, arm)
-    return bool(r["verdict"] == "resolved" and r["diff_mean"] > 0)
+CLAIMS = ("holds", "contradicted", "not shown")
 
 
-def resolved_loss(summary: pd.DataFrame, arm: str) -> bool:
-    """The paired difference of ``arm`` to the baseline is resolved and negative."""
+def claim(summary: pd.DataFrame, arm: str, lower_is_better: bool = False) -> str:
+    """The claim "``arm`` beats the baseline" against this summary: "holds" when the paired
+    difference is resolved in the good direction, "contradicted" when it is resolved in the other,
+    "not shown" when it is within noise (which includes a single seed: no verdict possible)."""
     r = arm_row(summary, arm)
-    return bool(r["verdict"] == "resolved" and r["diff_mean"] < 0)
+    if int(r["n"]) < 2 or r["verdict"] != "resolved":
+        return "not shown"
+    return "holds" if (r["diff_mean"] < 0) == lower_is_better else "contradicted"
+
+
+def claims(summaries: dict[str, pd.DataFrame], arm: str, lower_is_better: bool = False) -> dict[str, list[str]]:
+    """``claim`` of ``arm`` against several baselines (``{baseline: summary}``), grouped by verdict:
+    ``{"holds": [...], "contradicted": [...], "not shown": [...]}`` in the summaries' order."""
+    out: dict[str, list[str]] = {c: [] for c in CLAIMS}
+    for baseline, summary in summaries.items():
+        out[claim(summary, arm, lower_is_better)].append(baseline)
+    return out
 
 
 def describe(summary: pd.DataFrame, arm: str, what: str, words: tuple[str, str] = ("higher", "lower"),

@@ -161,7 +161,7 @@ def test_run_arms_in_worker_processes_matches_one_after_another(make_raw, tmp_pa
 
 
 def test_verdict_in_words_from_a_summary_row():
-    from kd_engine.reporting import arm_row, describe, resolved_gain, resolved_loss
+    from kd_engine.reporting import arm_row, claim, describe
 
     table = summarize(frame(), "acc", baseline="scratch")
     assert arm_row(table, "kd")["n"] == 4
@@ -172,10 +172,9 @@ def test_verdict_in_words_from_a_summary_row():
     # a lower-is-better metric: the same resolved gain in accuracy reads as worse
     assert describe(table, "kd", "kd", words=("better", "worse"), lower_is_better=True).endswith(
         "(threshold 0.0096; resolved, worse)")
-    assert resolved_gain(table, "kd") and not resolved_loss(table, "kd")
-    assert not resolved_gain(table, "other") and not resolved_loss(table, "other")
+    assert claim(table, "kd") == "holds" and claim(table, "other") == "not shown"
     flipped = summarize(frame(), "acc", baseline="kd")
-    assert resolved_loss(flipped, "scratch")
+    assert claim(flipped, "scratch") == "contradicted"
     one_seed = summarize(frame()[frame()["seed"] == 0], "acc", baseline="scratch")
     assert describe(one_seed, "kd", "kd − scratch") == "kd − scratch: +0.0500 on one seed (no verdict possible)"
 

@@ -65,8 +65,8 @@ def test_ferkd_config_errors(make_raw):
     cases = [({**FERKD, "use_teacher_bank": False}, "use_teacher_bank: method ferkd trains on the teacher bank"),
              ({**FERKD, "distill.terms": [{"loss": "kd"}]}, "distill.terms: method ferkd has its own loss"),
              ({**FERKD, "distill.params": {"tau": 0.2}}, "distill.params: unknown parameter 'tau'"),
-             ({**FERKD, "distill.params": {"tau_low": 1.5}}, r"distill.params.tau_low: expected a value in \[0, 1\]"),
-             ({**FERKD, "distill.params": {"labels": "soft"}}, "distill.params.labels: expected 'teacher' or 'hard'"),
+             ({**FERKD, "distill.params": {"tau_low": 1.5}}, r"distill.params.tau_low: expected a number in \[0, 1\]"),
+             ({**FERKD, "distill.params": {"labels": "soft"}}, "distill.params.labels: expected one of 'teacher', 'hard'"),
              ({**FERKD, "distill.params": {"selfmix_alpha": 0}}, "distill.params.selfmix_alpha")]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message) as err:

@@ -7,6 +7,9 @@ Pearson correlations, affinity rows, normalised-distance Huber): they differ onl
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+from annotated_types import Gt
 import torch
 import torch.nn.functional as F
 
@@ -56,8 +59,9 @@ def _pair_mask(group_mask, b: int, device) -> torch.Tensor | None:
     return m.float()
 
 
-def relation_loss(student, teacher, kind: str = "cosine", distance: str = "mse",
-                  normalize: bool = True, temperature: float = 1.0, group_mask=None,
+def relation_loss(student, teacher, kind: Literal["cosine", "distance", "pearson"] = "cosine",
+                  distance: Literal["mse", "huber", "kl_rows"] = "mse",
+                  normalize: bool = True, temperature: Annotated[float, Gt(0)] = 1.0, group_mask=None,
                   reduction: str = "mean"):
     """Compare the student's relation matrix with the teacher's (teacher side detached).
 

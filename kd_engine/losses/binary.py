@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Ge, Gt
 import torch
 import torch.nn.functional as F
 
 from ._reduce import check_reduction, reduce
 
 
-def binary_kd(student_logits, teacher_logits, temperature: float = 1.0,
-              weight_power: float = 0.0, reduction: str = "mean"):
+def binary_kd(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)] = 1.0,
+              weight_power: Annotated[float, Ge(0)] = 0.0, reduction: str = "mean"):
     """Per-logit binary KD: each logit is its own Bernoulli, so no softmax couples the classes.
 
     Per sample: T² · MEAN over classes (all non-batch dims) of the binary KL

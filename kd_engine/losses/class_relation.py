@@ -8,13 +8,17 @@ divided by τ, then by T.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Gt
 import torch
 import torch.nn.functional as F
 
 from ._reduce import reduce
 
 
-def relation_gate(student_all: torch.Tensor, known: int, tau: float = 0.1, temperature: float = 4.0) -> torch.Tensor:
+def relation_gate(student_all: torch.Tensor, known: int, tau: Annotated[float, Gt(0)] = 0.1,
+                  temperature: Annotated[float, Gt(0)] = 4.0) -> torch.Tensor:
     """u_i = Σ_{c < known} softmax(z_all,i / (τT))_c, renormalised by its batch mean (u / mean u),
     with its gradient kept. ``student_all``: (B, K + N) logits [known, novel]."""
     u = F.softmax(student_all / (tau * temperature), dim=1)[:, :known].sum(1)
@@ -22,7 +26,8 @@ def relation_gate(student_all: torch.Tensor, known: int, tau: float = 0.1, tempe
 
 
 def class_relation_kd(student_known: torch.Tensor, teacher_known: torch.Tensor, gate: torch.Tensor | None = None,
-                      tau: float = 0.1, temperature: float = 4.0, reduction: str = "mean") -> torch.Tensor:
+                      tau: Annotated[float, Gt(0)] = 0.1, temperature: Annotated[float, Gt(0)] = 4.0,
+                      reduction: str = "mean") -> torch.Tensor:
     """Per sample: −T² · u_i · Σ_c p_ic log q_ic with p = sg(softmax(z_T/(τT))), q = softmax(z_S/(τT))
     over the known classes (soft cross-entropy, as in the card); ``gate`` None means u ≡ 1."""
     scale = tau * temperature

@@ -1,13 +1,16 @@
 """Contrastive losses: NT-Xent (SimCLR, Chen et al. 2020), for self-supervised teachers."""
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Gt
 import torch
 import torch.nn.functional as F
 
 from ._reduce import check_reduction, reduce
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: Annotated[float, Gt(0)] = 0.5,
             reduction: str = "mean") -> torch.Tensor:
     """Normalised-temperature cross-entropy over 2B views: row i of z1 and row i of z2 are the
     positive pair; the other 2B − 2 views are negatives. Per sample i (the "none" form): the mean

@@ -2,13 +2,17 @@
 cross-entropy to it (card 14; the "centred, sharpened teacher" variant of soft CE)."""
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Gt, Interval
 import torch
 
 from kd_engine.losses._reduce import reduce
 
 
 def dino_cross_entropy(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torch.Tensor,
-                       student_temp: float = 0.1, teacher_temp: float = 0.04,
+                       student_temp: Annotated[float, Gt(0)] = 0.1,
+                       teacher_temp: Annotated[float, Gt(0)] = 0.04,
                        reduction: str = "mean") -> torch.Tensor:
     """H(P_T, P_S) = −Σ_k softmax((t − c)/τ_T)_k · log softmax(s/τ_S)_k per sample. The teacher
     side carries no gradient."""
@@ -18,6 +22,7 @@ def dino_cross_entropy(student_out: torch.Tensor, teacher_out: torch.Tensor, cen
 
 
 @torch.no_grad()
-def updated_center(center: torch.Tensor, teacher_out: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+def updated_center(center: torch.Tensor, teacher_out: torch.Tensor,
+                   momentum: Annotated[float, Interval(ge=0, le=1)] = 0.9) -> torch.Tensor:
     """c ← m·c + (1 − m)·mean_batch(t)."""
     return center * momentum + (1.0 - momentum) * teacher_out.detach().float().mean(0, keepdim=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Annotated, Callable, Optional
 
+from annotated_types import Gt
 import torch
 import torch.nn.functional as F
 
@@ -15,7 +16,7 @@ def _attention_map(feature: torch.Tensor, p: float) -> torch.Tensor:
     return F.normalize(feature.pow(p).mean(dim=1).flatten(1), dim=1)
 
 
-def attention_transfer(student_feature, teacher_feature, p: float = 2,
+def attention_transfer(student_feature, teacher_feature, p: Annotated[float, Gt(0)] = 2,
                        reduction: str = "mean"):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017), in mdistiller's form.
 

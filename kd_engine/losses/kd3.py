@@ -2,6 +2,9 @@
 dynamic selection scores, classifier alignment, MixDistribution and instance InfoNCE."""
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Gt, Interval
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +25,7 @@ def selection_scores(teacher_logits: torch.Tensor, student_logits: torch.Tensor 
     return c * (0.5 + 0.5 * agree), c
 
 
-def top_fraction(score: torch.Tensor, fraction: float) -> torch.Tensor:
+def top_fraction(score: torch.Tensor, fraction: Annotated[float, Interval(gt=0, le=1)]) -> torch.Tensor:
     """Boolean mask of the ceil(fraction·B) highest scores (at least one)."""
     k = max(1, min(len(score), int(torch.ceil(torch.tensor(fraction * len(score))).item())))
     mask = torch.zeros_like(score, dtype=torch.bool)
@@ -49,7 +52,7 @@ def mix_distribution(feat: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, 
     return sigma_mix * (feat - mu) / sigma + mu_mix
 
 
-def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, reduction: str = "mean"):
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: Annotated[float, Gt(0)] = 0.2, reduction: str = "mean"):
     """Per sample i: −log softmax_j(cos(z1_i, z2_j)/τ)[i] (positives on the diagonal)."""
     a, b = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
     logits = a @ b.T / temperature

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Ge, Gt
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +24,7 @@ def _kl_rows(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)
 
 
-def kd(student_logits, teacher_logits, temperature: float = 4.0, reduction: str = "mean"):
+def kd(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)] = 4.0, reduction: str = "mean"):
     """Hinton et al. 2015, "Distilling the Knowledge in a Neural Network".
 
     Per sample: T² · KL(softmax(t/T) ‖ softmax(s/T)), summed over classes. The T² factor keeps
@@ -46,7 +49,7 @@ def _binary_and_rest(logits: torch.Tensor, target: torch.Tensor, T: float):
     return torch.cat([log_target, log_other], dim=1), rest
 
 
-def dkd_parts(student_logits, teacher_logits, target, temperature: float = 4.0):
+def dkd_parts(student_logits, teacher_logits, target, temperature: Annotated[float, Gt(0)] = 4.0):
     """Per-sample (TCKD, NCKD) of Decoupled KD (Zhao et al., CVPR 2022), each T²-scaled.
 
     TCKD: binary KL between teacher and student [p_target, 1 - p_target].
@@ -71,8 +74,8 @@ def dkd_parts(student_logits, teacher_logits, target, temperature: float = 4.0):
     return tckd, nckd
 
 
-def dkd(student_logits, teacher_logits, target, alpha: float = 1.0, beta: float = 8.0,
-        temperature: float = 4.0, reduction: str = "mean"):
+def dkd(student_logits, teacher_logits, target, alpha: Annotated[float, Ge(0)] = 1.0,
+        beta: Annotated[float, Ge(0)] = 8.0, temperature: Annotated[float, Gt(0)] = 4.0, reduction: str = "mean"):
     """Decoupled KD (Zhao et al., CVPR 2022): per sample alpha·TCKD + beta·NCKD.
 
     Decoupling lets the non-target ("dark knowledge") term be weighted independently of the
@@ -90,8 +93,8 @@ def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)
 
 
-def dist(student_logits, teacher_logits, beta: float = 1.0, gamma: float = 1.0,
-         temperature: float = 1.0, reduction: str = "mean"):
+def dist(student_logits, teacher_logits, beta: Annotated[float, Ge(0)] = 1.0,
+         gamma: Annotated[float, Ge(0)] = 1.0, temperature: Annotated[float, Gt(0)] = 1.0, reduction: str = "mean"):
     """DIST (Huang et al., NeurIPS 2022): match relations, not exact probabilities.
 
     With p = softmax(z/T): inter_i = 1 - pearson(p_s[i], p_t[i]) over classes;
@@ -120,7 +123,7 @@ def _cs_from_probs(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch
             + 0.5 * torch.log((q * q).sum(dim=1) + eps))
 
 
-def cs_divergence(student_logits, teacher_logits, temperature: float = 1.0,
+def cs_divergence(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)] = 1.0,
                   reduction: str = "mean"):
     """Cauchy-Schwarz divergence (Principe et al., information-theoretic learning).
 

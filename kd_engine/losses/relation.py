@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Ge
 import torch
 import torch.nn.functional as F
 
@@ -29,8 +32,8 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(diff, diff.transpose(1, 2))
 
 
-def rkd(student_embedding, teacher_embedding, distance_weight: float = 25.0,
-        angle_weight: float = 50.0, reduction: str = "mean"):
+def rkd(student_embedding, teacher_embedding, distance_weight: Annotated[float, Ge(0)] = 25.0,
+        angle_weight: Annotated[float, Ge(0)] = 50.0, reduction: str = "mean"):
     """Relational KD (Park et al., CVPR 2019): match the geometry of the batch, not points.
 
     Distance term: smooth-L1 between the B×B distance matrices, each divided by the mean of

@@ -2,11 +2,15 @@
 clusters whose cluster marginals are uniform, from the clusters' logits."""
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Ge, Gt
 import torch
 
 
 @torch.no_grad()
-def sinkhorn_knopp(logits: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+def sinkhorn_knopp(logits: torch.Tensor, epsilon: Annotated[float, Gt(0)] = 0.05,
+                   iterations: Annotated[int, Ge(1)] = 3) -> torch.Tensor:
     """(B, K) logits -> (B, K) soft pseudo-labels (rows sum to 1; after the last iteration
     each column sums to B/K). Q = exp(logits/ε), then alternately normalise clusters (rows of
     Qᵀ, to 1/K) and samples (columns, to 1/B); finally scale samples to sum 1. No gradient."""

@@ -10,13 +10,12 @@ A term's kind tells the distiller what to feed it:
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from kd_engine.losses import (attention_transfer, binary_kd, cs_divergence, dist, dkd, fitnet, kd,
                               relation_loss, rkd)
-from kd_engine.params import reject_unknown
+from kd_engine.params import check_call
 from kd_engine.registry import Registry
 
 INPUT_KINDS = ("logits", "logits_target", "features", "adapted_features", "embedding")
@@ -35,12 +34,12 @@ class TermSpec:
     def batch_level(self) -> bool:
         return bool(getattr(self.fn, "batch_level", False))
 
-    def check_params(self, params: dict[str, Any], field: str) -> None:
+    def check_params(self, params: dict[str, Any], field: str) -> dict[str, Any]:
+        """Unknown names and values of the wrong kind or out of the range the loss's signature
+        declares raise one ConfigError line; returns the params converted to their kinds."""
         positional = {"logits": 2, "logits_target": 3, "features": 2, "adapted_features": 3,
                       "embedding": 2}[self.inputs]
-        names = list(inspect.signature(self.fn).parameters)[positional:]
-        allowed = [n for n in names if n != "reduction"]
-        reject_unknown(params, allowed, field, "loss")
+        return check_call(self.fn, params, field, skip=positional, owner="loss", exclude=("reduction",))
 
 
 LOSSES: Registry[TermSpec] = Registry("distillation loss")

@@ -19,6 +19,9 @@ vote history live outside the checkpoint: a resumed run rebuilds them from its r
 """
 from __future__ import annotations
 
+from typing import Literal
+
+from annotated_types import Ge, Gt, Interval
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,14 +35,17 @@ from kd_engine.methods.registry import METHODS
 from kd_engine.methods.two_view import TwoViewDistiller
 from kd_engine.metrics_ssl import effective_rank, embedding_std, mean_entropy
 from kd_engine.models import feature_taps, layer_shapes
-from kd_engine.params import read_params
+from kd_engine.params import Param, read_params
 from kd_engine.parts.ema import EMATeacher, cosine_momentum
 from kd_engine.parts.knn_memory import KNNVoteMemory, adaptive_partners
 
-DEFAULTS = {"partner": "adaptive", "k": 5, "history": 5, "zeta": 0.01, "hidden": 256, "bottleneck": 64,
-            "out_dim": 256, "student_temp": 0.1, "teacher_temp": 0.04, "center_momentum": 0.9,
-            "momentum": 0.99, "final_momentum": 1.0, "views": {}}
 PARTNERS = ("self", "nearest", "adaptive")
+DEFAULTS = {"partner": Param("adaptive", kind=Literal[PARTNERS]), "k": Param(5, Ge(1)),
+            "history": Param(5, Ge(1)), "zeta": Param(0.01, Gt(0)), "hidden": Param(256, Ge(1)),
+            "bottleneck": Param(64, Ge(1)), "out_dim": Param(256, Ge(1)), "student_temp": Param(0.1, Gt(0)),
+            "teacher_temp": Param(0.04, Gt(0)), "center_momentum": Param(0.9, Interval(ge=0, le=1)),
+            "momentum": Param(0.99, Interval(ge=0, le=1)), "final_momentum": Param(1.0, Interval(ge=0, le=1)),
+            "views": {}}
 
 
 class DINOHead(nn.Module):
@@ -69,13 +75,6 @@ class AdaSim(TwoViewDistiller):
     def __init__(self, cfg, student, teacher, input_shape):
         p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method adasim")
         super().__init__(student, None, p["views"], cfg.seed)
-        if p["partner"] not in PARTNERS:
-            raise ConfigError(f"distill.params.partner: expected one of {', '.join(PARTNERS)}, got {p['partner']!r}")
-        for key in ("k", "history"):
-            if p[key] < 1:
-                raise ConfigError(f"distill.params.{key}: must be >= 1, got {p[key]}")
-        if p["zeta"] <= 0 or p["teacher_temp"] <= 0 or p["student_temp"] <= 0:
-            raise ConfigError("distill.params: zeta, teacher_temp and student_temp must be > 0")
         self.layer = getattr(student, "embedding_layer", None)
         self.classifier = getattr(student, "fc", None) or getattr(student, "head", None)
         if self.layer is None or not isinstance(self.classifier, nn.Linear):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Gt
 from torch import nn
 
 from kd_engine.errors import ConfigError
@@ -18,12 +19,13 @@ from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
 from kd_engine.methods.standard import make_adapter
 from kd_engine.models import feature_taps, layer_shapes
-from kd_engine.params import reject_unknown
+from kd_engine.params import Param, read_params
 
 TRANSFORMS = ("identity", "gap", "attention", "channel_softmax", "mask", "pool124")
 DISTANCES = ("mse", "l1", "cosine", "kl", "pearson", "cs")
-PARAMS = {"transform": "identity", "distance": "mse", "temperature": 1.0, "weight": 1.0,
-          "student_layer": "layer2", "teacher_layer": "layer2", "teacher_features": None}
+PARAMS = {"transform": "identity", "distance": "mse", "temperature": Param(1.0, Gt(0)),
+          "weight": Param(1.0, Gt(0)), "student_layer": "layer2", "teacher_layer": "layer2",
+          "teacher_features": Param(None, kind=str | None)}
 
 
 def transform(f: torch.Tensor, name: str, temperature: float = 1.0,
@@ -117,14 +119,10 @@ class AutoKD(Distiller):
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
-        reject_unknown(cfg.distill.params, PARAMS, "distill.params", "method autokd")
-        p = {**PARAMS, **cfg.distill.params}
+        p = read_params(cfg.distill.params, PARAMS, "distill.params", "method autokd")
         for key, allowed in (("transform", TRANSFORMS), ("distance", DISTANCES)):
             if p[key] not in allowed:
                 raise ConfigError(f"distill.params.{key}: {p[key]!r} is not one of {', '.join(allowed)}")
-        for key in ("temperature", "weight"):
-            if not isinstance(p[key], (int, float)) or p[key] <= 0:
-                raise ConfigError(f"distill.params.{key}: must be a positive number, got {p[key]!r}")
         self.transform_name, self.distance_name = p["transform"], p["distance"]
         self.temperature, self.weight = float(p["temperature"]), float(p["weight"])
         self.s_layer, self.t_layer = p["student_layer"], p["teacher_layer"]

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval
 
-from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
-from kd_engine.params import reject_unknown
+from kd_engine.params import Param, read_params
 from kd_engine.trainers.checkpoint import load_weights
 
-PARAMS = ("alpha", "init_from")
+DEFAULTS = {"alpha": Param(0.5, Interval(ge=0, le=1)), "init_from": Param(None, kind=str | None)}
 
 
 def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduction: str = "mean"):
@@ -35,13 +35,9 @@ def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduct
 class BOSS(Distiller):
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
-        params = dict(cfg.distill.params)
-        reject_unknown(params, PARAMS, "distill.params", "method boss")
-        alpha = params.get("alpha", 0.5)
-        if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"distill.params.alpha: must be a number in [0, 1], got {alpha!r}")
-        self.alpha = float(alpha)
-        self.init_from = params.get("init_from")
+        params = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method boss")
+        self.alpha = params["alpha"]
+        self.init_from = params["init_from"]
         if self.init_from:
             load_weights(student, self.init_from, field="distill.params.init_from")
 

@@ -26,6 +26,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Interval
 
 from kd_engine.data.augment import jitter
 from kd_engine.errors import ConfigError
@@ -34,25 +35,15 @@ from kd_engine.losses.sinkhorn import sinkhorn_knopp
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.ncd_stage import ncd_metrics, ncd_predictions, stage1_phase
 from kd_engine.methods.registry import METHODS
-from kd_engine.params import reject_unknown
+from kd_engine.params import Param, read_params
 
-DEFAULTS = {"alpha": 0.1, "gate": True, "tau": 0.1, "temperature": 4.0, "epsilon": 0.05,
-            "sk_iterations": 3, "stage1_epochs": 20, "head_momentum": 0.9}
+DEFAULTS = {"alpha": Param(0.1, Ge(0)), "gate": True, "tau": Param(0.1, Gt(0)), "temperature": Param(4.0, Gt(0)),
+            "epsilon": Param(0.05, Gt(0)), "sk_iterations": Param(3, Ge(0)), "stage1_epochs": Param(20, Ge(0)),
+            "head_momentum": Param(0.9, Interval(gt=0, lt=1))}
 
 
 def crkd_settings(params: dict) -> dict:
-    reject_unknown(params, DEFAULTS, "distill.params", "method crkd")
-    out = {**DEFAULTS, **params}
-    if not isinstance(out["gate"], bool):
-        raise ConfigError(f"distill.params.gate: true or false, got {out['gate']!r}")
-    for key in ("alpha", "tau", "temperature", "epsilon", "head_momentum"):
-        if not isinstance(out[key], (int, float)) or isinstance(out[key], bool) or out[key] < 0 \
-                or (key != "alpha" and out[key] == 0) or (key == "head_momentum" and out[key] >= 1):
-            raise ConfigError(f"distill.params.{key}: out of range, got {out[key]!r}")
-    for key in ("sk_iterations", "stage1_epochs"):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 0:
-            raise ConfigError(f"distill.params.{key}: a non-negative integer, got {out[key]!r}")
-    return out
+    return read_params(params, DEFAULTS, "distill.params", "method crkd")
 
 
 @METHODS.register("crkd")

@@ -18,13 +18,16 @@ second view (``mix_lam``, ``mix_view`` = -1 when not mixed).
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Gt
 
 from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
+from kd_engine.params import Probability
 from kd_engine.registry import construct
 from kd_engine.teacher_bank import apply_views
 from kd_engine.weighting import build_weighting
@@ -71,18 +74,11 @@ def self_mix(xa: torch.Tensor, xb: torch.Tensor, ta: torch.Tensor, tb: torch.Ten
 
 
 class FerKDParams:
-    def __init__(self, labels: str = "teacher", calibrate: bool = True, tau_low: float = 0.2,
-                 bottom_frac: float = 0.25, epsilon: float = 0.1, selfmix: float = 0.0,
-                 selfmix_alpha: float = 1.0):
-        checks = {"labels": labels in ("teacher", "hard"), "calibrate": isinstance(calibrate, bool),
-                  "tau_low": 0.0 <= tau_low <= 1.0, "bottom_frac": 0.0 <= bottom_frac <= 1.0,
-                  "epsilon": 0.0 <= epsilon <= 1.0, "selfmix": 0.0 <= selfmix <= 1.0,
-                  "selfmix_alpha": selfmix_alpha > 0.0}
-        allowed = {"labels": "'teacher' or 'hard'", "calibrate": "true or false", "selfmix_alpha": "> 0"}
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"distill.params.{name}: expected {allowed.get(name, 'a value in [0, 1]')}, "
-                                  f"got {locals()[name]!r}")
+    """FerKD's settings; ``registry.construct`` checks each value against its annotation."""
+
+    def __init__(self, labels: Literal["teacher", "hard"] = "teacher", calibrate: bool = True,
+                 tau_low: Probability = 0.2, bottom_frac: Probability = 0.25, epsilon: Probability = 0.1,
+                 selfmix: Probability = 0.0, selfmix_alpha: Annotated[float, Gt(0)] = 1.0):
         self.labels, self.calibrate, self.tau_low, self.bottom_frac = labels, calibrate, tau_low, bottom_frac
         self.epsilon, self.selfmix, self.selfmix_alpha = epsilon, selfmix, selfmix_alpha
 

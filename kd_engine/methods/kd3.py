@@ -19,6 +19,9 @@ teacher's logits and embeddings are cached by instance on first sight. The pool'
 """
 from __future__ import annotations
 
+from typing import Literal
+
+from annotated_types import Ge, Gt, Interval
 import numpy as np
 import torch
 from torch import nn
@@ -33,12 +36,13 @@ from kd_engine.methods.base import StepOutput
 from kd_engine.methods.registry import METHODS
 from kd_engine.methods.two_view import TwoViewDistiller
 from kd_engine.models import feature_taps, layer_shapes
-from kd_engine.params import read_params
+from kd_engine.params import Param, read_params
 
-DEFAULTS = {"selection": "combined", "rho_start": 0.3, "rho_end": 0.8, "warmup_epochs": 5,
-            "temperature": 4.0, "align": True, "mix": True, "mix_layer": "layer1", "mix_alpha": 0.1,
-            "nce_temperature": 0.2}
 SELECTIONS = ("all", "teacher", "combined")
+DEFAULTS = {"selection": Param("combined", kind=Literal[SELECTIONS]),
+            "rho_start": Param(0.3, Interval(gt=0, le=1)), "rho_end": Param(0.8, Interval(gt=0, le=1)),
+            "warmup_epochs": Param(5, Ge(0)), "temperature": Param(4.0, Gt(0)), "align": True, "mix": True,
+            "mix_layer": "layer1", "mix_alpha": Param(0.1, Gt(0)), "nce_temperature": Param(0.2, Gt(0))}
 
 
 @METHODS.register("kd3")
@@ -48,11 +52,6 @@ class KD3(TwoViewDistiller):
     def __init__(self, cfg, student, teacher, input_shape):
         p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method kd3")
         super().__init__(student, teacher, {}, cfg.seed)  # the (original, perturbed) pair of card 12
-        if p["selection"] not in SELECTIONS:
-            raise ConfigError(f"distill.params.selection: expected one of {', '.join(SELECTIONS)}, "
-                              f"got {p['selection']!r}")
-        if not 0 < p["rho_start"] <= 1 or not 0 < p["rho_end"] <= 1:
-            raise ConfigError("distill.params.rho_start/rho_end: fractions in (0, 1]")
         self.p = p
         self.s_layer, self.t_layer = student.embedding_layer, teacher.embedding_layer
         shapes = layer_shapes(student, input_shape, [self.s_layer, p["mix_layer"]])  # names checked here

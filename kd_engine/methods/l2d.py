@@ -21,6 +21,7 @@ images are computed once and looked up by instance id. Recorded per instance: ``
 """
 from __future__ import annotations
 
+from annotated_types import Ge, Gt
 import torch
 
 from kd_engine.data import build_data
@@ -29,13 +30,16 @@ from kd_engine.losses.binary import binary_kd
 from kd_engine.losses.logit import kd
 from kd_engine.losses.multilabel import bce_sum, class_structure, instance_structure
 from kd_engine.methods.base import Distiller, StepOutput
-from kd_engine.params import check, read_params
+from kd_engine.params import Param, read_params
 from kd_engine.methods.registry import METHODS
 from kd_engine.parts.multilabel import cached_multilabel_teacher
 
-DEFAULTS = {"mld_weight": 10.0, "cd_weight": 100.0, "id_weight": 1000.0, "softmax_kd_weight": 0.0,
-            "temperature": 4.0, "teacher_width": 32, "teacher_dim": 32, "teacher_heads": 1,
-            "teacher_epochs": 15, "teacher_lr": 1e-3, "teacher_batch_size": 64}
+DEFAULTS = {"mld_weight": Param(10.0, Ge(0)), "cd_weight": Param(100.0, Ge(0)),
+            "id_weight": Param(1000.0, Ge(0)), "softmax_kd_weight": Param(0.0, Ge(0)),
+            "temperature": Param(4.0, Gt(0)), "teacher_width": Param(32, Ge(1)),
+            "teacher_dim": Param(32, Ge(1)), "teacher_heads": Param(1, Ge(1)),
+            "teacher_epochs": Param(15, Ge(1)), "teacher_lr": Param(1e-3, Gt(0)),
+            "teacher_batch_size": Param(64, Ge(1))}
 
 
 @METHODS.register("l2d")
@@ -51,11 +55,6 @@ class L2D(Distiller):
             raise ConfigError(f"student.name: method 'l2d' needs a label-query student (model query_cnn), "
                               f"got {cfg.student.name!r}")
         p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method l2d")
-        for key in ("mld_weight", "cd_weight", "id_weight", "softmax_kd_weight"):
-            check(p[key] >= 0, f"distill.params.{key}", f"must be >= 0, got {p[key]}")
-        check(p["temperature"] > 0, "distill.params.temperature", f"must be > 0, got {p['temperature']}")
-        for key in ("teacher_width", "teacher_dim", "teacher_heads", "teacher_epochs", "teacher_batch_size"):
-            check(isinstance(p[key], int) and p[key] >= 1, f"distill.params.{key}", f"must be an integer >= 1, got {p[key]!r}")
         data = build_data(cfg.data, cfg.seed)
         if "targets" not in data.meta:
             raise ConfigError(f"data.name: method 'l2d' needs multi-hot targets (dataset digit_mosaics), "

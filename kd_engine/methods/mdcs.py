@@ -19,6 +19,9 @@ with the lowest unadjusted weak-view CE, i.e. the one that fits the instance bes
 """
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Ge, Gt
 import torch
 import torch.nn.functional as F
 
@@ -28,11 +31,13 @@ from kd_engine.errors import ConfigError
 from kd_engine.losses.logit import kd
 from kd_engine.losses.longtail import adjust_logits, log_prior
 from kd_engine.methods.base import Distiller, StepOutput
-from kd_engine.params import check, read_params
+from kd_engine.params import Param, check, read_params
 from kd_engine.methods.registry import METHODS
 
-DEFAULTS = {"lambdas": [-0.5, 1.0, 2.5], "kl_weight": 0.6, "ramp_epochs": 10, "temperature": 1.0,
-            "cis": True, "shift": 1, "noise": 0.15, "cutout": 3, "contrast": [0.5, 1.5]}
+DEFAULTS = {"lambdas": [-0.5, 1.0, 2.5], "kl_weight": Param(0.6, Ge(0)), "ramp_epochs": Param(10, Ge(1)),
+            "temperature": Param(1.0, Gt(0)), "cis": True, "shift": Param(1, Ge(0)),
+            "noise": Param(0.15, Ge(0)), "cutout": Param(3, Ge(0)),
+            "contrast": Param([0.5, 1.5], kind=tuple[Annotated[float, Ge(0)], float])}
 
 
 def cis_mask(adjusted_weak: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -64,15 +69,8 @@ class MDCS(Distiller):
         experts = len(student.experts)
         check(len(p["lambdas"]) == experts, "distill.params.lambdas",
               f"one λ per expert: the student has {experts} expert(s), got {len(p['lambdas'])} value(s)")
-        check(p["kl_weight"] >= 0, "distill.params.kl_weight", f"must be >= 0, got {p['kl_weight']}")
-        check(p["temperature"] > 0, "distill.params.temperature", f"must be > 0, got {p['temperature']}")
-        check(isinstance(p["ramp_epochs"], int) and p["ramp_epochs"] >= 1, "distill.params.ramp_epochs",
-              f"must be an integer >= 1, got {p['ramp_epochs']}")
-        check(len(p["contrast"]) == 2 and 0 <= p["contrast"][0] <= p["contrast"][1], "distill.params.contrast",
+        check(p["contrast"][0] <= p["contrast"][1], "distill.params.contrast",
               f"must be [low, high] with 0 <= low <= high, got {p['contrast']}")
-        for key in ("shift", "cutout"):
-            check(isinstance(p[key], int) and p[key] >= 0, f"distill.params.{key}", f"must be an integer >= 0, got {p[key]}")
-        check(p["noise"] >= 0, "distill.params.noise", f"must be >= 0, got {p['noise']}")
         self.p = p
         self.lambdas = [float(v) for v in p["lambdas"]]
         data = build_data(cfg.data, cfg.seed)  # the training split's class counts give log π

@@ -26,9 +26,11 @@ the teacher group, i.e. its outputs were a target this step) go to the store as 
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt
 from torch import nn
 
 from kd_engine.config import ModelSpec
@@ -37,31 +39,23 @@ from kd_engine.losses.logit import kd
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
 from kd_engine.models import build_model
-from kd_engine.params import reject_unknown
+from kd_engine.params import Param, read_params
 
 MODES = ("orc", "independent", "kd", "dml")
-DEFAULTS = {"mode": "orc", "students": [{}, {}, {}], "temperature": 4.0, "promote": 1,
-            "teacher_lr_scale": 0.1}
+DEFAULTS = {"mode": Param("orc", kind=Literal[MODES]), "students": [{}, {}, {}],
+            "temperature": Param(4.0, Gt(0)), "promote": Param(1, Ge(1)), "teacher_lr_scale": Param(0.1, Ge(0))}
 
 
 def orc_settings(params: dict) -> dict:
     """``distill.params`` with defaults filled in, or a one-line ConfigError naming the field."""
-    reject_unknown(params, DEFAULTS, "distill.params", "method orc")
-    out = {**DEFAULTS, **params}
-    if out["mode"] not in MODES:
-        raise ConfigError(f"distill.params.mode: expected one of {', '.join(MODES)}, got {out['mode']!r}")
+    out = read_params(params, DEFAULTS, "distill.params", "method orc")
     students = out["students"]
     if not isinstance(students, list) or len(students) < 2 or not all(isinstance(s, dict) for s in students):
         raise ConfigError("distill.params.students: a list of at least 2 mappings of student.params "
                           f"overrides (one per group member), got {students!r}")
-    if not isinstance(out["temperature"], (int, float)) or out["temperature"] <= 0:
-        raise ConfigError(f"distill.params.temperature: must be > 0, got {out['temperature']!r}")
     promote = out["promote"]
     if not isinstance(promote, int) or isinstance(promote, bool) or not 1 <= promote < len(students):
         raise ConfigError(f"distill.params.promote: an integer in [1, {len(students) - 1}], got {promote!r}")
-    scale = out["teacher_lr_scale"]
-    if not isinstance(scale, (int, float)) or scale < 0:
-        raise ConfigError(f"distill.params.teacher_lr_scale: must be >= 0, got {scale!r}")
     return out
 
 

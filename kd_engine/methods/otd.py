@@ -19,6 +19,9 @@ backward pass applies it after backward and before the optimizer step (card pitf
 """
 from __future__ import annotations
 
+from typing import Literal
+
+from annotated_types import Ge, Interval
 import torch
 import torch.nn.functional as F
 
@@ -26,11 +29,14 @@ from kd_engine.data import build_data
 from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
-from kd_engine.params import read_params
+from kd_engine.params import Param, read_params
 from kd_engine.parts.grad_subspace import GradientSubspace, flat, gradient_surrogate, project, unflat
 
-DEFAULTS = {"mode": "self_train", "stream1": False, "stream2": False, "alpha": 0.3, "threshold": 0.9,
-            "buffer": 30, "refresh": 10, "energy": 0.9, "group": ["layer3", "fc"]}
+# threshold >= 1 keeps no pseudo-label (a control)
+DEFAULTS = {"mode": Param("self_train", kind=Literal["source_only", "self_train"]), "stream1": False,
+            "stream2": False, "alpha": Param(0.3, Interval(ge=0, le=1)), "threshold": Param(0.9, Ge(0)),
+            "buffer": Param(30, Ge(1)), "refresh": Param(10, Ge(1)), "energy": Param(0.9, Interval(gt=0, le=1)),
+            "group": ["layer3", "fc"]}
 
 
 @METHODS.register("otd")
@@ -41,8 +47,6 @@ class OTD(Distiller):
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, None)
         p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method otd")
-        if p["mode"] not in ("source_only", "self_train"):
-            raise ConfigError(f"distill.params.mode: expected source_only or self_train, got {p['mode']!r}")
         if p["mode"] == "source_only" and (p["stream1"] or p["stream2"]):
             raise ConfigError("distill.params.mode: source_only has no target gradient to steer; "
                               "set stream1/stream2 false")

@@ -22,19 +22,26 @@ margin; 0 once labelled), ``pseudo_label`` (the label trained on), ``labelled`` 
 """
 from __future__ import annotations
 
+from typing import Literal
+
+from annotated_types import Ge, Gt, Interval
 import torch
 import torch.nn.functional as F
 
 from kd_engine.data import build_data
 from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
-from kd_engine.params import check, read_params
+from kd_engine.params import Param, read_params
 from kd_engine.methods.registry import METHODS
 from kd_engine.parts.simclr import SIMCLR_DEFAULTS, cached_simclr, shifted_features
 
-DEFAULTS = {"weighting": "wad", "rounds": 1, "alpha": 0.1, "power": 2.0, "labelled_batch": 32,
-            "unlabelled_weight": 1.0, **{f"simclr_{k}": v for k, v in SIMCLR_DEFAULTS.items()}}
 WEIGHTINGS = ("wad", "uniform", "none")
+SIMCLR_RANGES = {"hidden": Ge(1), "dim": Ge(1), "epochs": Ge(1), "lr": Gt(0), "tau": Gt(0), "shift": Ge(0),
+                 "noise": Ge(0), "dropout": Interval(ge=0, lt=1)}
+DEFAULTS = {"weighting": Param("wad", kind=Literal[WEIGHTINGS]), "rounds": Param(1, Ge(1)),
+            "alpha": Param(0.1, Interval(ge=0, le=1)), "power": Param(2.0, Ge(0)),
+            "labelled_batch": Param(32, Ge(1)), "unlabelled_weight": Param(1.0, Ge(0)),
+            **{f"simclr_{k}": Param(v, SIMCLR_RANGES[k]) for k, v in SIMCLR_DEFAULTS.items()}}
 
 
 def exemplar_similarity(feats: torch.Tensor, exemplars: torch.Tensor, labels: torch.Tensor,
@@ -73,11 +80,6 @@ class WAD(Distiller):
         if teacher is not None:
             raise ConfigError("teacher: method 'wad' trains its own SimCLR teacher; remove the teacher section")
         p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method wad")
-        check(p["weighting"] in WEIGHTINGS, "distill.params.weighting", f"one of {', '.join(WEIGHTINGS)}, got {p['weighting']!r}")
-        for key in ("rounds", "labelled_batch", "simclr_epochs", "simclr_hidden", "simclr_dim"):
-            check(isinstance(p[key], int) and p[key] >= 1, f"distill.params.{key}", f"must be an integer >= 1, got {p[key]!r}")
-        check(0 <= p["alpha"] <= 1, "distill.params.alpha", f"must be in [0, 1], got {p['alpha']}")
-        check(p["unlabelled_weight"] >= 0, "distill.params.unlabelled_weight", f"must be >= 0, got {p['unlabelled_weight']}")
         self.p = p
         data = build_data(cfg.data, cfg.seed)
         truth = data.meta.get("truth")

@@ -15,8 +15,11 @@ The terms run in float32 even under bf16 autocast: softmax(G/τ) with τ = 0.1 i
 """
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 
 from kd_engine.errors import ConfigError
 from kd_engine.losses.detection_kd import TERMS, ZHANG_MA_DEFAULTS, FeatureDistillHead
@@ -25,20 +28,24 @@ from kd_engine.methods.detection_base import (DETECTION_METHODS, DetectionDistil
                                               gt_rows, level_rows, student_columns, student_pass,
                                               teacher_columns)
 from kd_engine.methods.registry import METHODS
-from kd_engine.params import reject_unknown
+from kd_engine.params import check_value, reject_unknown
 from kd_engine.weighting import build_weighting
 from kd_engine.weighting.aid_detection import fpn_strides, paint_per_gt_mask
 
 # The card's base weights per detector kind; every arm of a comparison uses the same preset.
 DEFAULT_PRESET = {"retinanet": "single_stage_baseline", "fcos": "single_stage_baseline",
                   "fasterrcnn": "two_stage_baseline"}
-PARAMS = ("preset", "tau", "weights", "channel_mask", "nonlocal", "nl_pool", "nl_inter_channels",
-          "levels")
+# each setting's kind and range (kd_engine.params); nl_pool / nl_inter_channels: one value or one per level
+PARAMS = {"preset": str, "tau": Annotated[float, Gt(0)], "weights": dict[str, float] | None,
+          "channel_mask": bool, "nonlocal": bool, "nl_pool": Any, "nl_inter_channels": Any,
+          "levels": list[str] | None}
+TERM_WEIGHT = Annotated[float, Ge(0)]
 
 
 def zhang_ma_settings(params: dict, kind: str, all_levels: list[str]) -> dict:
     """``distill.params`` -> tau, term weights and head switches (a preset, then overrides)."""
     reject_unknown(params, PARAMS, "distill.params", "method zhang_ma")
+    params = {k: check_value(v, PARAMS[k], f"distill.params.{k}") for k, v in params.items()}
     preset = params.get("preset", DEFAULT_PRESET[kind])
     if preset not in ZHANG_MA_DEFAULTS:
         raise ConfigError(f"distill.params.preset: unknown preset {preset!r} "
@@ -47,7 +54,7 @@ def zhang_ma_settings(params: dict, kind: str, all_levels: list[str]) -> dict:
     weights = params.get("weights") or {}
     if not isinstance(weights, dict) or set(weights) - set(TERMS):
         raise ConfigError(f"distill.params.weights: a mapping over {', '.join(TERMS)}, got {weights!r}")
-    row.update({k: float(v) for k, v in weights.items()})
+    row.update({k: check_value(v, TERM_WEIGHT, f"distill.params.weights.{k}") for k, v in weights.items()})
     tau = float(params.get("tau", row.pop("tau")))
     use_nl = bool(params.get("nonlocal", row["nl"] > 0))
     if not use_nl:

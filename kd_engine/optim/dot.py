@@ -7,7 +7,10 @@ cannot wipe it (the pitfall of keeping references).
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from annotated_types import Interval
 
 from kd_engine.errors import ConfigError
 from kd_engine.optim.registry import OPTIMIZERS
@@ -67,5 +70,5 @@ class DOT(torch.optim.Optimizer):
 
 
 @OPTIMIZERS.register("dot")
-def _build_dot(parameters, cfg, delta: float = 0.075) -> DOT:
+def _build_dot(parameters, cfg, delta: Annotated[float, Interval(ge=0, lt=1)] = 0.075) -> DOT:
     return DOT(parameters, lr=cfg.lr, momentum=cfg.momentum, delta=delta, weight_decay=cfg.weight_decay)

@@ -14,7 +14,10 @@ A classification sample is one image, so there only per_image applies.
 """
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from annotated_types import Ge
 
 from kd_engine.errors import ConfigError
 from kd_engine.weighting.aid_detection import _check, aid_detection_weights, controlled
@@ -26,9 +29,9 @@ class AdaptiveInstance(WeightingStrategy):
     requires = ("teacher_loss",)
     tasks = ("classification", "detection")
 
-    def __init__(self, alpha: float = 0.1, shuffle: bool = False, seed: int = 0,
+    def __init__(self, alpha: Annotated[float, Ge(0)] = 0.1, shuffle: bool = False, seed: int = 0,
                  batch_mean: bool = False, granularity: str | None = None,
-                 decoupled: bool = False, background: str | None = None):
+                 decoupled: bool = False, background: Literal["one", "image"] | None = None):
         if alpha < 0:
             raise ConfigError(f"weighting.params.alpha: must be >= 0, got {alpha}")
         if shuffle and batch_mean:

@@ -1,7 +1,10 @@
 """The two basic strategies: uniform weights (plain distillation) and teacher confidence."""
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from annotated_types import Ge
 
 from kd_engine.errors import ConfigError
 from kd_engine.weighting.base import WEIGHTINGS, DetectionWeights, WeightingStrategy
@@ -15,7 +18,7 @@ class Uniform(WeightingStrategy):
     requires = ("distill_loss",)
     tasks = ("classification", "detection")
 
-    def __init__(self, value: float = 1.0):
+    def __init__(self, value: Annotated[float, Ge(0)] = 1.0):
         if value < 0:
             raise ConfigError(f"weighting.params.value: must be >= 0, got {value}")
         self.value = float(value)
@@ -37,7 +40,8 @@ class TeacherConfidence(WeightingStrategy):
 
     requires = ("teacher_logits", "label")
 
-    def __init__(self, source: str = "max", power: float = 1.0, normalize: bool = False):
+    def __init__(self, source: Literal["max", "target"] = "max", power: Annotated[float, Ge(0)] = 1.0,
+                 normalize: bool = False):
         if source not in ("max", "target"):
             raise ConfigError(f"weighting.params.source: expected 'max' or 'target', got {source!r}")
         if power < 0:

@@ -76,22 +76,18 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
 # %%
-import copy
-import math
 import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
-import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
 from kd_engine import reporting
 from kd_engine.config import load_raw
-from concurrent.futures import ProcessPoolExecutor
-
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers,
-                                  reference_arm, repo_file, run_jobs, save_results, summarize, work_dirs)
+from kd_engine.experiment import (apply_budget, format_summary, prepare_teachers, reference_arm, repo_file,
+                                  run_jobs, setup, summarize)
 from kd_engine.store import StoreError, open_run
 from workbench.figures import (arm_comparison, arm_distributions, boxes_frame, detection_gallery,
                                paired_differences, weight_histogram)
@@ -101,12 +97,11 @@ ALPHAS = [0.1, 1.0, 3.0]
 CLASS_NAMES = ["car", "pedestrian", "cyclist"]
 MAP, AP50 = "test/student_mAP", "test/student_AP50"
 
-started = time.perf_counter()
-if budget == "gpu":
-    settings = {**budget_settings("full", seeds=5), "budget": "gpu"}
-else:
-    settings = budget_settings(budget, seeds=3)
-seeds = settings["seeds"]
+# "gpu" is the full budget with 5 seeds on a GPU machine, under its own name
+ctx = setup("aid", None, "full" if budget == "gpu" else budget, seeds=5 if budget == "gpu" else 3,
+            work_dir=work_dir, show=False)
+ctx.budget = ctx.settings["budget"] = budget
+seeds, settings, runs_dir, cache_dir = ctx.seeds, ctx.settings, ctx.runs_dir, ctx.cache_dir
 
 # Per budget: data size and epochs per pair (teacher, students) and model sizes; None = the config's.
 SIZES = {
@@ -152,7 +147,6 @@ def pair_config(path, model):
     return raw
 
 
-work, runs_dir, cache_dir = work_dirs(work_dir, "aid")
 bases = {"ret": pair_config("configs/aid_retinanet.yaml", "retinanet"),
          "frc": pair_config("configs/aid_fasterrcnn.yaml", "fasterrcnn")}
 for key, raw in bases.items():
@@ -277,13 +271,14 @@ for key, title in (("ret", "RetinaNet (single-stage)"), ("frc", "Faster R-CNN (t
 # differences (the second arm is the baseline of each table).
 
 # %%
-controls = {}
+controls, control_summaries = {}, {}
 for key in ("ret", "frc"):
     for ctrl, what in (("aid_mean", "adaptivity"), ("aid_shuffled", "assignment")):
         for metric in (MAP, AP50):
             s = summarize(pair_frame(key, ["aid", ctrl]), metric, baseline=f"{key}_{ctrl}")
             summaries.append((s, f"{key}_{ctrl}"))
             controls[(key, what, metric)] = s.set_index("arm").loc[f"{key}_aid"]
+            control_summaries[(key, what, metric)] = s
 display(pd.DataFrame([{"pair": k, "effect": w, "metric": m, "diff (aid − control)": r["diff_mean"],
                        "std": r["diff_std"], "threshold": r["threshold"], "verdict": r["verdict"]}
                       for (k, w, m), r in controls.items()]))
@@ -395,9 +390,9 @@ if n < 2:
     head = (f"Only {n} seed at the `{budget}` budget: no verdict is possible, and at this size the mAPs are "
             "near 0. This run checks the plumbing only.")
 else:
-    resolved_aid = [k for k in ("ret", "frc") if tables[(k, MAP)].set_index("arm").loc[f"{k}_aid", "verdict"] == "resolved"]
-    adaptive = [k for k in ("ret", "frc") if controls[(k, "adaptivity", MAP)]["verdict"] == "resolved"
-                and controls[(k, "adaptivity", MAP)]["diff_mean"] > 0]
+    resolved_aid = [k for k in ("ret", "frc") if reporting.claim(tables[(k, MAP)], f"{k}_aid") != "not shown"]
+    adaptive = [k for k in ("ret", "frc")
+                if reporting.claim(control_summaries[(k, "adaptivity", MAP)], f"{k}_aid") == "holds"]
     head = (f"Over {n} paired seeds at the `{budget}` budget (a reproduction in miniature; the paper's abstract "
             "reports +2.7 / +2.1 mAP for single- / two-stage detectors): "
             + ("AID's difference from base distillation is resolved for " + ", ".join(resolved_aid)
@@ -419,10 +414,10 @@ display(Markdown(verdict_text))
 # comparisons, and self-distillation.
 
 # %%
-wall = time.perf_counter() - started
 notes = (verdict_text.replace("**", "").replace("`", "")
          + " Not offered yet: a teacher on a split disjoint from the student's training images (card addendum).")
-save_results(results_path, "aid", summaries, budget, seeds, wall,
-             title="AID (Lan & Tian 2022) on Zhang & Ma distillation, RetinaNet and Faster R-CNN on traffic "
-                   "scenes: a reproduction in miniature", notes=notes)
+ctx.save(results_path, summaries,
+         title="AID (Lan & Tian 2022) on Zhang & Ma distillation, RetinaNet and Faster R-CNN on traffic "
+               "scenes: a reproduction in miniature", notes=notes)
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} student runs + {len(teachers)} teacher(s) in {wall:.0f} s")

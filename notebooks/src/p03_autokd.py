@@ -56,29 +56,25 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from kd_engine.config import load_raw, validate
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers, repo_file,
-                                  run_arms, save_results, summarize, work_dirs)
-from kd_engine.reporting import arm_row as row, describe
+from kd_engine.experiment import apply_budget, format_summary, repo_file, setup, summarize
+from kd_engine.reporting import claim as claim_of, describe
 from kd_engine.search import run_search
 from kd_engine.search.read import open_search, tree_visits
 from workbench.figures import arm_comparison, level_visits, paired_differences, proxy_vs_final, search_bands
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=3)
-seeds = settings["seeds"]
+ctx = setup("p03_autokd", None, budget, seeds=3, work_dir=work_dir)
+seeds, runs_dir, cache_dir = ctx.seeds, ctx.runs_dir, ctx.cache_dir
 SMOKE = budget == "smoke"
 EVALS = 4 if SMOKE else 30
 PROXY_EPOCHS = 1 if SMOKE else 2
 FINAL_EPOCHS = 2 if SMOKE else 15
 TEACHER_EPOCHS = 2 if SMOKE else None  # None: the config's 30
 WORKERS = 1 if SMOKE else 2  # searches / final runs at once (one torch thread each; teachers trained first)
-work, runs_dir, cache_dir = work_dirs(work_dir, "p03-autokd")
 raw = load_raw(repo_file("configs/autokd_digits.yaml"))
-raw = apply_budget(raw, {**settings, "epochs": PROXY_EPOCHS, "teacher_epochs": TEACHER_EPOCHS})
+raw = apply_budget(raw, {**ctx.settings, "epochs": PROXY_EPOCHS, "teacher_epochs": TEACHER_EPOCHS})
 raw.update(device="cpu", runs_dir=str(runs_dir), cache_dir=str(cache_dir))
-print(f"budget {budget}: seeds {seeds}, {EVALS} evaluations per search, proxy epochs {PROXY_EPOCHS}, "
-      f"final epochs {FINAL_EPOCHS}, teacher epochs {raw['teacher']['train']['epochs']}")
-print(f"runs and searches: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+print(f"{EVALS} evaluations per search, proxy epochs {PROXY_EPOCHS}, final epochs {FINAL_EPOCHS}, "
+      f"teacher epochs {raw['teacher']['train']['epochs']}; the searches go to the same folder")
 
 # %% [markdown]
 # ## 1. The searches: MCTS and random search, same budget, same seeds
@@ -100,7 +96,7 @@ def search_config(strategy, seed):
 t_search = time.perf_counter()
 # Each seed's teacher is trained (or loaded) once first, so two searches can then run at once
 # (WORKERS spawned processes, one torch thread each) without racing to train the same teacher.
-prepare_teachers({k: v for k, v in raw.items() if k != "search"}, seeds, runs_dir, cache_dir)
+ctx.prepare_teachers({k: v for k, v in raw.items() if k != "search"})
 keys = [(strategy, seed) for seed in seeds for strategy in ("mcts", "random")]
 if WORKERS > 1:
     context = multiprocessing.get_context("spawn")
@@ -165,14 +161,14 @@ fixed = {"student": {"method": "scratch", "teacher": None, "distill.params": {}}
                                        "teacher_layer": "layer2", "adapter": "conv1x1"}]}}
 frames = []
 t_final = time.perf_counter()
-prepare_teachers(final_base, seeds, runs_dir, cache_dir)  # cached by the searches: parallel runs only load it
+ctx.prepare_teachers(final_base)  # cached by the searches: parallel runs only load it
 for seed in seeds:
     arms = dict(fixed)
     for strategy in ("mcts", "random"):
         pick = chosen[(chosen["arm"] == strategy) & (chosen["seed"] == seed)]["chosen"].iloc[0]
         arms[f"{strategy}_best"] = {"method": "autokd",
                                     "distill.params": {**raw["distill"]["params"], **pick}}
-    frames.append(run_arms(final_base, arms, [seed], runs_dir, cache_dir, workers=WORKERS))
+    frames.append(ctx.run_arms(arms, base=final_base, seeds=[seed], workers=WORKERS))
 final_wall = time.perf_counter() - t_final
 final = pd.concat(frames, ignore_index=True)
 acc = "test/student_acc"
@@ -207,7 +203,7 @@ ranked_arms = {f"cfg{i:02d}": {"method": "autokd",
                                                      for k in CONFIG_KEYS}}}
                for i, pick in ranked.iterrows()}
 t_rank = time.perf_counter()
-ranked_final = run_arms(final_base, ranked_arms, [seeds[0]], runs_dir, cache_dir, workers=WORKERS)
+ranked_final = ctx.run_arms(ranked_arms, base=final_base, seeds=[seeds[0]], workers=WORKERS)
 rank_wall = time.perf_counter() - t_rank
 ranked["final"] = ranked_final.set_index("arm").loc[list(ranked_arms), acc].to_numpy()
 ranked["label"] = [", ".join(str(pick[k]) for k in CONFIG_KEYS) for _, pick in ranked.iterrows()]
@@ -235,14 +231,14 @@ lines = [describe(reward_summary, "mcts", "MCTS − random best reward (−(L_va
 if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    r, f = row(reward_summary, "mcts"), row(final_summary, "mcts_best")
-    if r["verdict"] == "resolved":
+    reward, final_claim = claim_of(reward_summary, "mcts"), claim_of(final_summary, "mcts_best")
+    if reward != "not shown":
         part1 = ("MCTS finds a resolved **higher** best reward than random search at equal budget"
-                 if r["diff_mean"] > 0 else "MCTS finds a resolved **lower** best reward than random search")
+                 if reward == "holds" else "MCTS finds a resolved **lower** best reward than random search")
     else:
         part1 = "MCTS and random search reach best rewards **within noise** of each other at equal budget"
-    if f["verdict"] == "resolved":
-        part2 = ("the MCTS-chosen distiller **beats** vanilla KD (resolved)" if f["diff_mean"] > 0
+    if final_claim != "not shown":
+        part2 = ("the MCTS-chosen distiller **beats** vanilla KD (resolved)" if final_claim == "holds"
                  else "the MCTS-chosen distiller is **worse** than vanilla KD (resolved)")
     else:
         part2 = "the MCTS-chosen distiller is **within noise** of vanilla KD in final test accuracy"
@@ -258,13 +254,11 @@ display(Markdown(verdict_text))
 # ## 7. Save the results
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p03_autokd",
-             [(reward_summary, "random"), (proxy_test_summary, "random"), (final_summary, "kd")],
-             budget, seeds, wall,
-             title="Auto-KD (card §3, reconstruction): MCTS vs random search over distillers on digits "
-                   "(CNN w32 → w8)",
-             notes=verdict_text.replace("**", "") + f" Searches took {search_wall:.0f} s, final training "
-                   f"{final_wall:.0f} s, the rank check {rank_wall:.0f} s.")
+ctx.save(results_path, [(reward_summary, "random"), (proxy_test_summary, "random"), (final_summary, "kd")],
+         title="Auto-KD (card §3, reconstruction): MCTS vs random search over distillers on digits "
+               "(CNN w32 → w8)",
+         notes=verdict_text.replace("**", "") + f" Searches took {search_wall:.0f} s, final training "
+               f"{final_wall:.0f} s, the rank check {rank_wall:.0f} s.")
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(trials)} proxy runs + {len(final) + len(ranked_final)} final "
       f"runs in {wall:.0f} s")

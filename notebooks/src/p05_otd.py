@@ -54,26 +54,19 @@ work_dir = None       # runs go here (None: a fresh temporary directory)
 # %%
 import time
 
-import numpy as np
 import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
-from kd_engine.config import load_raw
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize, work_dirs)
-from kd_engine.reporting import arm_row as row, describe
+from kd_engine.experiment import collect_instances, collect_scalars, format_summary, setup, summarize
+from kd_engine.reporting import arm_row as row, claim as claim_of, describe
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, paired_differences
 
 FULL_EPOCHS = 20  # the card's 40 do not fit the shared CPU with 15 runs
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=3, epochs=FULL_EPOCHS if budget == "full" else None)
-seeds = settings["seeds"]
-work, runs_dir, cache_dir = work_dirs(work_dir, "p05-otd")
-base = apply_budget(load_raw(repo_file("configs/otd_digits.yaml")), settings)
-print(f"budget {budget}: seeds {seeds}, epochs {base['epochs']}, {base['threads']} torch thread(s) per run")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+ctx = setup("p05_otd", "configs/otd_digits.yaml", budget, seeds=3, work_dir=work_dir,
+            epochs=FULL_EPOCHS if budget == "full" else None)
+seeds, base = ctx.seeds, ctx.base
 print(yaml.safe_dump({k: base[k] for k in ("data", "student", "distill", "optimizer", "epochs")}, sort_keys=False))
 
 # %% [markdown]
@@ -89,7 +82,7 @@ arms = {"source_only": {"distill.params.mode": "source_only", **NO_STREAMS},
 for name, overrides in arms.items():
     print(f"{name:<12} {overrides}")
 t_arms = time.perf_counter()
-frame = run_arms(base, arms, seeds, runs_dir, cache_dir)
+frame = ctx.run_arms(arms)
 print(f"{len(frame)} runs in {time.perf_counter() - t_arms:.0f} s")
 
 # %% [markdown]
@@ -122,11 +115,9 @@ frame[["arm", "seed", "test/student_acc", "test/shared_acc", "test/novel_acc", "
 # %%
 keys = ["train/src_energy_r1", "train/src_energy_r3", "train/src_energy_r10", "train/src_rank",
         "train/cos_known_src", "train/cos_novel_known", "train/cos_novel_src", "train/pseudo_rate"]
-scal = pd.concat([open_run(r.run_dir).scalars(keys=keys).assign(arm=r.arm, seed=r.seed)
-                  for r in frame.itertuples()], ignore_index=True)
+scal = collect_scalars(frame, keys)
 curves = scal.groupby(["arm", "seed", "key", "epoch"], as_index=False)["value"].mean()
-inst = pd.concat([open_run(r.run_dir).instances(split="train", columns=["epoch", "pseudo_used", "pseudo_correct", "target"])
-                  .assign(arm=r.arm, seed=r.seed) for r in frame.itertuples()], ignore_index=True)
+inst = collect_instances(frame, split="train", columns=["epoch", "pseudo_used", "pseudo_correct", "target"])
 pl = inst[inst["pseudo_used"] == 1].groupby(["arm", "seed", "epoch"], as_index=False)["pseudo_correct"].mean()
 curves = pd.concat([curves, pl.rename(columns={"pseudo_correct": "value"}).assign(key="pseudo_label_accuracy")],
                    ignore_index=True)
@@ -179,8 +170,8 @@ e3 = premise.get("train/src_energy_r3", float("nan"))
 if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    up = [a for a in ("stream1", "stream2", "both") if row(h, a)["verdict"] == "resolved" and row(h, a)["diff_mean"] > 0]
-    down = [a for a in ("stream1", "stream2", "both") if row(h, a)["verdict"] == "resolved" and row(h, a)["diff_mean"] < 0]
+    up = [a for a in ("stream1", "stream2", "both") if claim_of(h, a) == "holds"]
+    down = [a for a in ("stream1", "stream2", "both") if claim_of(h, a) == "contradicted"]
     claim = ("the card's claim that projection raises H is "
              + (f"supported for {', '.join(up)}" if up else "not shown (no projection arm is resolved above self-training)")
              + (f"; resolved *below* self-training: {', '.join(down)}" if down else "") + ". "
@@ -197,9 +188,8 @@ display(Markdown(verdict_text))
 # ## 6. Save the results
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p05_otd", [(h, "self_train"), (shared, "self_train"), (novel, "self_train"),
-                                       (acc, "self_train")], budget, seeds, wall,
-             title="OTD (card §5, reconstruction): gradient-subspace steering on stained digits with new classes",
-             notes=verdict_text.replace("**", "").replace("*", ""))
+ctx.save(results_path, [(h, "self_train"), (shared, "self_train"), (novel, "self_train"), (acc, "self_train")],
+         title="OTD (card §5, reconstruction): gradient-subspace steering on stained digits with new classes",
+         notes=verdict_text.replace("**", "").replace("*", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} runs in {wall:.0f} s")

@@ -51,23 +51,15 @@ import yaml
 from IPython.display import Markdown, display
 
 from kd_engine import reporting
-from kd_engine.config import load_raw
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize, work_dirs)
-from kd_engine.reporting import arm_row as row
+from kd_engine.experiment import collect_scalars, format_summary, setup, summarize
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, arm_distributions, paired_differences
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=5)
-seeds = settings["seeds"]
-work, runs_dir, cache_dir = work_dirs(work_dir, "p10-crkd")
-base = apply_budget(load_raw(repo_file("configs/crkd_digits.yaml")), settings)
+ctx = setup("p10_crkd", "configs/crkd_digits.yaml", budget, seeds=5, work_dir=work_dir)
+seeds, base = ctx.seeds, ctx.base
 if budget == "smoke":
     base["distill"]["params"]["stage1_epochs"] = 2
-print(f"budget {budget}: seeds {seeds}, stage-1 epochs {base['distill']['params']['stage1_epochs']}, "
-      f"stage-2 epochs {base['epochs']}, {base['threads']} torch thread(s) per run")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+print(f"stage-1 epochs {base['distill']['params']['stage1_epochs']}, stage-2 epochs {base['epochs']}")
 
 # %% [markdown]
 # ## 1. The config and the arms
@@ -87,7 +79,7 @@ for name, overrides in arms.items():
 
 # %%
 t_runs = time.perf_counter()
-frame = run_arms(base, arms, seeds, runs_dir, cache_dir)
+frame = ctx.run_arms(arms)
 run_wall = time.perf_counter() - t_runs
 print(f"{len(frame)} runs in {run_wall:.0f} s ({run_wall / len(frame):.1f} s per run)")
 COLS = ["train/novel_acc", "test/novel_acc", "test/known_acc", "test/all_acc"]
@@ -140,8 +132,7 @@ display(Markdown("**Entropy of each novel class's relation row (low = the class 
         relation_entropy.round(3).to_frame("entropy"))
 
 # %%
-curves = pd.concat([open_run(r.run_dir).scalars(keys=["train/known_entropy_novel", "train/novel_acc"])
-                    .assign(arm=r.arm, seed=r.seed) for r in frame.itertuples()], ignore_index=True)
+curves = collect_scalars(frame, ["train/known_entropy_novel", "train/novel_acc"])
 per_epoch = curves.groupby(["arm", "seed", "key", "epoch"], as_index=False)["value"].mean()
 arm_curves(per_epoch[per_epoch["arm"].isin(["uno", "crkd"])], "train/known_entropy_novel",
            title="entropy of the student's known-head distribution on unlabelled samples per epoch "
@@ -212,8 +203,9 @@ head = summaries["train/novel_acc"]
 if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    up = [a for a in ORDER[1:] if row(head, a)["verdict"] == "resolved" and row(head, a)["diff_mean"] > 0]
-    down = [a for a in ORDER[1:] if row(head, a)["verdict"] == "resolved" and row(head, a)["diff_mean"] < 0]
+    verdicts = {a: reporting.claim(head, a) for a in ORDER[1:]}
+    up = [a for a, v in verdicts.items() if v == "holds"]
+    down = [a for a, v in verdicts.items() if v == "contradicted"]
     if "crkd" in up:
         claim = "The card's first claim **holds** here: Cr-KD (α = 0.1, gate on) raises novel clustering accuracy over UNO (resolved)."
     elif "crkd" in down:
@@ -222,10 +214,10 @@ else:
         claim = "The card's first claim is **not shown** here: Cr-KD (α = 0.1, gate on) does not change novel clustering accuracy beyond noise."
     others = [f"{a} {'up' if a in up else 'down'}" for a in up + down if a != "crkd"]
     claim += (" Other resolved arms: " + ", ".join(others) + "." if others else " No other arm is resolved against UNO.")
-    g = row(gate_summary, "crkd")
+    gate = reporting.claim(gate_summary, "crkd")
     claim += (" Gate on vs off (α = 0.1), novel training accuracy: " + describe(gate_summary, "crkd", "crkd_nogate")
-              + ("." if g["verdict"] == "resolved" else " (the gate's contribution is not resolved).")
-              + (" The gate does not help here." if not (g["verdict"] == "resolved" and g["diff_mean"] > 0) else ""))
+              + ("." if gate != "not shown" else " (the gate's contribution is not resolved).")
+              + (" The gate does not help here." if gate != "holds" else ""))
 ent = per_epoch[per_epoch["key"] == "train/known_entropy_novel"]
 last_ent = ent[ent["epoch"] == ent["epoch"].max()].groupby("arm")["value"].mean()
 unlike = relation_entropy.idxmax()
@@ -248,9 +240,8 @@ display(Markdown(verdict_text))
 # ## 7. Save the results
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p10_crkd",
-             [(summaries[m], "uno") for m in COLS] + [(gate_summary, "crkd_nogate")], budget, seeds, wall,
-             title="Cr-KD (card §10): class-relation KD for novel class discovery on digits (0-4 known, 5-9 novel)",
-             notes=verdict_text.replace("**", ""))
+ctx.save(results_path, [(summaries[m], "uno") for m in COLS] + [(gate_summary, "crkd_nogate")],
+         title="Cr-KD (card §10): class-relation KD for novel class discovery on digits (0-4 known, 5-9 novel)",
+         notes=verdict_text.replace("**", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} runs in {wall:.0f} s")

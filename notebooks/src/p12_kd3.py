@@ -64,25 +64,17 @@ from IPython.display import Markdown, display
 from kd_engine.config import load_raw, validate
 from kd_engine.data import build_data
 from kd_engine.data.web_pool import shift_digit
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers,
-                                  reference_arm, repo_file, run_arms, save_results, summarize, work_dirs)
+from kd_engine.experiment import collect_instances, format_summary, reference_arm, setup, summarize
 from kd_engine.metrics_extra import auroc
 from kd_engine.models import build_model
-from kd_engine.reporting import arm_row as row, describe
-from kd_engine.store import open_run
+from kd_engine.reporting import arm_row as row, claim as claim_of, describe
 from kd_engine.trainers.checkpoint import load_weights
 from workbench.figures import arm_comparison, arm_curves, arm_distributions, paired_differences
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=3)
-seeds = settings["seeds"]
-work, runs_dir, cache_dir = work_dirs(work_dir, "p12-kd3")
-base = apply_budget(load_raw(repo_file("configs/kd3_digits.yaml")), settings)
+ctx = setup("p12_kd3", "configs/kd3_digits.yaml", budget, seeds=3, work_dir=work_dir)
+seeds, base = ctx.seeds, ctx.base
 if budget == "smoke":
     base["distill"]["params"]["warmup_epochs"] = 1  # two epochs: let the combined score run at all
-print(f"budget {budget}: seeds {seeds}, student epochs {base['epochs']}, "
-      f"teacher epochs {base['teacher']['train']['epochs']}, {base['threads']} torch thread(s) per run")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
 print(yaml.safe_dump({k: base[k] for k in ("data", "teacher", "student", "distill", "optimizer", "epochs")},
                      sort_keys=False))
 
@@ -109,9 +101,9 @@ for name, overrides in {**default_arms, **heavy_arms}.items():
 # ## 2. Teachers (one per seed, trained on that seed's ≈800 clean digits, cached), then the arms
 
 # %%
-teachers = prepare_teachers(base, seeds, runs_dir, cache_dir)
+teachers = ctx.prepare_teachers()
 t_students = time.perf_counter()
-frame = run_arms(base, {**default_arms, **heavy_arms}, seeds, runs_dir, cache_dir)
+frame = ctx.run_arms({**default_arms, **heavy_arms})
 print(f"{len(frame)} student runs in {time.perf_counter() - t_students:.0f} s")
 
 # %% [markdown]
@@ -121,9 +113,8 @@ print(f"{len(frame)} student runs in {time.perf_counter() - t_students:.0f} s")
 # `in_distribution` (ground truth from the generator: a shifted digit or not; never used in training).
 
 # %%
-inst = pd.concat([open_run(r.run_dir).instances(split="train", columns=["epoch", "instance_id", "score", "selected",
-                                                                        "weight", "in_distribution"])
-                  .assign(arm=r.arm, seed=r.seed) for r in frame.itertuples()], ignore_index=True)
+inst = collect_instances(frame, split="train",
+                         columns=["epoch", "instance_id", "score", "selected", "weight", "in_distribution"])
 sel = inst[inst["selected"] == 1]
 precision = sel.groupby(["arm", "seed", "epoch"], as_index=False)["in_distribution"].mean()
 curves = precision.rename(columns={"in_distribution": "value"}).assign(key="selection_precision")
@@ -223,10 +214,9 @@ auc_means = {a: row(auc, a)["mean"] for a in ("teacher_sel", "combined_sel")}
 if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    resolved_up = [a for a in ("teacher_sel", "combined_sel", "+align", "kd3")
-                   if row(acc, a)["verdict"] == "resolved" and row(acc, a)["diff_mean"] > 0]
-    resolved_down = [a for a in ("teacher_sel", "combined_sel", "+align", "kd3")
-                     if row(acc, a)["verdict"] == "resolved" and row(acc, a)["diff_mean"] < 0]
+    verdicts = {a: claim_of(acc, a) for a in ("teacher_sel", "combined_sel", "+align", "kd3")}
+    resolved_up = [a for a, v in verdicts.items() if v == "holds"]
+    resolved_down = [a for a, v in verdicts.items() if v == "contradicted"]
     gain_default = row(acc, "combined_sel")["diff_mean"]
     gain_heavy = row(acc_heavy, "heavy_combined_sel")["diff_mean"]
     claim = ("On the default pool, arms resolved above KD on the whole pool: "
@@ -255,10 +245,10 @@ display(Markdown(verdict_text))
 # ## 7. Save the results
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p12_kd3",
-             [(acc, "kd_all"), (acc_heavy, "heavy_kd_all"), (shifted, "kd_all"), (prec, "kd_all"),
-              (prec_heavy, "heavy_kd_all"), (auc, "teacher_sel")], budget, seeds, wall,
-             title="KD³ (card §12, reconstruction): KD from a shifted web pool on digits (CNN w32 → w8)",
-             notes=verdict_text.replace("**", "").replace("*", ""))
+ctx.save(results_path,
+         [(acc, "kd_all"), (acc_heavy, "heavy_kd_all"), (shifted, "kd_all"), (prec, "kd_all"),
+          (prec_heavy, "heavy_kd_all"), (auc, "teacher_sel")],
+         title="KD³ (card §12, reconstruction): KD from a shifted web pool on digits (CNN w32 → w8)",
+         notes=verdict_text.replace("**", "").replace("*", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} student runs + {len(teachers)} teacher(s) in {wall:.0f} s")

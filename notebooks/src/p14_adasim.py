@@ -58,25 +58,18 @@ import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
-from kd_engine.config import load_raw
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize, work_dirs)
+from kd_engine.experiment import collect_instances, collect_scalars, format_summary, setup, summarize
 from kd_engine.metrics_ssl import representation_metrics
-from kd_engine.reporting import arm_row as row, describe
-from kd_engine.store import open_run
+from kd_engine.reporting import arm_row as row, claim as claim_of, describe
 from workbench.figures import arm_comparison, arm_curves, arm_distributions, paired_differences
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=3)
-seeds = settings["seeds"]
+ctx = setup("p14_adasim", "configs/adasim_digits.yaml", budget, seeds=3, work_dir=work_dir)
+seeds, base = ctx.seeds, ctx.base
 TUNING_SEED = 100  # the ζ grid runs here, on a split and initialisation no reported arm uses
-work, runs_dir, cache_dir = work_dirs(work_dir, "p14-adasim")
-base = apply_budget(load_raw(repo_file("configs/adasim_digits.yaml")), settings)
 if budget == "smoke":
     base["distill"]["params"]["history"] = 1  # two epochs: let the bootstrapping code run at all
 V = base["distill"]["params"]["history"]
-print(f"budget {budget}: seeds {seeds}, epochs {base['epochs']}, V = {V}, {base['threads']} torch thread(s)")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+print(f"V = {V}")
 print(yaml.safe_dump({k: base[k] for k in ("student", "distill", "optimizer", "schedule", "epochs")},
                      sort_keys=False))
 
@@ -95,8 +88,8 @@ def with_representation(frame: pd.DataFrame) -> pd.DataFrame:
 
 # %%
 ZETAS = [1e-3, 1e-2, 3e-2]
-grid = run_arms(base, {f"zeta_{z:g}": {"distill.params.partner": "adaptive", "distill.params.zeta": z}
-                       for z in ZETAS}, [TUNING_SEED], runs_dir, cache_dir)
+grid = ctx.run_arms({f"zeta_{z:g}": {"distill.params.partner": "adaptive", "distill.params.zeta": z}
+                     for z in ZETAS}, seeds=[TUNING_SEED])
 grid = with_representation(grid)
 grid["zeta"] = ZETAS
 display(grid[["arm", "zeta", "val/knn_acc", "val/linear_probe_acc", "wall_s"]])
@@ -111,7 +104,7 @@ arms = {"dino": {"distill.params.partner": "self"},
         "naive_nn": {"distill.params.partner": "nearest"},
         "adasim": {"distill.params.partner": "adaptive", "distill.params.zeta": zeta}}
 t_arms = time.perf_counter()
-frame = with_representation(run_arms(base, arms, seeds, runs_dir, cache_dir))
+frame = with_representation(ctx.run_arms(arms))
 print(f"{len(frame)} runs in {time.perf_counter() - t_arms:.0f} s")
 pixels = frame[frame["arm"] == "dino"][["seed", "run_dir"]].copy()
 pixel_rows = pd.DataFrame([representation_metrics(d, pixels=True) for d in pixels["run_dir"]], index=pixels.index)
@@ -132,8 +125,7 @@ frame[["arm", "seed", "wall_s", "test/knn_acc", "test/linear_probe_acc", "test/s
 # %%
 COLS = ["nn_used", "vote_reliable", "partner_same_label", "nn_same_label", "knn_correct", "self_vote",
         "partner_vote"]
-inst = pd.concat([open_run(r.run_dir).instances(split="train", columns=["epoch", "instance_id", *COLS])
-                  .assign(arm=r.arm, seed=r.seed) for r in frame.itertuples()], ignore_index=True)
+inst = collect_instances(frame, split="train", columns=["epoch", "instance_id", *COLS])
 per_epoch = inst.groupby(["arm", "seed", "epoch"], as_index=False)[COLS].mean()
 used = inst[inst["nn_used"] == 1]
 purity = used.groupby(["arm", "seed", "epoch"], as_index=False)["partner_same_label"].mean()
@@ -142,8 +134,7 @@ curves = pd.concat([per_epoch.melt(id_vars=["arm", "seed", "epoch"], value_vars=
                    ignore_index=True)
 keys = ["train/embedding_std", "train/teacher_entropy", "train/teacher_sample_entropy", "train/teacher_rank",
         "train/dino", "val/student_acc"]
-scal = pd.concat([open_run(r.run_dir).scalars(keys=keys).assign(arm=r.arm, seed=r.seed)
-                  for r in frame.itertuples()], ignore_index=True)
+scal = collect_scalars(frame, keys)
 curves = pd.concat([curves, scal.groupby(["arm", "seed", "key", "epoch"], as_index=False)["value"].mean()],
                    ignore_index=True)
 last = per_epoch[per_epoch["epoch"] == per_epoch["epoch"].max()]
@@ -221,13 +212,13 @@ active = rate[rate.index >= V]
 if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    nn_r, ada_r = row(knn, "naive_nn"), row(knn, "adasim")
+    nn_claim, ada_claim = claim_of(knn, "naive_nn"), claim_of(knn, "adasim")
     part1 = ("naive NN bootstrapping is resolved *worse* than DINO in kNN accuracy, as the card expects"
-             if nn_r["verdict"] == "resolved" and nn_r["diff_mean"] < 0 else
+             if nn_claim == "contradicted" else
              "naive NN bootstrapping is not resolved worse than DINO in kNN accuracy, so the card's first "
              "claim is not shown here")
-    part2 = ("AdaSim is resolved *better* than DINO" if ada_r["verdict"] == "resolved" and ada_r["diff_mean"] > 0
-             else "AdaSim is resolved *worse* than DINO" if ada_r["verdict"] == "resolved"
+    part2 = ("AdaSim is resolved *better* than DINO" if ada_claim == "holds"
+             else "AdaSim is resolved *worse* than DINO" if ada_claim == "contradicted"
              else "AdaSim vs DINO is within noise (AdaSim ≥ DINO is neither shown nor contradicted)")
     part3 = (f"no arm collapsed (std of normalised embeddings: "
              + ", ".join(f"{a} {v:.3f}" for a, v in collapse.items()) + "; per-sample teacher entropy at the "
@@ -250,10 +241,10 @@ display(Markdown(verdict_text))
 # ## 6. Save the results
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p14_adasim",
-             [(knn, "dino"), (probe, "dino"), (online, "dino"), (std_s, "dino"), (rank_s, "dino"),
-              (ent_s, "dino"), (boot, "dino")], budget, seeds, wall,
-             title="AdaSim (card §14): DINO vs naive vs adaptive NN bootstrapping on digits (CNN w8)",
-             notes=verdict_text.replace("**", "").replace("*", ""))
+ctx.save(results_path,
+         [(knn, "dino"), (probe, "dino"), (online, "dino"), (std_s, "dino"), (rank_s, "dino"),
+          (ent_s, "dino"), (boot, "dino")],
+         title="AdaSim (card §14): DINO vs naive vs adaptive NN bootstrapping on digits (CNN w8)",
+         notes=verdict_text.replace("**", "").replace("*", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame) + len(grid)} runs in {wall:.0f} s")

@@ -65,26 +65,17 @@ import yaml
 from IPython.display import Markdown, display
 
 from kd_engine import reporting
-from kd_engine.config import load_raw
 from kd_engine.data import build_data
-from kd_engine.experiment import (apply_budget, arm_config, budget_settings, format_summary,
-                                  prepare_teachers, repo_file, run_arms, save_results, summarize,
-                                  work_dirs)
+from kd_engine.experiment import arm_config, collect_instances, collect_scalars, format_summary, setup, summarize
 from kd_engine.methods.ferkd import calibration_mask
-from kd_engine.reporting import arm_row as row, resolved_gain, resolved_loss
+from kd_engine.reporting import arm_row as row, claim as claim_of
 from kd_engine.store import open_run
 from kd_engine.teacher_bank import TeacherBank, apply_views, bank_dir
 from workbench.figures import arm_comparison, arm_curves, arm_distributions, paired_differences
 from workbench.figures.runs import image_gallery
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=3)
-seeds = settings["seeds"]
-work, runs_dir, cache_dir = work_dirs(work_dir, "p15-ferkd")
-base = apply_budget(load_raw(repo_file("configs/ferkd_digits.yaml")), settings)
-print(f"budget {budget}: seeds {seeds}, student epochs {base['epochs']}, "
-      f"teacher epochs {base['teacher']['train']['epochs']}, {base['threads']} torch thread(s) per run")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+ctx = setup("p15_ferkd", "configs/ferkd_digits.yaml", budget, seeds=3, work_dir=work_dir)
+seeds, base = ctx.seeds, ctx.base
 
 # %% [markdown]
 # ## 1. The config and the arms
@@ -114,13 +105,13 @@ for name, overrides in arms.items():
 # only to build the bank.
 
 # %%
-teachers = prepare_teachers(base, seeds, runs_dir, cache_dir)
+teachers = ctx.prepare_teachers()
 t_students = time.perf_counter()
-frame = run_arms(base, arms, seeds, runs_dir, cache_dir)
+frame = ctx.run_arms(arms)
 student_wall = time.perf_counter() - t_students
 print(f"{len(frame)} student runs in {student_wall:.0f} s ({student_wall / len(frame):.1f} s per run, "
       "the first crop arm of each seed includes building its bank)")
-banks = sorted({p.name for p in (cache_dir / "teacher_bank").iterdir() if p.is_dir()})
+banks = sorted({p.name for p in (ctx.cache_dir / "teacher_bank").iterdir() if p.is_dir()})
 print(f"{len(banks)} bank(s) for {len(seeds)} seed(s): {banks}")
 
 # %% [markdown]
@@ -131,8 +122,7 @@ print(f"{len(banks)} bank(s) for {len(seeds)} seed(s): {banks}")
 # made on the validation split, never the test split).
 
 # %%
-curves = pd.concat([open_run(r.run_dir).scalars(keys=["val/student_acc"]).assign(arm=r.arm, seed=r.seed)
-                    for r in frame.itertuples()], ignore_index=True)
+curves = collect_scalars(frame, ["val/student_acc"])
 per_epoch = curves.groupby(["arm", "seed", "key", "epoch"], as_index=False)["value"].last()
 early_epoch = max(0, base["epochs"] // 3 - 1)
 EARLY = f"val/student_acc@epoch{early_epoch + 1}"
@@ -170,11 +160,9 @@ paired_differences(frame, "fkd", EARLY, order=[a for a in order if a != "fkd"],
 # (`calibrated`). The fraction of replayed crops that were relabelled, per arm (reconstruction):
 
 # %%
-inst = pd.concat([open_run(r.run_dir).instances(split="train", columns=["instance_id", "epoch", "bank_view",
-                                                                          "bank_conf_y", "calibrated", "mix_lam"])
-                  .assign(arm=r.arm, seed=r.seed)
-                  for r in frame.itertuples() if r.arm.startswith("ferkd") or r.arm in ("fkd", "hard")],
-                 ignore_index=True)
+bank_runs = frame[frame["arm"].str.startswith("ferkd") | frame["arm"].isin(["fkd", "hard"])]
+inst = collect_instances(bank_runs, split="train",
+                         columns=["instance_id", "epoch", "bank_view", "bank_conf_y", "calibrated", "mix_lam"])
 relabelled = inst.groupby("arm")[["calibrated"]].mean().rename(columns={"calibrated": "fraction relabelled"})
 relabelled["fraction SelfMixed"] = inst.assign(mixed=inst["mix_lam"] < 1).groupby("arm")["mixed"].mean()
 display(relabelled)
@@ -185,7 +173,7 @@ display(relabelled)
 # label the calibration gives them.
 
 # %%
-cfg0 = arm_config(base, {}, seeds[0], runs_dir, cache_dir)
+cfg0 = arm_config(base, {}, seeds[0], ctx.runs_dir, ctx.cache_dir)
 data0 = build_data(cfg0.data, cfg0.seed)
 bank = TeacherBank(bank_dir(cfg0), data0.train)
 conf = bank.target_probs()
@@ -221,23 +209,23 @@ early_lines = [describe(early_summary, a, f"{a} − fkd val accuracy at epoch {e
 if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    hard_below = resolved_loss(acc_summary, "hard")
+    hard_below = claim_of(acc_summary, "hard") == "contradicted"
     parts = []
-    if resolved_gain(acc_summary, "ferkd"):
+    if claim_of(acc_summary, "ferkd") == "holds":
         parts.append("FerKD's calibration (reconstruction) **beats** FKD on final test accuracy (resolved)")
-    elif resolved_loss(acc_summary, "ferkd"):
+    elif claim_of(acc_summary, "ferkd") == "contradicted":
         parts.append("FerKD's calibration (reconstruction) is **worse** than FKD on final test accuracy (resolved)")
     else:
         parts.append("FerKD's calibration (reconstruction) does **not** resolve a final-accuracy difference to FKD "
                      "(within noise)")
     parts.append("FKD beats hard labels on the same crops (resolved)" if hard_below else
-                 ("hard labels beat FKD (resolved)" if resolved_gain(acc_summary, "hard") else
+                 ("hard labels beat FKD (resolved)" if claim_of(acc_summary, "hard") == "holds" else
                   "FKD and hard labels on the same crops are within noise of each other"))
-    if resolved_gain(early_summary, "ferkd"):
+    if claim_of(early_summary, "ferkd") == "holds":
         parts.append(f"early (epoch {early_epoch + 1}) FerKD is ahead of FKD (resolved)")
     else:
         parts.append(f"early (epoch {early_epoch + 1}) FerKD is not resolved ahead of FKD")
-    full = ("holds" if resolved_gain(acc_summary, "ferkd") and hard_below else "is not shown")
+    full = ("holds" if claim_of(acc_summary, "ferkd") == "holds" and hard_below else "is not shown")
     claim = (f"The card's ordering FerKD ≥ FKD ≥ hard {full} in this miniature: " + "; ".join(parts) + ".")
 online = row(acc_summary, "kd_online")
 contrast = (f"Online KD on full images reaches {online['mean']:.4f} test accuracy against FKD's "
@@ -249,7 +237,7 @@ mechanism = (f"Why: in seed {seeds[0]}'s bank {below:.3f} of the stored crops ha
              f"teacher was trained on full images only, as on the card, and never saw crops), so the rule relabels "
              f"{relabel_share:.3f} of them, far more than the bottom-{bottom:.0%} floor; a relabelled crop gets a "
              f"nearly hard label (ε = {base['distill']['params']['epsilon']})")
-if resolved_loss(acc_summary, "hard"):
+if claim_of(acc_summary, "hard") == "contradicted":
     mechanism += (", and hard labels on the same crops are resolved worse than FKD's teacher labels here, which is "
                   "the direction the calibration moves most labels")
 n_test = len(open_run(frame["run_dir"].iloc[0]).instances(split="test", columns=["instance_id"]))
@@ -267,9 +255,9 @@ display(Markdown(verdict_text))
 # `docs/NOTEBOOKS.md`) and becomes this notebook's section of `docs/results.md` at the full budget.
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p15_ferkd", [(acc_summary, "fkd"), (early_summary, "fkd")], budget, seeds, wall,
-             title="FerKD (card §15): calibrated crop soft labels from a teacher bank on digits "
-                   "(ResNet-16 → ResNet-8; calibration rule: reconstruction)",
-             notes=verdict_text.replace("**", ""))
+ctx.save(results_path, [(acc_summary, "fkd"), (early_summary, "fkd")],
+         title="FerKD (card §15): calibrated crop soft labels from a teacher bank on digits "
+               "(ResNet-16 → ResNet-8; calibration rule: reconstruction)",
+         notes=verdict_text.replace("**", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} student runs + {len(teachers)} teacher(s) in {wall:.0f} s")

@@ -48,7 +48,6 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs go here (None: a fresh temporary directory)
 
 # %%
-import time
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,24 +60,17 @@ import yaml
 from IPython.display import Markdown, display
 
 from kd_engine import reporting
-from kd_engine.config import load_raw
 from kd_engine.data import build_data
 from kd_engine.data.digits_longtail import shot_groups
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize, work_dirs)
+from kd_engine.experiment import format_summary, setup, summarize
 from kd_engine.metrics import balanced_accuracy
 from kd_engine.models import build_model
 from kd_engine.store import open_run
 from kd_engine.trainers.checkpoint import load_weights
 from workbench.figures import arm_comparison, arm_curves, paired_differences, per_class_accuracy
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=10)
-seeds = settings["seeds"]
-work, runs_dir, cache_dir = work_dirs(work_dir, "p16-mdcs")
-base = apply_budget(load_raw(repo_file("configs/mdcs_digits.yaml")), settings)
-print(f"budget {budget}: seeds {seeds}, epochs {base['epochs']}, {base['threads']} torch thread(s) per run")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+ctx = setup("p16_mdcs", "configs/mdcs_digits.yaml", budget, seeds=10, work_dir=work_dir)
+seeds, base = ctx.seeds, ctx.base
 
 # %% [markdown]
 # ## 1. The data, the config and the arms
@@ -101,7 +93,7 @@ for name, overrides in arms.items():
     print(f"{name:<11} {overrides}")
 
 # %%
-frame = run_arms(base, arms, seeds, runs_dir, cache_dir)
+frame = ctx.run_arms(arms)
 print(f"{len(frame)} runs in {frame['wall_s'].sum():.0f} s ({frame['wall_s'].mean():.1f} s per run)")
 
 # %% [markdown]
@@ -233,12 +225,8 @@ describe = partial(reporting.describe, threshold=False)
 
 def holds(summary, arm, at_least=False):
     """'holds', 'not shown' (within noise where a gain was claimed) or 'contradicted' (resolved lower)."""
-    r = summary.set_index("arm").loc[arm]
-    if r["verdict"] == "resolved" and r["diff_mean"] < 0:
-        return "contradicted"
-    if at_least or (r["verdict"] == "resolved" and r["diff_mean"] > 0):
-        return "holds"
-    return "not shown"
+    verdict = reporting.claim(summary, arm)
+    return "holds" if at_least and verdict == "not shown" else verdict
 
 
 n = len(seeds)
@@ -272,12 +260,11 @@ display(Markdown(verdict_text))
 # `docs/NOTEBOOKS.md`) and becomes this notebook's section of `docs/results.md` at the full budget.
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p16_mdcs",
-             [(summaries[m], "single_ce") for m in summaries]
-             + [(claim_few, "experts_ce"), (claim_full, "diversity"), (claim_cis, "no_cis"), (disagree, "experts_ce")],
-             budget, seeds, wall,
-             title="MDCS (card §16): diverse logit-adjusted experts + CIS consistency self-distillation "
-                   "on long-tailed digits (cosine scale: reconstruction)",
-             notes=verdict_text.replace("**", ""))
+ctx.save(results_path,
+         [(summaries[m], "single_ce") for m in summaries]
+         + [(claim_few, "experts_ce"), (claim_full, "diversity"), (claim_cis, "no_cis"), (disagree, "experts_ce")],
+         title="MDCS (card §16): diverse logit-adjusted experts + CIS consistency self-distillation "
+               "on long-tailed digits (cosine scale: reconstruction)",
+         notes=verdict_text.replace("**", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} runs in {wall:.0f} s")

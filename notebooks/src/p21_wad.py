@@ -42,7 +42,6 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the SimCLR cache go here (None: a fresh temporary directory)
 
 # %%
-import time
 from functools import partial
 from types import SimpleNamespace
 
@@ -53,25 +52,17 @@ import yaml
 from IPython.display import Markdown, display
 
 from kd_engine import reporting
-from kd_engine.config import load_raw
 from kd_engine.data import build_data
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize, work_dirs)
+from kd_engine.experiment import format_summary, setup, summarize
 from kd_engine.metrics_extra import auroc
-from kd_engine.reporting import resolved_gain, resolved_loss
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_distributions, paired_differences
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=5)
-seeds = settings["seeds"]
-work, runs_dir, cache_dir = work_dirs(work_dir, "p21-wad")
-base = apply_budget(load_raw(repo_file("configs/wad_digits.yaml")), settings)
+ctx = setup("p21_wad", "configs/wad_digits.yaml", budget, seeds=5, work_dir=work_dir)
+seeds, base = ctx.seeds, ctx.base
 if budget == "smoke":
     base["distill"]["params"]["simclr_epochs"] = 5
-print(f"budget {budget}: seeds {seeds}, epochs {base['epochs']}, SimCLR epochs "
-      f"{base['distill']['params']['simclr_epochs']}, {base['threads']} torch thread(s) per run")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+print(f"SimCLR epochs {base['distill']['params']['simclr_epochs']}")
 
 # %% [markdown]
 # ## 1. The data, the config and the arms
@@ -94,7 +85,7 @@ for name, overrides in arms.items():
     print(f"{name:<17} {overrides}")
 
 # %%
-frame = run_arms(base, arms, seeds, runs_dir, cache_dir)
+frame = ctx.run_arms(arms)
 frame["method"] = frame["arm"].str.split("@").str[0]
 frame["m"] = frame["arm"].str.split("@m").str[1].astype(float)
 print(f"{len(frame)} runs in {frame['wall_s'].sum():.0f} s (the first run of each seed and m also "
@@ -215,9 +206,10 @@ else:
     def status(pairs, at_least=False):
         """'holds' if every (summary, arm) shows the claimed gain (or, with at_least, no resolved
         loss), 'contradicted' if any shows a resolved loss, else 'not shown'."""
-        if not all(not resolved_loss(s, a) for s, a in pairs):
+        verdicts = [reporting.claim(s, a) for s, a in pairs]
+        if "contradicted" in verdicts:
             return "contradicted"
-        return "holds" if at_least or all(resolved_gain(s, a) for s, a in pairs) else "not shown"
+        return "holds" if at_least or all(v == "holds" for v in verdicts) else "not shown"
 
     checks = [("unknown images get lower w (AUROC > 0.5 at both m)",
                status([(auroc_summary, f"wad_weight@m{m}") for m in MISMATCH])),
@@ -241,12 +233,11 @@ display(Markdown(verdict_text))
 # ## 6. Save the results
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p21_wad",
-             [(auroc_summary, "chance")] + [(by_m[m], f"supervised@m{m}") for m in MISMATCH]
-             + [(wad_vs_unw[m], f"unweighted@m{m}") for m in MISMATCH] + [(gap_summary, "gap@m0.3")],
-             budget, seeds, wall,
-             title="WAD (card §21): SimCLR-exemplar pseudo-labels weighted by the top-2 margin, "
-                   "digits 0–4 with unknown digits 5–9 in the unlabelled pool",
-             notes=verdict_text.replace("**", ""))
+ctx.save(results_path,
+         [(auroc_summary, "chance")] + [(by_m[m], f"supervised@m{m}") for m in MISMATCH]
+         + [(wad_vs_unw[m], f"unweighted@m{m}") for m in MISMATCH] + [(gap_summary, "gap@m0.3")],
+         title="WAD (card §21): SimCLR-exemplar pseudo-labels weighted by the top-2 margin, "
+               "digits 0–4 with unknown digits 5–9 in the unlabelled pool",
+         notes=verdict_text.replace("**", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} runs in {wall:.0f} s")

@@ -37,31 +37,21 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
 # %%
-import math
 import time
 from functools import partial
 
-import numpy as np
 import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
 from kd_engine import reporting
-from kd_engine.config import load_raw
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers,
-                                  repo_file, run_arms, save_results, summarize, work_dirs)
+from kd_engine.experiment import collect_scalars, format_summary, setup, summarize
 from kd_engine.reporting import arm_row as row
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, loss_trajectory, paired_differences
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=10)
-seeds = settings["seeds"]
-work, runs_dir, cache_dir = work_dirs(work_dir, "p22-dot")
-base = apply_budget(load_raw(repo_file("configs/dot_digits.yaml")), settings)
-print(f"budget {budget}: seeds {seeds}, student epochs {base['epochs']}, "
-      f"teacher epochs {base['teacher']['train']['epochs']}, {base['threads']} torch thread(s) per run")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+ctx = setup("p22_dot", "configs/dot_digits.yaml", budget, seeds=10, work_dir=work_dir)
+seeds, base = ctx.seeds, ctx.base
 
 # %% [markdown]
 # ## 1. The config and the arms
@@ -95,9 +85,9 @@ for name, overrides in arms.items():
 # ## 2. Teachers (one per seed, trained on that seed's training split, cached), then the arms
 
 # %%
-teachers = prepare_teachers(base, seeds, runs_dir, cache_dir)
+teachers = ctx.prepare_teachers()
 t_students = time.perf_counter()
-frame = run_arms(base, arms, seeds, runs_dir, cache_dir)
+frame = ctx.run_arms(arms)
 student_wall = time.perf_counter() - t_students
 print(f"{len(frame)} student runs in {student_wall:.0f} s ({student_wall / len(frame):.1f} s per run)")
 
@@ -111,8 +101,7 @@ print(f"{len(frame)} student runs in {student_wall:.0f} s ({student_wall / len(f
 
 # %%
 keys = ["train/student_loss", "train/term/kd"]
-curves = pd.concat([open_run(r.run_dir).scalars(keys=keys).assign(arm=r.arm, seed=r.seed)
-                    for r in frame.itertuples()], ignore_index=True)
+curves = collect_scalars(frame, keys)
 per_epoch = curves.groupby(["arm", "seed", "key", "epoch"], as_index=False)["value"].mean()
 last_epoch = per_epoch.loc[per_epoch["epoch"] == per_epoch.groupby(["arm", "seed", "key"])["epoch"].transform("max")]
 finals = last_epoch.pivot_table(index=["arm", "seed"], columns="key", values="value").reset_index()
@@ -189,23 +178,20 @@ arm_comparison(frame, acc_metric, order=sweep,
 describe = partial(reporting.describe, words=("better", "worse"))
 
 n = int(row(acc_summary, "kd_dot")["n"])
-kd_r, ce_r = row(kd_summary, "kd_dot"), row(ce_summary, "kd_dot")
 lines = [describe(acc_summary, "kd_dot", "KD+DOT − KD+SGD test accuracy"),
          describe(kd_summary, "kd_dot", "KD+DOT − KD+SGD last-epoch KD term", lower_is_better=True),
          describe(ce_summary, "kd_dot", "KD+DOT − KD+SGD last-epoch CE", lower_is_better=True)]
 def holds(arm):
     """The card's pattern for one DOT arm: KD term resolved lower and CE not resolved higher."""
-    k, c = row(kd_summary, arm), row(ce_summary, arm)
-    return (k["verdict"] == "resolved" and k["diff_mean"] < 0
-            and not (c["verdict"] == "resolved" and c["diff_mean"] > 0))
+    return (reporting.claim(kd_summary, arm, lower_is_better=True) == "holds"
+            and reporting.claim(ce_summary, arm, lower_is_better=True) != "contradicted")
 
 
 if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    kd_lower = kd_r["verdict"] == "resolved" and kd_r["diff_mean"] < 0
-    kd_higher = kd_r["verdict"] == "resolved" and kd_r["diff_mean"] > 0
-    ce_worse = ce_r["verdict"] == "resolved" and ce_r["diff_mean"] > 0
+    kd_higher = reporting.claim(kd_summary, "kd_dot", lower_is_better=True) == "contradicted"
+    ce_worse = reporting.claim(ce_summary, "kd_dot", lower_is_better=True) == "contradicted"
     if holds("kd_dot"):
         claim = ("At the card's Δ = 0.075 the claim **holds** in this miniature: DOT ends with a resolved "
                  "lower KD loss and a CE that is not resolved worse.")
@@ -246,10 +232,9 @@ display(Markdown(verdict_text))
 # `docs/NOTEBOOKS.md`) and becomes this notebook's section of `docs/results.md` at the full budget.
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p22_dot", [(acc_summary, "kd_sgd"), (ce_summary, "kd_sgd"), (kd_summary, "kd_sgd")],
-             budget, seeds, wall,
-             title="DOT (card §22): split momentum for KD on digits (MLP 256-256 → MLP 32)",
-             notes=verdict_text.replace("**", ""))
+ctx.save(results_path, [(acc_summary, "kd_sgd"), (ce_summary, "kd_sgd"), (kd_summary, "kd_sgd")],
+         title="DOT (card §22): split momentum for KD on digits (MLP 256-256 → MLP 32)",
+         notes=verdict_text.replace("**", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} student runs + {len(teachers)} teacher(s) "
       f"in {wall:.0f} s")

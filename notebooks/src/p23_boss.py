@@ -45,26 +45,22 @@ import plotly.graph_objects as go
 from IPython.display import Markdown, display
 
 from kd_engine.config import load_raw, validate
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, save_results,
-                                  summarize, work_dirs)
-from kd_engine.reporting import arm_row as row, describe
+from kd_engine.experiment import apply_budget, format_summary, repo_file, setup, summarize
+from kd_engine.reporting import claim as claim_of, describe
 from kd_engine.search import run_search
 from kd_engine.search.read import open_search
 from kd_engine.search.runner import base_raw, run_trial
 from workbench.figures import arm_comparison, paired_differences, search_bands
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=3)
-seeds = settings["seeds"]
+ctx = setup("p23_boss", None, budget, seeds=3, work_dir=work_dir)
+seeds, runs_dir, cache_dir = ctx.seeds, ctx.runs_dir, ctx.cache_dir
 SMOKE = budget == "smoke"
 TRIALS, WARMUP, POOL_K, GENERATIONS = (4, 2, 2, 2) if SMOKE else (24, 8, 4, 3)
 EPOCHS = 2 if SMOKE else None  # None: the config's 15
-work, runs_dir, cache_dir = work_dirs(work_dir, "p23-boss")
-raw = apply_budget(load_raw(repo_file("configs/boss_digits.yaml")), {**settings, "epochs": EPOCHS})
+raw = apply_budget(load_raw(repo_file("configs/boss_digits.yaml")), {**ctx.settings, "epochs": EPOCHS})
 raw.update(device="cpu", runs_dir=str(runs_dir), cache_dir=str(cache_dir))
-print(f"budget {budget}: seeds {seeds}, {TRIALS} trials per study ({WARMUP} warm-up, pool k = {POOL_K}), "
-      f"{raw['epochs']} epochs per trial, {GENERATIONS} born-again generations")
-print(f"runs and studies: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+print(f"{TRIALS} trials per study ({WARMUP} warm-up, pool k = {POOL_K}), {raw['epochs']} epochs per trial, "
+      f"{GENERATIONS} born-again generations; the studies go to the same folder")
 
 # %% [markdown]
 # ## 1. The studies: BOSS and plain BO (TPE), same budget, same seeds
@@ -171,9 +167,9 @@ if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
     from kd_engine.experiment import verdict as rule
-    b = row(test_summary, "boss")
-    part1 = ("BOSS **beats** BO at an equal number of trials (resolved)" if b["verdict"] == "resolved" and b["diff_mean"] > 0
-             else "BOSS is **worse** than BO (resolved)" if b["verdict"] == "resolved"
+    boss = claim_of(test_summary, "boss")
+    part1 = ("BOSS **beats** BO at an equal number of trials (resolved)" if boss == "holds"
+             else "BOSS is **worse** than BO (resolved)" if boss == "contradicted"
              else "BOSS and BO are **within noise** of each other")
     v = rule(diff)
     part2 = (f"against SD, BOSS is {diff.mean():+.4f} ± {diff.std(ddof=1):.4f} "
@@ -188,10 +184,10 @@ display(Markdown(verdict_text))
 # ## 6. Save the results
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p23_boss", [(test_summary, "bo"), (val_summary, "bo")], budget, seeds, wall,
-             title="BOSS (card §23): Optuna TPE with self-distillation from the best-k trial checkpoints, "
-                   "digits MLP 64-128-10",
-             notes=verdict_text.replace("**", "") + f" Studies took {search_wall:.0f} s; "
-                   "sampler: Optuna TPE (installed).")
+ctx.save(results_path, [(test_summary, "bo"), (val_summary, "bo")],
+         title="BOSS (card §23): Optuna TPE with self-distillation from the best-k trial checkpoints, "
+               "digits MLP 64-128-10",
+         notes=verdict_text.replace("**", "") + f" Studies took {search_wall:.0f} s; "
+               "sampler: Optuna TPE (installed).")
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(trials)} study trials + {len(sd)} born-again runs in {wall:.0f} s")

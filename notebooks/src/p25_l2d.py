@@ -47,10 +47,8 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
 # %%
-import time
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -61,11 +59,10 @@ from IPython.display import Markdown, display
 from sklearn.metrics import average_precision_score, f1_score
 
 from kd_engine import reporting
-from kd_engine.config import load_raw, validate
+from kd_engine.config import validate
 from kd_engine.data import build_data
 from kd_engine.data.mosaics import targets_for
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, repo_file, run_arms,
-                                  save_results, summarize, work_dirs)
+from kd_engine.experiment import format_summary, setup, summarize
 from kd_engine.losses.affinity import relation_matrix
 from kd_engine.losses.multilabel import class_structure, instance_structure
 from kd_engine.methods.l2d import L2D
@@ -74,17 +71,12 @@ from kd_engine.models import build_model
 from kd_engine.trainers.checkpoint import load_weights
 from workbench.figures import arm_comparison, map_panels, paired_differences
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=3)
-seeds = settings["seeds"]
-work, runs_dir, cache_dir = work_dirs(work_dir, "p25-l2d")
-base = apply_budget(load_raw(repo_file("configs/l2d_digits.yaml")), settings)
+ctx = setup("p25_l2d", "configs/l2d_digits.yaml", budget, seeds=3, work_dir=work_dir)
+seeds, base = ctx.seeds, ctx.base
 if budget == "smoke":
     base["distill"]["params"]["teacher_epochs"] = 2
     base["data"]["params"].update(n_train=300, n_val=100, n_test=200)
-print(f"budget {budget}: seeds {seeds}, epochs {base['epochs']}, teacher epochs "
-      f"{base['distill']['params']['teacher_epochs']}, {base['threads']} torch thread(s) per run")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+print(f"teacher epochs {base['distill']['params']['teacher_epochs']} (trained by the method)")
 
 # %% [markdown]
 # ## 1. The config and the arms
@@ -102,7 +94,7 @@ for name, overrides in arms.items():
     print(f"{name:<13} {overrides}")
 
 # %%
-frame = run_arms(base, arms, seeds, runs_dir, cache_dir)
+frame = ctx.run_arms(arms)
 print(f"{len(frame)} runs in {frame['wall_s'].sum():.0f} s (the first run of each seed also trains its teacher)")
 
 # %% [markdown]
@@ -217,9 +209,8 @@ describe = partial(reporting.describe, threshold=False)
 def link(summary, arm, relation):
     """A link of the claimed chain: '>' needs a resolved gain, '≥' and '≈' no resolved loss
     (and '≈' no resolved gain either)."""
-    r = summary.set_index("arm").loc[arm]
-    up = r["verdict"] == "resolved" and r["diff_mean"] > 0
-    down = r["verdict"] == "resolved" and r["diff_mean"] < 0
+    verdict = reporting.claim(summary, arm)
+    up, down = verdict == "holds", verdict == "contradicted"
     if relation == ">":
         return "holds" if up else "contradicted" if down else "not shown (within noise)"
     if relation == "≥":
@@ -251,12 +242,11 @@ display(Markdown(verdict_text))
 # ## 6. Save the results
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p25_l2d",
-             [(map_summary, "bce"), (f1_summary, "bce"), (mld_vs_soft, "softmax_kd"), (full_vs_mld, "mld"),
-              (cd_summary, "bce"), (id_summary, "bce")],
-             budget, seeds, wall,
-             title="L2D (card §25): one-vs-all binary KD + label-wise embedding structure on 2x2 digit mosaics "
-                   "(structure weights rescaled from the card's)",
-             notes=verdict_text.replace("**", ""))
+ctx.save(results_path,
+         [(map_summary, "bce"), (f1_summary, "bce"), (mld_vs_soft, "softmax_kd"), (full_vs_mld, "mld"),
+          (cd_summary, "bce"), (id_summary, "bce")],
+         title="L2D (card §25): one-vs-all binary KD + label-wise embedding structure on 2x2 digit mosaics "
+               "(structure weights rescaled from the card's)",
+         notes=verdict_text.replace("**", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} runs in {wall:.0f} s")

@@ -43,27 +43,19 @@ work_dir = None       # runs and the teacher cache go here (None: a fresh tempor
 # %%
 import time
 
-import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
 from kd_engine import reporting
-from kd_engine.config import load_raw
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers,
-                                  repo_file, run_arms, save_results, summarize, work_dirs)
-from kd_engine.reporting import arm_row as row
+from kd_engine.experiment import collect_scalars, format_summary, setup, summarize
+from kd_engine.reporting import claims
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, paired_differences
 from workbench.figures.roles import member_curves, role_share, role_timeline
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=5)
-seeds = settings["seeds"]
-work, runs_dir, cache_dir = work_dirs(work_dir, "p27-orc")
-base = apply_budget(load_raw(repo_file("configs/orc_digits.yaml")), settings)
-print(f"budget {budget}: seeds {seeds}, student epochs {base['epochs']}, "
-      f"teacher epochs {base['teacher']['train']['epochs']}, {base['threads']} torch thread(s) per run")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir}; see the Roles page)")
+ctx = setup("p27_orc", "configs/orc_digits.yaml", budget, seeds=5, work_dir=work_dir)
+seeds, base = ctx.seeds, ctx.base
+print("(see the Roles page of the dashboard)")
 
 # %% [markdown]
 # ## 1. The config and the arms
@@ -79,9 +71,9 @@ STUDENTS = [f"S{i + 1}" for i in range(len(base["distill"]["params"]["students"]
 # ## 2. Teachers (one per seed, trained on that seed's training split, cached), then the arms
 
 # %%
-teachers = prepare_teachers(base, seeds, runs_dir, cache_dir)
+teachers = ctx.prepare_teachers()
 t_students = time.perf_counter()
-frame = run_arms(base, arms, seeds, runs_dir, cache_dir)
+frame = ctx.run_arms(arms)
 student_wall = time.perf_counter() - t_students
 print(f"{len(frame)} group runs in {student_wall:.0f} s ({student_wall / len(frame):.1f} s per run of "
       f"{len(STUDENTS)} students)")
@@ -128,8 +120,7 @@ for metric, what in ((SEL, "reported student"), (MEAN, "mean of the 4 students")
 
 # %%
 orc_runs = frame[frame["arm"] == "orc"]
-roles = pd.concat([open_run(r.run_dir).scalars(keys=[f"role/{m}" for m in ["T0", *STUDENTS]]).assign(seed=r.seed)
-                   for r in orc_runs.itertuples()], ignore_index=True)
+roles = collect_scalars(orc_runs, [f"role/{m}" for m in ["T0", *STUDENTS]], tags=["seed"])
 role_timeline(roles[roles["seed"] == seeds[0]],
               title=f"role timeline (reconstruction), ORC arm, seed {seeds[0]}: teacher group per step").show()
 role_share(roles[roles["key"] != "role/T0"], by="seed",
@@ -139,8 +130,7 @@ shares.columns = [c.split("/", 1)[1] for c in shares.columns]
 display(Markdown("**Promotion frequency per student and seed**"), shares.round(3))
 
 # %%
-err = pd.concat([open_run(r.run_dir).scalars(keys=["train/error_count", "train/group_correct_on_E"])
-                 .assign(seed=r.seed) for r in orc_runs.itertuples()], ignore_index=True)
+err = collect_scalars(orc_runs, ["train/error_count", "train/group_correct_on_E"], tags=["seed"])
 per_epoch = err.pivot_table(index=["seed", "epoch"], columns="key", values="value", aggfunc="sum").reset_index()
 pooled = per_epoch.groupby("epoch")[["train/error_count", "train/group_correct_on_E"]].sum()
 pooled["group_acc_on_E"] = pooled["train/group_correct_on_E"] / pooled["train/error_count"].where(
@@ -158,8 +148,7 @@ print(f"E over all ORC steps: {total_e} samples; teacher group p_G right on {gro
 
 # %%
 member_keys = [f"val/member/{m}_acc" for m in ["T0", *STUDENTS]]
-curves = pd.concat([open_run(r.run_dir).scalars(keys=member_keys + ["val/student_mean_acc"])
-                    .assign(arm=r.arm, seed=r.seed) for r in frame.itertuples()], ignore_index=True)
+curves = collect_scalars(frame, member_keys + ["val/student_mean_acc"])
 member_curves(curves[curves["arm"] == "orc"],
               title="ORC arm (reconstruction): validation accuracy of each member, mean over seeds").show()
 arm_curves(curves, "val/student_mean_acc",
@@ -184,8 +173,8 @@ for other in ("kd", "dml"):
 if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    beats = [o for o, s in orc_vs.items() if row(s, "orc")["verdict"] == "resolved" and row(s, "orc")["diff_mean"] > 0]
-    loses = [o for o, s in orc_vs.items() if row(s, "orc")["verdict"] == "resolved" and row(s, "orc")["diff_mean"] < 0]
+    verdicts = claims(orc_vs, "orc")
+    beats, loses = verdicts["holds"], verdicts["contradicted"]
     if len(beats) == 2:
         claim = "The card's claim **holds** here: ORC-style training beats both KD from T0 and DML (resolved)."
     elif loses:
@@ -224,12 +213,11 @@ display(Markdown(verdict_text))
 # `docs/NOTEBOOKS.md`) and becomes this notebook's section of `docs/results.md` at the full budget.
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "p27_orc",
-             [(sel_summary, "independent"), (mean_summary, "independent"), (orc_vs["kd"], "kd"),
-              (orc_vs["dml"], "dml")],
-             budget, seeds, wall,
-             title="ORC-style group distillation with online role change (card §27, reconstruction) on digits "
-                   "(T0 MLP 256 → students MLP 32/32/48/24)",
-             notes=verdict_text.replace("**", ""))
+ctx.save(results_path,
+         [(sel_summary, "independent"), (mean_summary, "independent"), (orc_vs["kd"], "kd"),
+          (orc_vs["dml"], "dml")],
+         title="ORC-style group distillation with online role change (card §27, reconstruction) on digits "
+               "(T0 MLP 256 → students MLP 32/32/48/24)",
+         notes=verdict_text.replace("**", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} group runs + {len(teachers)} teacher(s) in {wall:.0f} s")

@@ -27,32 +27,23 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
 # %%
-import time
-
 import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
-from kd_engine.config import load_raw
-from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers,
-                                  reference_arm, repo_file, run_arms, save_results, summarize, work_dirs)
-from kd_engine.store import open_run
+from kd_engine.experiment import (collect_instances, collect_scalars, format_summary, reference_arm, setup,
+                                  summarize)
+from kd_engine.reporting import claim
 from workbench.figures import arm_comparison, arm_curves, arm_distributions, paired_differences
 
-started = time.perf_counter()
-settings = budget_settings(budget, seeds=5)
-seeds = settings["seeds"]
-work, runs_dir, cache_dir = work_dirs(work_dir, "quickstart")
-base = apply_budget(load_raw(repo_file("configs/digits_kd.yaml")), settings)
-print(f"budget {budget}: seeds {seeds}, student epochs {base['epochs']}, "
-      f"teacher epochs {base['teacher']['train']['epochs']}, {base['threads']} torch thread(s) per run")
-print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir})")
+ctx = setup("quickstart", "configs/digits_kd.yaml", budget, seeds=5, work_dir=work_dir)
+seeds, base = ctx.seeds, ctx.base
 
 # %% [markdown]
 # ## 1. The experiment config
 #
-# The parts that matter: the teacher, the student, and the distillation term. `apply_budget` only
-# changes epochs and threads; the arms below change only `method`.
+# The parts that matter: the teacher, the student, and the distillation term. `setup` applies the
+# budget, which only changes epochs and threads; the arms below change only `method`.
 
 # %%
 print(yaml.safe_dump({k: base[k] for k in ("teacher", "student", "distill", "optimizer", "epochs")},
@@ -68,7 +59,7 @@ print(yaml.safe_dump({k: base[k] for k in ("teacher", "student", "distill", "opt
 # that identity, so both student arms (and any re-run) load it instead of retraining.
 
 # %%
-teachers = prepare_teachers(base, seeds, runs_dir, cache_dir)
+teachers = ctx.prepare_teachers()
 teachers
 
 # %% [markdown]
@@ -83,7 +74,7 @@ teachers
 
 # %%
 arms = {"scratch": {"method": "scratch"}, "kd": {"method": "standard"}}
-frame = run_arms(base, arms, seeds, runs_dir, cache_dir)
+frame = ctx.run_arms(arms)
 frame[["arm", "seed", "run_id", "wall_s", "test/student_acc", "test/teacher_acc"]]
 
 # %% [markdown]
@@ -114,8 +105,8 @@ n = int(kd["n"])
 if n < 2:
     verdict_text = (f"Only {n} seed at the `{budget}` budget: no verdict is possible. On this seed "
                     f"KD − scratch = {kd['diff_mean']:+.4f} test accuracy. Run the full budget.")
-elif kd["verdict"] == "resolved":
-    direction = "beats" if kd["diff_mean"] > 0 else "is worse than"
+elif claim(summary, "kd") != "not shown":
+    direction = "beats" if claim(summary, "kd") == "holds" else "is worse than"
     verdict_text = (f"**KD {direction} scratch (resolved):** paired KD − scratch test accuracy "
                     f"{kd['diff_mean']:+.4f} ± {kd['diff_std']:.4f} over {n} seeds, beyond the "
                     f"2·std/√n threshold of {kd['threshold']:.4f}.")
@@ -136,8 +127,7 @@ display(Markdown(verdict_text))
 
 # %%
 keys = ["val/student_acc", "train/student_loss", "train/term/kd"]
-curves = pd.concat([open_run(r.run_dir).scalars(keys=keys).assign(arm=r.arm, seed=r.seed)
-                    for r in frame.itertuples()], ignore_index=True)
+curves = collect_scalars(frame, keys)
 per_epoch = curves.groupby(["arm", "seed", "key", "epoch"], as_index=False)["value"].mean()
 arm_curves(per_epoch, "val/student_acc", title="validation accuracy of the student per epoch").show()
 arm_curves(per_epoch, "train/student_loss", title="student cross-entropy on training batches").show()
@@ -153,8 +143,7 @@ arm_curves(per_epoch, "train/student_loss", title="student cross-entropy on trai
 # %%
 last = base["epochs"] - 1
 kd_runs = frame[frame["arm"] == "kd"]
-inst = pd.concat([open_run(r.run_dir).instances(split="train", columns=["instance_id", "epoch", "term_kd"])
-                  .assign(seed=r.seed) for r in kd_runs.itertuples()], ignore_index=True)
+inst = collect_instances(kd_runs, split="train", columns=["instance_id", "epoch", "term_kd"], tags=["seed"])
 inst = inst[inst["epoch"].isin([0, last])].copy()
 inst["when"] = inst["epoch"].map(lambda e: f"epoch {e + 1}")
 arm_distributions(inst, "term_kd", group_col="when", log_y=True,
@@ -169,9 +158,7 @@ print(f"last epoch: the 10% of training instances with the largest KD term carry
 # images only the KD student gets right, and how many only the scratch student gets right.
 
 # %%
-test = pd.concat([open_run(r.run_dir).instances(split="test", columns=["instance_id", "label",
-                  "student_pred", "student_loss"]).assign(arm=r.arm, seed=r.seed)
-                  for r in frame.itertuples()], ignore_index=True)
+test = collect_instances(frame, split="test", columns=["instance_id", "label", "student_pred", "student_loss"])
 test["correct"] = test["student_pred"] == test["label"]
 paired = test.pivot_table(index=["seed", "instance_id"], columns="arm", values="correct", aggfunc="first").astype(bool)
 flips = pd.DataFrame({"only kd right": (paired["kd"] & ~paired["scratch"]).groupby("seed").sum(),
@@ -189,9 +176,8 @@ arm_distributions(test, "student_loss", group_col="arm", log_y=True,
 # `docs/NOTEBOOKS.md`) and becomes this notebook's section of `docs/results.md` for the full budget.
 
 # %%
-wall = time.perf_counter() - started
-save_results(results_path, "quickstart", [(summary, "scratch")], budget, seeds, wall,
-             title="Quickstart: Hinton KD on digits (ResNet width 32 → width 8)",
-             notes=verdict_text.replace("**", ""))
+ctx.save(results_path, [(summary, "scratch")], title="Quickstart: Hinton KD on digits (ResNet width 32 → width 8)",
+         notes=verdict_text.replace("**", ""))
+wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} student runs + {len(teachers)} teacher(s) "
       f"in {wall:.0f} s")
