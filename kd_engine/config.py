@@ -17,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kd_engine.errors import ConfigError
 
 
+# Seeds reach NumPy (which takes 0 <= seed < 2**32) and torch generators (64-bit, after the
+# per-epoch arithmetic of the data order), so they are kept in NumPy's range.
+SEED_LIMIT = 2**32
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -26,7 +31,7 @@ class DataConfig(_Strict):
     root: str | None = None
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    split_seed: int | None = None
+    split_seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     image_size: int | None = Field(None, gt=0)
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(512, gt=0)
@@ -57,7 +62,7 @@ class TrainSettings(_Strict):
     epochs: int = Field(20, gt=0)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     grad_clip: float | None = Field(None, gt=0.0)
 
 
@@ -155,7 +160,7 @@ class TeacherBankConfig(_Strict):
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     method: str = "standard"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"
     epochs: int = Field(10, gt=0)
@@ -252,13 +257,76 @@ def _one_line(error: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source}: {message}{suffix}")
 
 
+# A config's YAML may share a value through an anchor (&x) and aliases (*x), but the document,
+# fully expanded, may not hold more than this many more nodes than it has written out: a
+# "billion laughs" file of 1 KB otherwise expands to gigabytes when the config is copied or saved.
+ALIAS_EXPANSION_BUDGET = 10_000
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """A SafeLoader that measures the document's expanded size before constructing anything."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+class _AliasBudgetExceeded(yaml.YAMLError):
+    pass
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _AliasBudgetExceeded("an alias refers to the mapping or list that contains it")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = total
+        if total - len(sizes) > ALIAS_EXPANSION_BUDGET:
+            raise _AliasBudgetExceeded(
+                f"anchors and aliases expand it by more than {ALIAS_EXPANSION_BUDGET} values")
+        return total
+
+    if root is not None:
+        size(root)
+
+
+def safe_yaml(text: str, source: str = "config") -> Any:
+    """Parse YAML text with the safe loader and the alias budget; a problem is one ConfigError line
+    naming `source` (and the line, for a syntax error)."""
+    try:
+        return yaml.load(text, Loader=_BudgetLoader)  # noqa: S506 - a SafeLoader subclass
+    except _AliasBudgetExceeded as exc:
+        raise ConfigError(f"{source}: refused: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: refused: nested too deeply") from None
+
+
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply ``a.b.c=value`` to a raw config dict; the value is parsed as YAML (safely)."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value")
     key, value_text = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(value_text) if value_text else None
+        value = yaml.load(value_text, Loader=_BudgetLoader) if value_text else None  # noqa: S506
+    except _AliasBudgetExceeded as exc:
+        raise ConfigError(f"--set {key.strip()}: refused: {exc}") from None
     except yaml.YAMLError:
         value = value_text
     node: Any = raw
@@ -288,13 +356,10 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+        text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
+    raw = safe_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(raw).__name__}")
     return raw

@@ -25,7 +25,7 @@ from kd_engine.data.detection.builders import dataset_task
 from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
 from kd_engine.methods import METHODS
 from kd_engine.models import build_model, count_parameters
-from kd_engine.store import RunWriter
+from kd_engine.store import RunWriter, checkpoint_note
 from kd_engine.trainers import runtime
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
 from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, predict, spatial_attention
@@ -256,7 +256,7 @@ class _Loop:
         if not torch.isfinite(loss):
             bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
             raise NonFiniteLossError(f"non-finite loss ({', '.join(bad) or 'total'}) at epoch {epoch} "
-                                     f"step {self.global_step}; the last good checkpoint is kept")
+                                     f"step {self.global_step}; {checkpoint_note(self.run_dir)}")
         self._backward(out, loss)
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip)
