@@ -40,10 +40,10 @@ def disk_full_message(path: str | Path, needed: int | None = None) -> str:
     free = free_bytes(path)
     need = f"needs about {_mb(needed)}" if needed else "needs more space"
     have = f", {_mb(free)} free" if free is not None else ""
-    return f"{path}: no space left on device (the write {need}{have}); free some space, then resume the run"
+    return f"{path}: no space left on device (the write {need}{have}); free some space and try again"
 
 
-def ensure_space(path: str | Path, needed: int, margin: int = 1 * MB) -> None:
+def ensure_space(path: str | Path, needed: int, margin: int = MB // 4) -> None:
     """Refuse a write of `needed` bytes (plus a margin) that the filesystem cannot hold."""
     free = free_bytes(path)
     if free is not None and free < needed + margin:

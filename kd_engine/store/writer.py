@@ -25,7 +25,7 @@ from kd_engine.store.schema import (CORE_INSTANCE_COLUMNS, DB_NAME, SCHEMA_VERSI
 # leading dot (so neither "." nor ".."), nothing a shell or a URL would need to quote.
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RESERVE_NAME = ".space_reserve"
-RESERVE_BYTES = 1 * MB  # freed on a full disk, so the run can still record that it failed
+RESERVE_BYTES = MB // 4  # freed on a full disk, so the run can still record that it failed
 
 
 class RunExistsError(KDWError, FileExistsError):
