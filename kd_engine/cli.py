@@ -27,7 +27,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         resume = resolve_run(args.resume, args.runs_dir or "runs")
         require_unlocked(resume)  # at once, before data and models are built (the writer re-checks)
-        from kd_engine.trainers import train
+        from kd_engine.run import train
 
         run_dir = train(None, resume=resume)
     else:
@@ -49,7 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             print(run_search(cfg))
             return 0
-        from kd_engine.trainers import train
+        from kd_engine.run import train
 
         run_dir = train(cfg, run_id=args.run_id)
     if int(os.environ.get("RANK", "0")) == 0:
