@@ -89,6 +89,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     metric_cols = [c for c in ("test/student_acc", "test/teacher_acc", "test/student_mAP",
                                "test/teacher_mAP") if c in frame]
     shown = frame[["run_id", "status", "method", "dataset", "teacher", "student", *metric_cols]]
+    if frame["warning"].notna().any():  # e.g. finished at chance accuracy: say so in the listing
+        shown = shown.assign(warning=frame["warning"].fillna("").str.slice(0, 60))
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
@@ -105,6 +107,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"run       {run.run_id}  [{run.status()}]")
     if meta.get("error"):
         print(f"error     {meta['error']}")
+    if meta.get("warning"):
+        print(f"warning   {meta['warning']}")
     for key in ("method", "dataset", "teacher", "student", "weighting", "seed", "epochs", "device"):
         print(f"{key:<9} {meta.get(key)}")
     metrics = run.final_metrics()

@@ -118,6 +118,8 @@ def run_banner(run: Run) -> str:
                    "resumed while it lives; stop it first if it is stuck.")
     elif status == "stopped":
         st.info("This run was stopped; resume it from the Runs page.")
+    if meta.get("warning"):
+        st.warning(f"Warning: {meta['warning']}")
     return status
 
 

@@ -269,13 +269,13 @@ def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
             row.update(status=run.status(), name=meta.get("name"), method=meta.get("method"),
                        dataset=meta.get("dataset"), teacher=meta.get("teacher"),
                        student=meta.get("student"), created=meta.get("created"),
-                       error=meta.get("error"))
+                       error=meta.get("error"), warning=meta.get("warning"))
             for key, value in (meta.get("final_metrics") or {}).items():
                 row[key] = value
         except StoreError as exc:
             row.update(status="corrupt", error=str(exc))
         rows.append(row)
     columns = ["run_id", "status", "name", "method", "dataset", "teacher", "student", "created",
-               "error", "path"]
+               "error", "warning", "path"]
     frame = newest_first(rows, columns)
     return frame[columns + [c for c in frame.columns if c not in columns]]

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kd_engine.errors import ConfigError, KDWError
+from kd_engine.faults import fault_point
 from kd_engine.store.lock import RunLock, owner_record
 from kd_engine.store.space import MB, disk_full_error
 from kd_engine.store.tb_mirror import TensorBoardMirror
@@ -217,6 +218,8 @@ class RunWriter:
         rows = lengths.pop()
         with self._disk(rows * len(names) * 16), self._transaction():
             self.conn.executemany(f"INSERT INTO instances({quoted}) VALUES ({marks})", zip(*arrays))
+            fault_point("instances_txn")
+        fault_point("instances_commit")
         return rows
 
     def log_features(self, epoch: int, rows: list[tuple[str, str, str, float]]) -> None:
@@ -256,6 +259,80 @@ class RunWriter:
         self.save_artifact("instance_image_ids", np.asarray(ids), kind="images", dtype="int64")
 
     # -- resume -------------------------------------------------------------------------------
+    @classmethod
+    def reopen(cls, run_dir: str | Path, tensorboard: bool = True) -> "RunWriter":
+        """The writer of an existing run (a resume): the lock first, then a store that must still
+        be a run database with its metadata. An emptied or damaged store is one `StoreError`
+        line instead of a fresh store silently written over the lost records."""
+        from kd_engine.store.reader import StoreError
+
+        run_dir = Path(run_dir)
+        db = run_dir / DB_NAME
+        lock = RunLock.acquire(run_dir)
+        try:
+            if not db.is_file() or db.stat().st_size == 0:
+                raise StoreError(f"{db}: the run database is missing or empty; its records are lost, "
+                                 "so the run cannot be resumed")
+            try:
+                writer = cls(run_dir, tensorboard=tensorboard, lock=lock)
+                found = writer.conn.execute("SELECT COUNT(*) FROM meta WHERE key = 'run_id'").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{db}: unreadable run database ({exc}); the run cannot be resumed") from None
+        except BaseException:
+            lock.release()
+            raise
+        if not found:
+            writer.close()
+            raise StoreError(f"{db}: the run database has lost its metadata; the run cannot be resumed")
+        return writer
+
+    def stored_status(self) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'status'").fetchone()
+        try:
+            return json.loads(row[0]) if row else None
+        except ValueError:
+            return None
+
+    def epoch_counts(self, epoch: int) -> dict[str, int]:
+        """What the store holds for one epoch; a checkpoint keeps these counts so that a resume
+        can tell whether the store still has every epoch the checkpoint says is done."""
+        one = lambda sql: int(self.conn.execute(sql, (epoch,)).fetchone()[0])  # noqa: E731
+        return {"train": one("SELECT COUNT(*) FROM instances WHERE split = 'train' AND epoch = ?"),
+                "val": one("SELECT COUNT(*) FROM instances WHERE split = 'val' AND epoch = ?"),
+                # the final evaluation's test scalars are redone by a resume: not counted
+                "scalars": one("SELECT COUNT(*) FROM scalars WHERE epoch = ? AND key NOT LIKE 'test/%'"),
+                "features": one("SELECT COUNT(*) FROM features WHERE epoch = ?")}
+
+    def verify_records(self, expected: Mapping[int, Mapping[str, int]], done_epochs: int) -> None:
+        """Refuse (one `StoreError` line) a store that lost records of an epoch the checkpoint
+        counts as done: a truncated WAL, a restored older copy. `expected` holds the counts the
+        checkpoints recorded; without them (older checkpoints) every done epoch must at least
+        have scalars."""
+        from kd_engine.store.reader import StoreError
+
+        for epoch in range(done_epochs):
+            want = expected.get(epoch)
+            have = self.epoch_counts(epoch)
+            if want is None:
+                if not expected and have["scalars"] == 0:
+                    lost = "its scalars"
+                else:
+                    continue
+            else:
+                short = [f"{have[k]} of {n} {k} rows" for k, n in want.items() if have.get(k) != n]
+                if not short:
+                    continue
+                lost = ", ".join(short)
+            raise StoreError(f"{self.db_path}: the store lost records the checkpoint counts as committed "
+                             f"(epoch {epoch}: {lost}); the run is not resumed over the gap")
+
+    def truncate_final(self, epoch: int) -> None:
+        """Drop what an interrupted final evaluation wrote (test rows and test scalars), so that
+        finishing again records it once."""
+        with self._disk(), self._transaction():
+            self.conn.execute("DELETE FROM instances WHERE split = 'test' AND epoch = ?", (epoch,))
+            self.conn.execute("DELETE FROM scalars WHERE epoch = ? AND key LIKE 'test/%'", (epoch,))
+
     def truncate_from_epoch(self, epoch: int) -> None:
         """Drop what a killed run wrote for epochs it must redo, so each epoch is recorded once."""
         with self._disk(), self._transaction():

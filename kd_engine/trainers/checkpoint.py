@@ -12,10 +12,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kd_engine.errors import CheckpointError
+from kd_engine.faults import fault_point
 from kd_engine.store.space import disk_full_error, ensure_space
 
 
-def _atomic(path: Path, write, needed: int = 0) -> None:
+def _atomic(path: Path, write, needed: int = 0, fault: str | None = None) -> None:
     """Write through a temporary file of this process (two writers never share one) and rename.
     A write that cannot fit is refused before it starts, and a full disk met during the write
     is one `DiskFullError` line; either way the previous file stays as it was."""
@@ -30,6 +31,8 @@ def _atomic(path: Path, write, needed: int = 0) -> None:
         if error is exc:
             raise
         raise error from None
+    if fault:
+        fault_point(fault)
     os.replace(tmp, path)
 
 
@@ -88,7 +91,7 @@ def load_weights(model: nn.Module, path: str | Path, field: str = "checkpoint") 
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp), _nbytes(state))
+    _atomic(Path(path), lambda tmp: torch.save(state, tmp), _nbytes(state), fault="state_written")
 
 
 def load_state(path: Path) -> dict[str, Any]:
