@@ -13,7 +13,7 @@ import pytest
 from kd_engine.store import Run, RunWriter, StoreError, list_runs, open_run, resolve_run
 
 LIST_COLUMNS = ["run_id", "status", "name", "method", "dataset", "teacher", "student", "created",
-                "error", "path"]
+                "error", "warning", "path"]
 
 
 def make_run(runs_dir, run_id="r1", **meta):
