@@ -11,7 +11,7 @@ def check_names(cfg: ExperimentConfig) -> None:
     from kd_engine.losses.terms import LOSSES
     from kd_engine.methods import METHODS
     from kd_engine.models import MODELS
-    from kd_engine.trainers.optim import OPTIMIZERS
+    from kd_engine.optim import OPTIMIZERS
     from kd_engine.weighting import WEIGHTINGS
 
     DATASETS.get(cfg.data.name, field="data.name")

@@ -39,7 +39,7 @@ class DataConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    name: str = "sgd"  # a name in kd_engine.trainers.optim.OPTIMIZERS, checked when it is built
+    name: str = "sgd"  # a name in kd_engine.optim.OPTIMIZERS, checked when it is built
     lr: float = Field(0.05, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
@@ -113,6 +113,9 @@ class RecordConfig(_Strict):
     attention_maps: int = Field(16, ge=0)
     scalars_every: int = Field(1, gt=0)
     tensorboard: bool = True
+    # every N steps, grad_norm/<loss>: the L2 norm of each named loss's gradient with respect to
+    # the student's trainable parameters (one extra backward pass per loss; 0 = off)
+    grad_norms_every: int = Field(0, ge=0)
 
 
 class SearchConfig(_Strict):

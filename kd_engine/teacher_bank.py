@@ -289,6 +289,31 @@ class BankDistiller(nn.Module):
     def trainable_parameters(self):
         return self.inner.trainable_parameters()
 
+    # -- the trainer's other hooks go to the wrapped distiller (the teacher is the bank) ----------
+    def check_data(self, data) -> None:
+        self.inner.check_data(data)
+
+    def phases(self, task) -> list:
+        return self.inner.phases(task)
+
+    def evaluation_metrics(self, split: str, task) -> dict:
+        return self.inner.evaluation_metrics(split, task)
+
+    def epoch_metrics(self, task) -> dict:
+        return self.inner.epoch_metrics(task)
+
+    def reported_student(self):
+        return self.inner.reported_student()
+
+    def feature_pairs(self) -> list:
+        return []  # no teacher features: the bank stores logits only
+
+    def weighting_state(self) -> dict:
+        return self.inner.weighting_state()
+
+    def load_weighting_state(self, state: dict) -> None:
+        self.inner.load_weighting_state(state)
+
     def replay(self, x: torch.Tensor, ids: torch.Tensor):
         """This epoch's stored view of each image: (cropped x, stored logits, rows, views)."""
         rows = self.bank.rows(ids)

@@ -32,7 +32,7 @@ from kd_engine.store import RunWriter, checkpoint_note
 from kd_engine.tasks.base import Evaluation, Task
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
 from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, spatial_attention
-from kd_engine.trainers.optim import apply_warmup, build_optimizer, build_scheduler
+from kd_engine.optim import apply_warmup, build_optimizer, build_scheduler
 
 log = logging.getLogger("kdw")
 
@@ -260,6 +260,9 @@ class Trainer:
         for batch in self.task.batches(epoch, self.distiller.wants_ids):
             with self.autocast():
                 out = self.model(*batch.inputs, **batch.kwargs)
+            every = self.cfg.record.grad_norms_every
+            if every and self.ctx.is_main and self.global_step % every == 0:
+                self.writer.log_scalars(self.global_step, epoch, self._grad_norms(out))
             loss = self._optimize(out, epoch)
             if self.cfg.record.instances:
                 batch_rows = self.task.train_rows(out, batch, self.global_step, epoch)
@@ -301,6 +304,22 @@ class Trainer:
         self.optimizer.step()
         self.distiller.after_step(self.global_step, epoch)
         return loss
+
+    def _grad_norms(self, out) -> dict[str, float]:
+        """grad_norm/<loss>: the L2 norm of each named loss's gradient with respect to the
+        student's trainable parameters, from `torch.autograd.grad` on the retained graph, so the
+        optimizer step that follows sees exactly the gradients it would have seen (this process's
+        batch only, under DDP)."""
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        norms = {}
+        for name, value in out.losses.items():
+            if not value.requires_grad or not params:
+                norms[f"grad_norm/{name}"] = 0.0
+                continue
+            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+            squares = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+            norms[f"grad_norm/{name}"] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+        return norms
 
     def _backward(self, out, loss: torch.Tensor) -> None:
         """One backward pass, or, for an optimizer with separate gradient streams (DOT), the task
@@ -393,6 +412,13 @@ class Trainer:
         x, probe_ids = probe
         s_feats = layer_outputs(self.student, x, sorted({p.student for p in self.pairs}), self.autocast)
         t_feats = layer_outputs(self.teacher, x, sorted({p.teacher for p in self.pairs}), self.autocast)
+        silent = sorted({f"student {p.student}" for p in self.pairs if p.student not in s_feats}
+                        | {f"teacher {p.teacher}" for p in self.pairs if p.teacher not in t_feats})
+        if silent:  # a tap whose hook never fired: the layer is not on the forward path
+            self.writer.event(f"epoch {epoch}: feature taps fired no hook: {', '.join(silent)}", level="warning")
+            self.pairs = [p for p in self.pairs if p.student in s_feats and p.teacher in t_feats]
+            if not self.pairs:
+                return
         self.writer.log_features(epoch, disparity_rows(s_feats, t_feats, self.pairs))
         shown = min(len(probe_ids), self.cfg.record.attention_maps)
         ids = probe_ids[:shown]
