@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kd_engine.errors import ConfigError
+from kd_engine.yaml_load import AliasBudgetExceeded, BudgetLoader, safe_yaml  # noqa: F401 (re-exported)
 
 
 # Seeds reach NumPy (which takes 0 <= seed < 2**32) and torch generators (64-bit, after the
@@ -260,75 +261,14 @@ def _one_line(error: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source}: {message}{suffix}")
 
 
-# A config's YAML may share a value through an anchor (&x) and aliases (*x), but the document,
-# fully expanded, may not hold more than this many more nodes than it has written out: a
-# "billion laughs" file of 1 KB otherwise expands to gigabytes when the config is copied or saved.
-ALIAS_EXPANSION_BUDGET = 10_000
-
-
-class _BudgetLoader(yaml.SafeLoader):
-    """A SafeLoader that measures the document's expanded size before constructing anything."""
-
-    def compose_document(self):
-        node = super().compose_document()
-        _check_expansion(node)
-        return node
-
-
-class _AliasBudgetExceeded(yaml.YAMLError):
-    pass
-
-
-def _check_expansion(root: yaml.Node) -> None:
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in active:
-            raise _AliasBudgetExceeded("an alias refers to the mapping or list that contains it")
-        active.add(key)
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(child) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
-        active.discard(key)
-        sizes[key] = total
-        if total - len(sizes) > ALIAS_EXPANSION_BUDGET:
-            raise _AliasBudgetExceeded(
-                f"anchors and aliases expand it by more than {ALIAS_EXPANSION_BUDGET} values")
-        return total
-
-    if root is not None:
-        size(root)
-
-
-def safe_yaml(text: str, source: str = "config") -> Any:
-    """Parse YAML text with the safe loader and the alias budget; a problem is one ConfigError line
-    naming `source` (and the line, for a syntax error)."""
-    try:
-        return yaml.load(text, Loader=_BudgetLoader)  # noqa: S506 - a SafeLoader subclass
-    except _AliasBudgetExceeded as exc:
-        raise ConfigError(f"{source}: refused: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}: not valid YAML{where}") from None
-    except RecursionError:
-        raise ConfigError(f"{source}: refused: nested too deeply") from None
-
-
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply ``a.b.c=value`` to a raw config dict; the value is parsed as YAML (safely)."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value")
     key, value_text = assignment.split("=", 1)
     try:
-        value = yaml.load(value_text, Loader=_BudgetLoader) if value_text else None  # noqa: S506
-    except _AliasBudgetExceeded as exc:
+        value = yaml.load(value_text, Loader=BudgetLoader) if value_text else None  # noqa: S506
+    except AliasBudgetExceeded as exc:
         raise ConfigError(f"--set {key.strip()}: refused: {exc}") from None
     except yaml.YAMLError:
         value = value_text

@@ -116,7 +116,8 @@ class Run:
         return "not responding" if age > STALE_AFTER_S or age < -FUTURE_SLACK_S else "running"
 
     def config(self) -> dict[str, Any]:
-        from kd_engine.config import ConfigError, safe_yaml
+        from kd_engine.errors import ConfigError
+        from kd_engine.yaml_load import safe_yaml
 
         try:
             value = safe_yaml(self.meta().get("config") or "{}", f"{self.db_path}: stored config")
