@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -217,8 +216,10 @@ def test_yaml_alias_bomb_is_refused_in_one_line(tmp_path, capsys):
         safe_yaml("a: &x [1, *x]")
 
 
-@pytest.mark.parametrize("run_id", ["../escaped", "..", ".", "a/b", "/tmp/abs-run", ".hidden", "x" * 129])
+@pytest.mark.parametrize("run_id", ["../escaped", "..", ".", "a/b", "<absolute>", ".hidden", "x" * 129])
 def test_run_ids_must_be_plain_names(tmp_path, capsys, run_id):
+    if run_id == "<absolute>":
+        run_id = str(tmp_path / "outside" / "abs-run")
     from kd_engine.cli import main
     from kd_engine.config import ConfigError
     from kd_engine.store import RunWriter
@@ -236,7 +237,6 @@ def test_run_ids_must_be_plain_names(tmp_path, capsys, run_id):
         with pytest.raises(ConfigError, match="not a valid run id"):
             call()
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["tiny.yaml"]  # nothing was written
-    assert not (tmp_path / "inner" / "escaped").exists() and not Path("/tmp/abs-run").exists()
 
 
 def test_existing_run_id_and_huge_seed_are_one_line(tiny_run, tmp_path):
