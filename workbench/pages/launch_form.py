@@ -130,8 +130,7 @@ def render(base) -> None:
     overrides = [f"{path}={yaml.safe_dump(new, default_flow_style=True).strip().removesuffix('...').strip()}"
                  for path, (old, new) in defaults.items() if new != old]
     try:
-        shown = source if text == text_default else f"{source} (as edited)"
-        record = launcher.launch(text, source=shown, overrides=overrides, base=base)
+        record = launcher.launch(text, source=source, overrides=overrides, base=base)
     except ConfigError as exc:
         st.error(launcher.cli_error(exc))
         return
