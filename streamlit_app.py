@@ -14,9 +14,19 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+from kd_engine.host_check import allowed_hosts, host_allowed  # noqa: E402
 from workbench.launcher import runs_dir  # noqa: E402
 
 st.set_page_config(page_title="KD Workbench", page_icon=":material/science:", layout="wide")
+
+# DNS rebinding: answer only under loopback names, the served address, or names the user added
+# (server.allowedHosts). A session without a request (AppTest, bare mode) has no Host to check.
+_host = st.context.headers.get("Host") if st.context.headers else None
+if _host is not None and not host_allowed(
+        _host, allowed_hosts(st.get_option("server.address"), st.get_option("server.allowedHosts") or [])):
+    st.error(f"This dashboard does not answer to the host name {_host!r}. Open it under 127.0.0.1 or "
+             "localhost, or start it with `kdw dashboard --allow-host NAME`.")
+    st.stop()
 
 PAGES = [
     st.Page("workbench/pages/runs.py", title="Runs", icon=":material/directions_run:", default=True),

@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +20,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from kd_engine.config import load_config
 
     if args.resume:
-        if args.config or args.set:
-            raise KDWError("--resume takes the run's own config; do not pass CONFIG or --set")
+        if args.config or args.set or args.run_id:
+            raise KDWError("--resume takes the run's own config and id; do not pass CONFIG, --set or --run-id")
         from kd_engine.store import resolve_run
+        from kd_engine.store.lock import require_unlocked
+
+        resume = resolve_run(args.resume, args.runs_dir or "runs")
+        require_unlocked(resume)  # at once, before data and models are built (the writer re-checks)
         from kd_engine.run import train
 
-        run_dir = train(None, resume=resolve_run(args.resume, args.runs_dir or "runs"))
+        run_dir = train(None, resume=resume)
     else:
         if not args.config:
             raise KDWError("train: give a CONFIG file or --resume RUN")
@@ -34,6 +37,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.runs_dir:
             overrides.append(f"runs_dir={args.runs_dir}")
         cfg = load_config(args.config, overrides)  # before torch is imported: a typo fails at once
+        if args.run_id:
+            from kd_engine.store.schema import DB_NAME
+            from kd_engine.store.writer import RunExistsError, check_run_id, run_exists_message
+
+            run_dir = Path(cfg.runs_dir) / check_run_id(args.run_id, "--run-id")
+            if (run_dir / DB_NAME).exists():
+                raise RunExistsError(run_exists_message(run_dir))
         if cfg.search is not None:  # a search section: run (or resume) the search of trials
             from kd_engine.search import run_search
 
@@ -79,6 +89,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     metric_cols = [c for c in ("test/student_acc", "test/teacher_acc", "test/student_mAP",
                                "test/teacher_mAP") if c in frame]
     shown = frame[["run_id", "status", "method", "dataset", "teacher", "student", *metric_cols]]
+    if frame["warning"].notna().any():  # e.g. finished at chance accuracy: say so in the listing
+        shown = shown.assign(warning=frame["warning"].fillna("").str.slice(0, 60))
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
@@ -95,6 +107,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"run       {run.run_id}  [{run.status()}]")
     if meta.get("error"):
         print(f"error     {meta['error']}")
+    if meta.get("warning"):
+        print(f"warning   {meta['warning']}")
     for key in ("method", "dataset", "teacher", "student", "weighting", "seed", "epochs", "device"):
         print(f"{key:<9} {meta.get(key)}")
     metrics = run.final_metrics()
@@ -117,12 +131,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_stop(args: argparse.Namespace) -> int:
     from kd_engine.store import open_run
+    from kd_engine.store.control import stop_run
 
     run = open_run(args.run, args.runs_dir)
-    if run.status() != "running":
-        raise KDWError(f"run {run.run_id} is {run.status()}, not running")
-    os.kill(int(run.meta()["pid"]), signal.SIGTERM)
-    print(f"sent SIGTERM to run {run.run_id}")
+    status = run.status()
+    if status not in ("running", "not responding"):
+        raise KDWError(f"run {run.run_id} is {status}, not running")
+    print(stop_run(run))
     return 0
 
 
@@ -135,7 +150,12 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     # browser ourselves instead, unless --no-browser.
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
                "--server.port", str(args.port), "--server.headless", "true",
-               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+               "--server.enableXsrfProtection", "true"]
+    from kd_engine.host_check import allowed_hosts
+
+    for name in allowed_hosts(args.host, args.allow_host or []):  # DNS rebinding: see host_check
+        command += ["--server.allowedHosts", name]
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     print(f"KD Workbench dashboard: {url}  (runs: {env['KDW_RUNS_DIR']}; Ctrl-C to stop)", flush=True)
     has_screen = not sys.platform.startswith("linux") or any(
@@ -198,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: local only)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="also answer requests for this host name (e.g. behind a proxy); loopback names "
+                        "and the --host address always work")
     p.set_defaults(func=_cmd_dashboard)
 
     p = sub.add_parser("reproduce", help="execute notebooks and regenerate docs/results.md")
@@ -220,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe (`kdw show RUN | head`) is caught below
+        return code
+    except BrokenPipeError:
+        # The reader went away: say nothing more, and keep Python's exit-time flush quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KDWError as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

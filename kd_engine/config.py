@@ -17,6 +17,12 @@ from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field
                       field_validator, model_validator)
 
 from kd_engine.errors import ConfigError
+from kd_engine.yaml_load import AliasBudgetExceeded, BudgetLoader, safe_yaml  # noqa: F401 (re-exported)
+
+
+# Seeds reach NumPy (which takes 0 <= seed < 2**32) and torch generators (64-bit, after the
+# per-epoch arithmetic of the data order), so they are kept in NumPy's range.
+SEED_LIMIT = 2**32
 
 log = logging.getLogger("kdw")
 
@@ -79,7 +85,7 @@ class DataConfig(_Strict):
     root: str | None = None
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    split_seed: int | None = None
+    split_seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     image_size: int | None = Field(None, gt=0)
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(512, gt=0)
@@ -111,7 +117,7 @@ class TrainSettings(_Strict):
     epochs: Count = Field(20, gt=0)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     grad_clip: Real | None = Field(None, gt=0.0)
 
 
@@ -212,7 +218,7 @@ class TeacherBankConfig(_Strict):
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     method: str = "standard"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"
     epochs: Count = Field(10, gt=0)
@@ -322,7 +328,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: expected key=value")
     key, value_text = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(value_text) if value_text else None
+        value = yaml.load(value_text, Loader=BudgetLoader) if value_text else None  # noqa: S506
+    except AliasBudgetExceeded as exc:
+        raise ConfigError(f"--set {key.strip()}: refused: {exc}") from None
     except yaml.YAMLError:
         value = value_text
     node: Any = raw
@@ -352,13 +360,10 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+        text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
+    raw = safe_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(raw).__name__}")
     return raw

@@ -25,9 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kd_engine.config import FeaturePair
 from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
+from kd_engine.faults import fault_point
+from kd_engine.integrity import chance_warning
 from kd_engine.models import count_parameters
 from kd_engine.optim import apply_warmup, build_optimizer, build_scheduler
-from kd_engine.store import RunWriter
+from kd_engine.store import RunWriter, checkpoint_note
 from kd_engine.tasks.base import Evaluation, Task
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
 from kd_engine.trainers.probes import grad_norms, record_features
@@ -71,6 +73,7 @@ class Trainer:
         self.run_dir: Path | None = Path(resume) if resume is not None else None
         self.teacher_source = teacher_source
         self._last_val: dict[str, float] = {}
+        self._records: dict[int, dict[str, int]] = {}  # per done epoch: what the store holds
         self._open_store(resume, run_id)
 
     def _feature_pairs(self) -> list[FeaturePair]:
@@ -87,10 +90,45 @@ class Trainer:
         if resume is not None:
             state = load_state(self.run_dir / "checkpoints" / "state.pt")
             self._restore(state)
-            if self.start_epoch >= self.cfg.epochs:
-                raise KDWError(f"{self.run_dir}: the run already finished all {self.cfg.epochs} epochs")
         if not self.ctx.is_main:
             return
+        if resume is not None:
+            self._reopen_store()
+        try:
+            self._set_up_store(resume, run_id)
+        except BaseException as exc:  # a failure while setting up (e.g. a full disk) is a failed run
+            self._give_up(exc)
+            raise
+
+    def _reopen_store(self) -> None:
+        """Resume: take the run's writer lock, then check the store against the checkpoint. A run
+        whose last epoch is checkpointed but not finished resumes into its final evaluation."""
+        self.writer = RunWriter.reopen(self.run_dir, tensorboard=self.cfg.record.tensorboard)
+        try:
+            if self.start_epoch >= self.cfg.epochs and self.writer.stored_status() == "finished":
+                raise KDWError(f"{self.run_dir}: the run already finished all {self.cfg.epochs} epochs")
+            self.writer.verify_records(self._records, self.start_epoch)
+        except KDWError as exc:
+            if self.writer.stored_status() != "finished":
+                self.writer.set_status("failed", error=str(exc).splitlines()[0])
+            self.writer.close()
+            self.writer = None
+            raise
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Record a failure (or a stop) in the run's status and events, and close the store."""
+        if self.writer is None:
+            return
+        status = "stopped" if isinstance(exc, (StopRequested, KeyboardInterrupt)) else "failed"
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        try:
+            self.writer.set_status(status, error=None if status == "stopped" else message)
+            self.writer.event(message, level="error" if status == "failed" else "info")
+        finally:
+            writer, self.writer = self.writer, None
+            writer.close()
+
+    def _set_up_store(self, resume, run_id) -> None:
         cfg = self.cfg
         if resume is None:
             meta = {"method": cfg.method, "dataset": cfg.data.name, "student": _describe(cfg.student),
@@ -109,10 +147,13 @@ class Trainer:
             if extra:
                 self.writer.set_meta(**extra)
         else:
-            self.writer = RunWriter(self.run_dir, tensorboard=cfg.record.tensorboard)
             self.writer.truncate_from_epoch(self.start_epoch)
+            finishing = self.start_epoch >= cfg.epochs
+            if finishing:  # killed during the final evaluation: drop its partial records
+                self.writer.truncate_final(cfg.epochs - 1)
             self.writer.set_status("running")
-            self.writer.event(f"resumed at epoch {self.start_epoch}")
+            self.writer.event("resumed for the final evaluation" if finishing
+                              else f"resumed at epoch {self.start_epoch}")
         if self.teacher is not None and resume is None:
             save_weights(self.teacher, self.run_dir / "checkpoints" / "teacher.safetensors",
                          {"model": cfg.teacher.name, "params": cfg.teacher.params})
@@ -127,6 +168,10 @@ class Trainer:
         weighting = self.distiller.weighting_state()
         if weighting:
             state["weighting"] = weighting
+        # For the resume: the last validation (the final metrics start from it) and what the
+        # store held for each done epoch (a resume refuses a store that lost any of it).
+        state["last_val"] = {k: float(v) for k, v in self._last_val.items()}
+        state["records"] = self._records
         return state
 
     def _split_seed(self) -> int:
@@ -139,10 +184,14 @@ class Trainer:
         self.distiller.load_weighting_state(state.get("weighting", {}))
         torch.set_rng_state(state["torch_rng"])
         self.start_epoch, self.global_step = state["epoch"] + 1, state["global_step"]
+        self._last_val = dict(state.get("last_val", {}))
+        self._records = {int(k): dict(v) for k, v in state.get("records", {}).items()}
 
     def _checkpoint(self, epoch: int) -> None:
+        """The student's weights, then the training state: renaming state.pt into place is what
+        marks the epoch done, so everything of the epoch is on disk before it."""
         checkpoints = self.run_dir / "checkpoints"
-        save_state(checkpoints / "state.pt", self._state(epoch))
+        self._records[epoch] = self.writer.epoch_counts(epoch)
         name, module, spec = self.distiller.reported_student()
         spec = spec or self.cfg.student
         meta = {"model": spec.name, "params": spec.params, "epoch": epoch}
@@ -150,6 +199,7 @@ class Trainer:
             meta["member"] = name
         meta["data"] = {"name": self.cfg.data.name, "split_seed": self._split_seed()}
         save_weights(module, checkpoints / "student.safetensors", meta)
+        save_state(checkpoints / "state.pt", self._state(epoch))
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -166,13 +216,7 @@ class Trainer:
             if self.ctx.is_main:
                 self._finish()
         except BaseException as exc:
-            if self.writer is not None:
-                status = "stopped" if isinstance(exc, (StopRequested, KeyboardInterrupt)) else "failed"
-                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                self.writer.set_status(status, error=None if status == "stopped" else message)
-                self.writer.event(message, level="error" if status == "failed" else "info")
-                self.writer.close()
-                self.writer = None
+            self._give_up(exc)
             raise
         finally:
             if previous is not None:
@@ -245,7 +289,7 @@ class Trainer:
         if not torch.isfinite(out.total):
             bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
             raise NonFiniteLossError(f"non-finite loss ({', '.join(bad) or 'total'}) at {where}; "
-                                     "the last good checkpoint is kept")
+                                     f"{checkpoint_note(self.run_dir)}")
 
     def _clip(self, parameters) -> None:
         if self.cfg.grad_clip:
@@ -339,8 +383,9 @@ class Trainer:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(self.task.headline))
         log.info("%s epoch %d/%d %s", self.cfg.name, epoch + 1, self.cfg.epochs, shown)
         self._record_features(epoch)
+        self.writer.flush()  # the epoch's scalars are committed before the checkpoint says it is done
         self._checkpoint(epoch)
-        self.writer.flush()
+        fault_point("checkpointed")
         self.writer.heartbeat()
 
     def _record_features(self, epoch: int) -> None:
@@ -356,6 +401,7 @@ class Trainer:
         final = dict(self._last_val)
         if len(self.data.test):
             test = self._evaluate("test", self.cfg.epochs - 1, final=True)
+            fault_point("final_eval")
             self.writer.log_scalars(self.global_step, self.cfg.epochs - 1,
                                     {k: v for k, v in test.items() if k.startswith("test/")})
             final.update(test)
@@ -366,5 +412,10 @@ class Trainer:
         name, module, _ = self.distiller.reported_student()
         final["student_params"] = float(count_parameters(module))
         self.writer.set_meta(final_metrics=final, **({} if name is None else {"reported_student": name}))
+        warning = chance_warning(final, self.data.num_classes, len(self.data.test) or len(self.data.val))
+        if warning:
+            log.warning("%s: warning: %s", self.cfg.name, warning)
+            self.writer.event(warning, level="warning")
+        self.writer.set_meta(warning=warning)
         self.writer.set_status("finished")
         self.writer.event("finished" if name is None else f"finished; the reported student is {name}")

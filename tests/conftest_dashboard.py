@@ -165,15 +165,22 @@ def finished_dir(tmp_path_factory) -> Path:
     return base
 
 
+# Writers of the fixture runs that are "still training": a run is live while its writer holds
+# the run's lock, so the fixture keeps it open and a test appends rows through it.
+LIVE_WRITERS: dict[Path, RunWriter] = {}
+
+
 @pytest.fixture
-def running_dir(tmp_path) -> Path:
-    """One run still training: status running, this process's pid, a fresh heartbeat."""
+def running_dir(tmp_path):
+    """One run still training: status running, this process's pid, a fresh heartbeat, and its
+    writer (in LIVE_WRITERS) holding the run's lock."""
     base = tmp_path / "runs"
     run_dir = build_run(base, "20260101-000300-fixture_kd-live", status="running", epochs=2)
     writer = RunWriter(run_dir, tensorboard=False)
     writer.set_meta(pid=os.getpid(), heartbeat=time.time())
-    writer.close()
-    return base
+    LIVE_WRITERS[run_dir] = writer
+    yield base
+    LIVE_WRITERS.pop(run_dir).close()
 
 
 @pytest.fixture

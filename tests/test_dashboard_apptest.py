@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest_dashboard import (  # noqa: F401  (fixtures)
-    REPO, TEST_IDS, TRAIN_IDS, LockedRun, broken_dir, build_run, finished_dir, running_dir)
+    LIVE_WRITERS, REPO, TEST_IDS, TRAIN_IDS, LockedRun, broken_dir, build_run, finished_dir, running_dir)
 from kd_engine.store import RunWriter
 from workbench import launcher
 
@@ -267,11 +267,11 @@ def test_running_run_live_curves_read_only_new_rows(running_dir, monkeypatch):
     assert "still training" not in texts(at.info)  # Curves shows a live marker instead
     assert "live: refreshing" in texts(at.caption)
     before = len(titled(at, "train/task")["data"][-1]["x"])
-    writer = RunWriter(running_dir / run_id, tensorboard=False)
+    writer = LIVE_WRITERS[running_dir / run_id]  # the live trainer's writer (it holds the run)
     for step in range(20, 25):
         writer.log_scalars(step, 2, {"train/task": 0.01, "train/loss": 0.02})
+    writer.flush()
     writer.heartbeat()
-    writer.close()
     at.run()
     assert f"{run_id}: " in texts(at.caption) and "(+10 new)" in texts(at.caption)
     assert len(titled(at, "train/task")["data"][-1]["x"]) == before + 5

@@ -13,7 +13,7 @@ import pytest
 from kd_engine.store import Run, RunWriter, StoreError, list_runs, open_run, resolve_run
 
 LIST_COLUMNS = ["run_id", "status", "name", "method", "dataset", "teacher", "student", "created",
-                "error", "path"]
+                "error", "warning", "path"]
 
 
 def make_run(runs_dir, run_id="r1", **meta):
@@ -73,21 +73,22 @@ def test_newest_first_and_meta_columns(tmp_path):
     frame = list_runs(tmp_path)
     assert frame.run_id.tolist() == ["second", "first"]
     assert frame.method.tolist() == ["scratch", "standard"]
-    assert frame.status.tolist() == ["running", "running"]  # this (live) process wrote them
+    # closed writers left status "running": nobody holds the runs' writer locks, so they are stale
+    assert frame.status.tolist() == ["stale", "stale"]
 
 
 # -- status ---------------------------------------------------------------------------------------
 def test_stale_detection(tmp_path):
+    # Stale means that no process holds the run's writer lock (kd_engine.store.lock); a live
+    # writer whose heartbeat is late or in the future is "not responding", never stale.
     writer = make_run(tmp_path)
     run = open_run("r1", tmp_path)
-    assert run.status() == "running"  # fresh heartbeat, live pid (ours)
+    assert run.status() == "running"  # fresh heartbeat, lock held (by us)
     writer.set_meta(heartbeat=time.time() - 3600, pid=dead_pid())
-    assert run.status() == "stale"
-    assert list_runs(tmp_path).status.tolist() == ["stale"]
-    writer.set_meta(heartbeat=time.time(), pid=dead_pid())
-    assert run.status() == "stale"  # the trainer died a moment ago
-    writer.set_meta(heartbeat=time.time() - 3600, pid=os.getpid())
-    assert run.status() == "stale"  # alive but silent for an hour
+    assert run.status() == "not responding"
+    assert list_runs(tmp_path).status.tolist() == ["not responding"]
+    writer.set_meta(heartbeat=time.time() + 86400)
+    assert run.status() == "not responding"  # a heartbeat in the future is suspect
     writer.set_meta(heartbeat=time.time(), pid=os.getpid())
     assert run.status() == "running"
     for status in ("finished", "failed", "stopped"):
@@ -95,7 +96,9 @@ def test_stale_detection(tmp_path):
         writer.set_meta(heartbeat=0, pid=dead_pid())
         assert run.status() == status  # only running runs can go stale
     assert run.meta()["error"] is None
-    writer.close()
+    writer.set_status("running")
+    writer.close()  # the lock is free: however fresh the heartbeat, the run is stale
+    assert run.status() == "stale"
 
 
 def test_a_new_store_is_starting_until_its_metadata_lands(tmp_path, monkeypatch):

@@ -20,9 +20,11 @@ from kd_engine.store import Run, StoreError, list_runs, open_run
 from workbench import launcher
 
 STATUS_ICON = {"running": "●", "finished": "✓", "failed": "✗", "stale": "⚠", "stopped": "■",
-               "corrupt": "✗", "locked": "⊘", "starting": "…"}
+               "corrupt": "✗", "locked": "⊘", "starting": "…", "not responding": "◌"}
 RUN_KEY = "kdw_run"
-LIVE_STATUSES = ("running", "starting")  # a run in either state is still going to write rows
+# A run in any of these states may still write rows; "not responding" is a live trainer (it holds
+# the run's writer lock) whose heartbeat is late, e.g. a paused process.
+LIVE_STATUSES = ("running", "starting", "not responding")
 
 
 def runs_dir() -> Path:
@@ -108,10 +110,16 @@ def run_banner(run: Run) -> str:
     elif status == "failed":
         st.error(f"This run failed: {meta.get('error') or 'no error recorded'}")
     elif status == "stale":
-        st.warning("This run stopped sending heartbeats (killed, or its machine is gone). "
-                   "Resume it from the Runs page.")
+        st.warning("This run stopped sending heartbeats and no trainer holds it any more (killed, "
+                   "or its machine is gone). Resume it from the Runs page.")
+    elif status == "not responding":
+        st.warning("This run's trainer is alive (it holds the run) but has not sent a heartbeat "
+                   "recently (paused or overloaded), or its heartbeat lies in the future. It cannot be "
+                   "resumed while it lives; stop it first if it is stuck.")
     elif status == "stopped":
         st.info("This run was stopped; resume it from the Runs page.")
+    if meta.get("warning"):
+        st.warning(f"Warning: {meta['warning']}")
     return status
 
 

@@ -19,11 +19,13 @@ from typing import Any
 import yaml
 
 from kd_engine.checks import check_names
-from kd_engine.config import ExperimentConfig, apply_override, validate
+from kd_engine.config import ExperimentConfig, apply_override, safe_yaml, validate
 from kd_engine.errors import ConfigError, KDWError
 from kd_engine.search.read import open_search
 from kd_engine.store import new_run_id
+from kd_engine.store.lock import process_start_time, require_unlocked
 from kd_engine.store.schema import DB_NAME
+from kd_engine.store.writer import check_run_id
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_DIR = "_launches"
@@ -39,13 +41,8 @@ def shipped_configs(root: Path = REPO) -> list[Path]:
 
 
 def parse_yaml(text: str, source: str = "config") -> dict[str, Any]:
-    """YAML text to a raw config, with the CLI's one-line messages (`load_raw`)."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    """YAML text to a raw config, with the CLI's one-line messages and alias budget (`load_raw`)."""
+    raw = safe_yaml(text, source)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of config keys, got {type(raw).__name__}")
     return raw
@@ -82,7 +79,8 @@ def _spawn(command: list[str], base: Path, run_id: str, kind: str, config: str |
         log.flush()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=REPO, env=env, start_new_session=True)
-    record = {"run_id": run_id, "pid": proc.pid, "kind": kind, "started": time.time(),
+    record = {"run_id": run_id, "pid": proc.pid, "start_time": process_start_time(proc.pid),
+              "kind": kind, "started": time.time(),
               "log": str(log_path), "config": config, "command": command}
     (records / f"{run_id}.json").write_text(json.dumps(record))
     return record
@@ -94,7 +92,7 @@ def launch(text: str, source: str = "config", overrides: list[str] | None = None
     the search when the config has a search section and names none)."""
     base = Path(base or runs_dir()).resolve()
     raw, cfg = prepare(text, source, overrides)
-    run_id = run_id or new_run_id(cfg.name)
+    run_id = check_run_id(run_id or new_run_id(cfg.name))
     kind = "train" if cfg.search is None else "search"
     if kind == "search" and cfg.search.id is None:  # so the launch can be found among the searches
         raw["search"] = {**(raw.get("search") or {}), "id": run_id}
@@ -106,9 +104,15 @@ def launch(text: str, source: str = "config", overrides: list[str] | None = None
 
 
 def resume(run_id: str, base: Path | None = None) -> dict:
+    """Start `kdw train --resume`; refused while a trainer still holds the run's writer lock
+    (a paused or slow trainer included), and for a run that has nothing to resume from."""
     base = Path(base or runs_dir()).resolve()
+    check_run_id(run_id)
     if not (base / run_id / DB_NAME).is_file():
         raise KDWError(f"run {run_id!r}: not found under {base}")
+    require_unlocked(base / run_id)
+    if not (base / run_id / "checkpoints" / "state.pt").is_file():
+        raise KDWError(f"run {run_id}: no checkpoint to resume from (it ended before its first epoch did)")
     command = [sys.executable, "-m", "kd_engine.cli", "train", "--resume", str(base / run_id),
                "--runs-dir", str(base)]
     return _spawn(command, base, run_id, "resume", None)
@@ -117,6 +121,7 @@ def resume(run_id: str, base: Path | None = None) -> dict:
 def stop(run_id: str, base: Path | None = None) -> str:
     """SIGTERM through `kdw stop` once the run has a store; before that, to the launch itself."""
     base = Path(base or runs_dir()).resolve()
+    check_run_id(run_id)
     if (base / run_id / DB_NAME).is_file():
         done = subprocess.run([sys.executable, "-m", "kd_engine.cli", "stop", run_id, "--runs-dir",
                                str(base)], capture_output=True, text=True, cwd=REPO, timeout=60)
@@ -126,6 +131,9 @@ def stop(run_id: str, base: Path | None = None) -> str:
     record = read_record(run_id, base)
     if record is None or not pid_alive(record["pid"]):
         raise KDWError(f"run {run_id} is not running")
+    recorded, now = record.get("start_time"), process_start_time(int(record["pid"]))
+    if recorded != now:  # the pid now names another process (reused); None == None off Linux
+        raise KDWError(f"launch {run_id}: pid {record['pid']} is no longer this launch's process; not signalled")
     os.killpg(int(record["pid"]), signal.SIGTERM)
     return f"sent SIGTERM to launch {run_id}"
 

@@ -4,6 +4,7 @@
 `RunWriter` is the trainer's side.
 """
 from kd_engine.store.reader import Run, StoreError, list_runs, open_run, resolve_run
-from kd_engine.store.writer import RunWriter, new_run_id
+from kd_engine.store.writer import RunWriter, checkpoint_note, new_run_id
 
-__all__ = ["Run", "RunWriter", "StoreError", "list_runs", "new_run_id", "open_run", "resolve_run"]
+__all__ = ["Run", "RunWriter", "StoreError", "checkpoint_note", "list_runs", "new_run_id", "open_run",
+           "resolve_run"]

@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 
 from kd_engine.errors import KDWError
+from kd_engine.store.lock import is_locked
 from kd_engine.store.schema import DB_NAME
 
 STALE_AFTER_S = 60.0
+FUTURE_SLACK_S = 300.0  # clocks of two machines sharing a runs directory may differ a little
 
 
 class StoreError(KDWError):
@@ -33,6 +35,10 @@ def _pid_alive(pid: Any) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Run:
@@ -64,26 +70,62 @@ class Run:
 
     # -- metadata -----------------------------------------------------------------------------
     def meta(self, refresh: bool = True) -> dict[str, Any]:
+        """The run's metadata; a value that does not parse is a one-line `StoreError`, so one
+        damaged run never takes a listing of the others down with it."""
         if self._meta is None or refresh:
             frame = self._query("SELECT key, value FROM meta")
-            self._meta = {key: json.loads(value) for key, value in zip(frame.key, frame.value)}
+            meta = {}
+            for key, value in zip(frame.key, frame.value):
+                try:
+                    meta[key] = json.loads(value)
+                except (TypeError, ValueError):
+                    raise StoreError(f"{self.db_path}: metadata {key!r} is not valid JSON "
+                                     f"({str(value)[:40]!r})") from None
+            for key in ("heartbeat", "created", "updated"):
+                if meta.get(key) is not None and not _is_number(meta[key]):
+                    raise StoreError(f"{self.db_path}: metadata {key!r} is not a number "
+                                     f"({str(meta[key])[:40]!r})")
+            if not isinstance(meta.get("status", ""), str):
+                raise StoreError(f"{self.db_path}: metadata 'status' is not a text ({meta['status']!r:.40})")
+            if not isinstance(meta.get("final_metrics") or {}, dict):
+                raise StoreError(f"{self.db_path}: metadata 'final_metrics' is not a mapping")
+            self._meta = meta
         return self._meta
 
     def status(self) -> str:
-        """running / finished / failed / stopped, stale when a running trainer went silent, or
-        starting while a new store has its tables but not yet its metadata."""
+        """running / finished / failed / stopped / starting (a new store without its metadata
+        yet), or, for a run whose stored status says running:
+
+        - ``stale``: no process holds the run's writer lock (killed, or its machine is gone);
+          only then may it be resumed;
+        - ``not responding``: a live trainer holds the lock but its heartbeat is older than
+          STALE_AFTER_S (paused, swapping) or lies in the future (a wrong clock or a crafted
+          store); it is still the run's writer, so it is never offered for resuming.
+        """
         meta = self.meta()
         status = meta.get("status", "starting")
-        if status == "running":
+        if status != "running":
+            return status
+        locked = is_locked(self.run_dir)
+        if locked is None:  # no OS file locks here: fall back to the heartbeat and the pid
             age = time.time() - float(meta.get("heartbeat") or 0)
-            if age > STALE_AFTER_S or not _pid_alive(meta.get("pid")):
-                return "stale"
-        return status
+            return "stale" if age > STALE_AFTER_S or not _pid_alive(meta.get("pid")) else "running"
+        if not locked:
+            return "stale"
+        age = time.time() - float(meta.get("heartbeat") or 0)
+        return "not responding" if age > STALE_AFTER_S or age < -FUTURE_SLACK_S else "running"
 
     def config(self) -> dict[str, Any]:
-        import yaml
+        from kd_engine.errors import ConfigError
+        from kd_engine.yaml_load import safe_yaml
 
-        return yaml.safe_load(self.meta().get("config") or "{}") or {}
+        try:
+            value = safe_yaml(self.meta().get("config") or "{}", f"{self.db_path}: stored config")
+        except ConfigError as exc:
+            raise StoreError(str(exc)) from None
+        if not isinstance(value or {}, dict):
+            raise StoreError(f"{self.db_path}: stored config is not a mapping")
+        return value or {}
 
     def final_metrics(self) -> dict[str, float]:
         return dict(self.meta().get("final_metrics") or {})
@@ -228,13 +270,13 @@ def list_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
             row.update(status=run.status(), name=meta.get("name"), method=meta.get("method"),
                        dataset=meta.get("dataset"), teacher=meta.get("teacher"),
                        student=meta.get("student"), created=meta.get("created"),
-                       error=meta.get("error"))
+                       error=meta.get("error"), warning=meta.get("warning"))
             for key, value in (meta.get("final_metrics") or {}).items():
                 row[key] = value
         except StoreError as exc:
             row.update(status="corrupt", error=str(exc))
         rows.append(row)
     columns = ["run_id", "status", "name", "method", "dataset", "teacher", "student", "created",
-               "error", "path"]
+               "error", "warning", "path"]
     frame = newest_first(rows, columns)
     return frame[columns + [c for c in frame.columns if c not in columns]]

@@ -12,19 +12,45 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kd_engine.errors import CheckpointError
+from kd_engine.faults import fault_point
+from kd_engine.store.space import disk_full_error, ensure_space
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, needed: int = 0, fault: str | None = None) -> None:
+    """Write through a temporary file of this process (two writers never share one) and rename.
+    A write that cannot fit is refused before it starts, and a full disk met during the write
+    is one `DiskFullError` line; either way the previous file stays as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
+    ensure_space(path.parent, needed)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+    except Exception as exc:
+        error = disk_full_error(exc, path, needed)  # asks the filesystem before the tmp is removed
+        tmp.unlink(missing_ok=True)
+        if error is exc:
+            raise
+        raise error from None
+    if fault:
+        fault_point(fault)
     os.replace(tmp, path)
+
+
+def _nbytes(value: Any) -> int:
+    """The tensor bytes in a (nested) state: what torch.save or safetensors will write, roughly."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 16
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, Any] | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"kdw": json.dumps(metadata or {})}
-    _atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    _atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta), _nbytes(tensors))
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -65,7 +91,7 @@ def load_weights(model: nn.Module, path: str | Path, field: str = "checkpoint") 
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    _atomic(Path(path), lambda tmp: torch.save(state, tmp), _nbytes(state), fault="state_written")
 
 
 def load_state(path: Path) -> dict[str, Any]:

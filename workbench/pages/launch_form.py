@@ -10,7 +10,7 @@ import streamlit as st
 import yaml
 from pydantic import BaseModel
 
-from kd_engine.config import ExperimentConfig
+from kd_engine.config import ExperimentConfig, safe_yaml
 from kd_engine.errors import ConfigError
 from workbench import launcher
 
@@ -96,7 +96,7 @@ def _widget(path: str, kind: tuple[str, Any], value: Any, key: str) -> Any:
         return float(st.number_input(label, value=float(value), format="%g", key=key))
     text = st.text_input(label, value="" if value is None else yaml.safe_dump(value).strip().removesuffix("..."),
                          key=key, help="YAML value; empty means null")
-    return None if text.strip() == "" else yaml.safe_load(text)
+    return None if text.strip() == "" else safe_yaml(text, path)
 
 
 def render(base) -> None:

@@ -34,7 +34,13 @@ CLIP_TOLERANCE = 1.0
 
 
 def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite number; an integer too large for a float (JSON allows any length) is not one."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _int(v: Any) -> bool:
@@ -55,6 +61,8 @@ class _Checker:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             self.fail(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")
+        except ValueError as e:  # e.g. an integer longer than Python's digit limit
+            self.fail(f"not readable JSON ({str(e).splitlines()[0]})")
         except UnicodeDecodeError:
             self.fail("not valid JSON (not UTF-8 text)")
         if not isinstance(data, dict):
