@@ -130,6 +130,9 @@ def test_nst_pools_the_larger_map_and_is_scale_invariant():
     assert nst(5.0 * s, 0.1 * t).item() == pytest.approx(nst(s, t).item(), abs=1e-12)
     assert nst(t, t).item() == pytest.approx(0.0, abs=1e-12)
     assert nst(s, t).item() > 1e-3
+    flat_s, flat_t = s.flatten(2), block_mean(t.numpy(), 1).reshape(2, 5, 4)
+    assert nst(flat_s[:, :, :4], torch.from_numpy(flat_t)).item() == pytest.approx(
+        ref_nst(flat_s[:, :, :4].numpy()[..., None], flat_t[..., None]), abs=1e-12)  # (B, C, L) maps too
 
 
 # ------------------------------------------------------------------ CC

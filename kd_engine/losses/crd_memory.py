@@ -20,7 +20,7 @@ from torch import nn
 
 from kd_engine.errors import ConfigError
 
-from .learned import crd
+from .learned import contrast_scores, crd
 from .term_modules import ModuleTerm, TermBatch, TermSetup
 
 
@@ -44,7 +44,8 @@ class CRDTerm(ModuleTerm):
     ±1/√(d/3); the NCE normalising constants Z are fixed from the first training batch
     (Z = mean score · N). Negatives are drawn uniformly from the other instances. Layers default
     to each model's embedding layer (features are flattened). Memories, Z and the heads are
-    buffers/parameters of this module, so they resume with the run."""
+    buffers/parameters of this module, so they resume with the run. Under several processes
+    (DDP) each keeps and updates its own memory from its own batches; they are not synchronised."""
 
     wants_ids = True
 
@@ -98,13 +99,13 @@ class CRDTerm(ModuleTerm):
         n = len(self.ids)
         if bool((self.z < 0).any()):
             with torch.no_grad():
-                score_s = torch.exp(torch.bmm(mem_t, f_s.unsqueeze(2)) / self.temperature).mean()
-                score_t = torch.exp(torch.bmm(mem_s, f_t.unsqueeze(2)) / self.temperature).mean()
+                score_s = contrast_scores(mem_t, f_s, self.temperature).mean()
+                score_t = contrast_scores(mem_s, f_t, self.temperature).mean()
                 self.z.copy_(torch.stack([score_s, score_t]) * n)
         loss = crd(f_s, f_t, mem_s, mem_t, self.z[0], self.z[1], n, self.temperature, reduction="none")
         if self.training:
             with torch.no_grad():
                 for memory, fresh in ((self.memory_student, f_s), (self.memory_teacher, f_t)):
-                    mixed = memory[rows] * self.momentum + fresh.detach() * (1.0 - self.momentum)
+                    mixed = memory[rows] * self.momentum + fresh.detach().float() * (1.0 - self.momentum)
                     memory[rows] = F.normalize(mixed, dim=1)
         return loss

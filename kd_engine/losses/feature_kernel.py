@@ -15,20 +15,26 @@ from annotated_types import Ge, Gt
 from ._reduce import check_reduction, reduce
 
 
-def pool_to_common(student: torch.Tensor, teacher: torch.Tensor, name: str):
-    """Average-pool whichever (B, C, H, W) map is larger, per spatial dimension, to the other's size.
+_POOLS = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 
-    Adaptive average pooling is exact when one size divides the other and a fair average
-    otherwise; the teacher is detached (it is a target)."""
-    if student.dim() != 4 or teacher.dim() != 4 or student.size(0) != teacher.size(0):
+
+def pool_to_common(student: torch.Tensor, teacher: torch.Tensor, name: str):
+    """Average-pool whichever (B, C, *spatial) map is larger, per spatial dimension, to the other's size.
+
+    Usually (B, C, H, W); one to three spatial dimensions are accepted. Adaptive average pooling is
+    exact when one size divides the other and a fair average otherwise; the teacher is detached
+    (it is a target)."""
+    if (student.dim() != teacher.dim() or student.dim() not in (3, 4, 5)
+            or student.size(0) != teacher.size(0)):
         raise ValueError(f"{name} needs (B, C, H, W) maps with the same batch size; got student "
                          f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}")
-    size = (min(student.size(2), teacher.size(2)), min(student.size(3), teacher.size(3)))
+    size = tuple(min(a, b) for a, b in zip(student.shape[2:], teacher.shape[2:]))
+    pool = _POOLS[len(size)]
     teacher = teacher.detach()
     if tuple(student.shape[2:]) != size:
-        student = F.adaptive_avg_pool2d(student, size)
+        student = pool(student, size)
     if tuple(teacher.shape[2:]) != size:
-        teacher = F.adaptive_avg_pool2d(teacher, size)
+        teacher = pool(teacher, size)
     return student, teacher
 
 
@@ -91,7 +97,8 @@ def kdsvd(student_features: Sequence[torch.Tensor], teacher_features: Sequence[t
     G[l, c, c'] = exp(−(v_a,l[c] − v_b,l[c'])² / σ) between the l-th vectors (σ = 8). Per sample:
     Σ over consecutive pairs of Σ (G_S − G_T)². Student and teacher need the same channel count
     at each point (spatial sizes may differ). Gradients through the SVD are unstable when two
-    singular values coincide; non-finite entries are dropped (set to 0), as in the authors' code.
+    singular values coincide; non-finite entries are set to 0, so one degenerate sample does not
+    poison the batch.
 
     Variant: no singular-value weighting of the vectors (with the default k = 1 it would be a
     no-op) and sign fixing by the spatial partner rather than by matching to the teacher.

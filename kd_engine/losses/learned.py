@@ -52,7 +52,7 @@ def ofd_margin(bn_mean: torch.Tensor, bn_std: torch.Tensor) -> torch.Tensor:
 
     The teacher's pre-ReLU response is modelled by its BatchNorm's output distribution (μ = β,
     σ = |γ|). m = μ − σ·φ(μ/σ) / Φ(−μ/σ); where Φ(−μ/σ) < 10⁻³ (almost no negative mass) the
-    paper's fallback m = −3σ is used."""
+    authors' fallback m = −3σ is used."""
     std = bn_std.abs().clamp_min(1e-12)
     z = bn_mean / std
     normal = torch.distributions.Normal(torch.zeros_like(z), torch.ones_like(z))
@@ -133,6 +133,14 @@ def nce(scores, n_data: Annotated[int, Ge(1)], reduction: str = "mean", eps: flo
     return reduce(-(log_pos + log_neg), reduction)
 
 
+def contrast_scores(memory_rows: torch.Tensor, anchor: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, 1 + K) unnormalised scores exp(⟨memory row, anchor⟩ / τ), in float32 even under autocast:
+    with τ = 0.07 the exponent reaches ±14, too coarse for bf16 and beyond fp16's range."""
+    with torch.autocast(device_type=anchor.device.type, enabled=False):
+        dots = torch.bmm(memory_rows.float(), anchor.float().unsqueeze(2)).squeeze(2)
+        return torch.exp(dots / temperature)
+
+
 def crd(student_embed, teacher_embed, student_contrast, teacher_contrast, z_student, z_teacher,
         n_data: Annotated[int, Ge(1)], temperature: Annotated[float, Gt(0)] = 0.07,
         reduction: str = "mean"):
@@ -148,10 +156,9 @@ def crd(student_embed, teacher_embed, student_contrast, teacher_contrast, z_stud
     only through the memory; its own head is trained by the second direction, as in the paper.
     """
     check_reduction(reduction)
-    anchor_s = torch.exp(torch.bmm(teacher_contrast, student_embed.unsqueeze(2)).squeeze(2) / temperature)
-    anchor_t = torch.exp(torch.bmm(student_contrast, teacher_embed.unsqueeze(2)).squeeze(2) / temperature)
-    return reduce(nce(anchor_s / z_student, n_data, "none") + nce(anchor_t / z_teacher, n_data, "none"),
-                  reduction)
+    anchor_s = contrast_scores(teacher_contrast, student_embed, temperature) / z_student
+    anchor_t = contrast_scores(student_contrast, teacher_embed, temperature) / z_teacher
+    return reduce(nce(anchor_s, n_data, "none") + nce(anchor_t, n_data, "none"), reduction)
 
 
 for _fn in (vid, ofd, hcl, nce, crd):

@@ -98,8 +98,8 @@ def _single_map(setup: TermSetup) -> tuple[list[str], list[str], tuple, tuple]:
 
 
 class VIDTerm(ModuleTerm):
-    """VID's learnable parts: the mean regressor μ(s) (three 1×1 convs with ReLUs between, as in
-    the paper) and one variance per teacher channel, σ_c² = softplus(α_c) + ε, starting at
+    """VID's learnable parts: the mean regressor μ(s) (three 1×1 convs with ReLUs between) and
+    one variance per teacher channel, σ_c² = softplus(α_c) + ε, starting at
     ``init_variance``. The larger spatial map is average-pooled to the smaller first."""
 
     def __init__(self, setup: TermSetup, mid_channels: Annotated[int, Ge(0)] = 0,

@@ -18,10 +18,10 @@
 #
 # **Weights.** Where the loss here has the scale of the common CIFAR-100 re-implementations, their
 # weight is used (AT 1000, FitNet 100, NST 50, SP 3000, PKT 30000, VID 1, RKD 1 with its inner
-# 25/50, CRD 0.8, ReviewKD 1, DKD α 1 β 8, OFD 10⁻³ on its summed partial L2). CC here is the
-# paper's Gaussian-RBF form, whose scale differs from the bilinear form those weights were set for;
-# its weight (100) is this notebook's choice, not a tuned value. Logit standardisation (Sun et al.,
-# CVPR 2024) is KD on z-scored logits at T = 2 with weight 9, the paper's CIFAR setting as we read it.
+# 25/50, CRD 0.8, ReviewKD 1, DKD α 1 β 8). The others are this notebook's choices, not tuned
+# values: OFD 10⁻³ (its partial L2 is a sum over all elements of a map), CC 100 (here the
+# paper's Gaussian-RBF form, whose scale differs from the bilinear form the common weight was set
+# for), and KD on standardised logits (Sun et al., CVPR 2024) at T = 2 with weight 9.
 # KDSVD is left out: it needs equal channel counts at each tapped point, and this pair's widths
 # differ fourfold.
 #
