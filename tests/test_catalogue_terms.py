@@ -71,6 +71,15 @@ def test_kdsvd_and_reviewkd_read_several_layers(tmp_path):
         distiller(tmp_path, {"loss": "reviewkd", "student_layer": "layer1,layer2", "teacher_layer": "layer2,layer3"})
 
 
+def test_a_bad_module_parameter_is_one_config_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"distill.terms.0.params: invalid value for loss vid"):
+        distiller(tmp_path, {"loss": "vid", "student_layer": "layer2", "teacher_layer": "layer2",
+                             "params": {"mid_channels": "wide"}})
+    with pytest.raises(ConfigError, match="init_variance must exceed eps"):
+        distiller(tmp_path, {"loss": "vid", "student_layer": "layer2", "teacher_layer": "layer2",
+                             "params": {"init_variance": 1e-6}})
+
+
 def test_maps_kind_checks_shapes_at_build_time(tmp_path):
     model = distiller(tmp_path, {"loss": "nst", "student_layer": "layer1", "teacher_layer": "layer3"})
     assert step(model).per_sample["term_nst"].shape == (8,)

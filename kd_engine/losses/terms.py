@@ -59,8 +59,14 @@ class TermSpec:
                               f"{s_shape} and {t_shape}")
 
     def build_module(self, setup: TermSetup, params: dict[str, Any]):
-        """The owned module of a ``module`` term (``None`` for the other kinds)."""
-        return self.fn(setup, **params) if self.inputs == "module" else None
+        """The owned module of a ``module`` term (``None`` for the other kinds); a parameter value
+        the module cannot use is one ConfigError line naming the term's params."""
+        if self.inputs != "module":
+            return None
+        try:
+            return self.fn(setup, **params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{setup.field}.params: invalid value for loss {setup.loss}: {exc}") from None
 
 
 LOSSES: Registry[TermSpec] = Registry("distillation loss")
