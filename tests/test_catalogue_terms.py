@@ -116,6 +116,7 @@ def test_crd_memory_keyed_by_instance_ids(tmp_path):
     assert distiller(tmp_path, {"loss": "crd"}).terms[0].adapter.negatives == n - 1  # at most N − 1
 
 
+@pytest.mark.slow
 def test_crd_and_reviewkd_train_end_to_end_and_record_each_instance(tmp_path, make_raw):
     from kd_engine.store import open_run
     from kd_engine.trainers.loop import train

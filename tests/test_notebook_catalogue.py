@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 ARMS = {"ce", "kd", "kd_standardized", "dkd", "dist", "cs", "at", "fitnet", "nst", "sp", "pkt", "cc", "rkd",
         "vid", "ofd", "crd", "reviewkd"}
 
 
+@pytest.mark.slow  # 17 arms: about 3 minutes on the shared 2-core machine
 def test_catalogue_smoke(smoke_results):
     payload = smoke_results("catalogue")
     rows = payload["rows"]
