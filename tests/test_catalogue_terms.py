@@ -132,3 +132,18 @@ def test_crd_and_reviewkd_train_end_to_end_and_record_each_instance(tmp_path, ma
         assert frame[column].notna().all() and (frame[column] != 0).any()
     state = torch.load(run_dir / "checkpoints" / "state.pt", map_location="cpu", weights_only=True)
     assert "terms.1.adapter.memory_teacher" in state["distiller"]
+
+
+def test_owned_modules_resume_from_the_distiller_state(tmp_path):
+    """What the loop checkpoints (the distiller's state minus the teacher) restores memory, Z and heads."""
+    term = {"loss": "crd", "params": {"negatives": 16, "feat_dim": 8}}
+    model = distiller(tmp_path, term)
+    head = model.terms[0].adapter
+    step(model, ids=head.ids[:4], batch=4)
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("teacher.")}
+    fresh = distiller(tmp_path, term)
+    assert not torch.equal(fresh.terms[0].adapter.memory_student, head.memory_student)
+    fresh.load_state_dict(state, strict=False)
+    for name in ("memory_student", "memory_teacher", "z"):
+        assert torch.equal(getattr(fresh.terms[0].adapter, name), getattr(head, name))
+    assert torch.equal(fresh.terms[0].adapter.embed_teacher.weight, head.embed_teacher.weight)
