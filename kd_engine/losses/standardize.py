@@ -36,7 +36,7 @@ def with_standardize(fn: Callable) -> Callable:
             teacher_logits = standardize_logits(teacher_logits)
         return fn(student_logits, teacher_logits, *args, **kwargs)
 
-    signature = inspect.signature(fn)
+    signature = inspect.signature(fn, eval_str=True)  # real annotations: range checks read them
     option = inspect.Parameter("standardize", inspect.Parameter.KEYWORD_ONLY, default=False,
                                annotation=bool)
     wrapped.__signature__ = signature.replace(parameters=[*signature.parameters.values(), option])
