@@ -259,6 +259,9 @@ def test_standardize_is_a_population_z_score_and_kd_ignores_affine_changes():
     zn = z.numpy()
     expected = (zn - zn.mean(1, keepdims=True)) / zn.std(1, keepdims=True)  # numpy std: population
     assert standardize_logits(z).numpy() == pytest.approx(expected, abs=1e-6)
+    dense = rng_tensor(2, 5, 3, 3, seed=31).numpy()  # dense logits: over classes at each position
+    expected_dense = (dense - dense.mean(1, keepdims=True)) / dense.std(1, keepdims=True)
+    assert standardize_logits(torch.from_numpy(dense)).numpy() == pytest.approx(expected_dense, abs=1e-6)
     s, t = rng_tensor(4, 7, seed=29), rng_tensor(4, 7, seed=30)
     fn = LOSSES.get("kd").fn
     base = fn(s, t, temperature=2.0, standardize=True).item()

@@ -18,9 +18,10 @@ import torch
 
 
 def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Z-score each row of (B, C) logits over its classes; a constant row becomes zeros."""
-    mean = logits.mean(dim=-1, keepdim=True)
-    std = logits.std(dim=-1, keepdim=True, correction=0)
+    """Z-score logits over their class dimension (dim 1: (B, C), or dense (B, C, H, W) per position);
+    a constant vector becomes zeros."""
+    mean = logits.mean(dim=1, keepdim=True)
+    std = logits.std(dim=1, keepdim=True, correction=0)
     return (logits - mean) / (std + eps)
 
 
