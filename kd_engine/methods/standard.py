@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_engine.errors import ConfigError
-from kd_engine.losses.terms import LOSSES, TermSpec
+from kd_engine.losses.terms import LOSSES, TermBatch, TermSetup, TermSpec
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
 from kd_engine.models import feature_taps, layer_shapes
@@ -31,8 +31,10 @@ class Term(nn.Module):
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.adapter = adapter
 
-    def forward(self, s_logits, t_logits, y, s_feats, t_feats) -> torch.Tensor:
+    def forward(self, s_logits, t_logits, y, s_feats, t_feats, ids=None) -> torch.Tensor:
         kind = self.spec.inputs
+        if kind == "module":  # the owned module reads its own layers (and ids) and computes the loss
+            return self.adapter(TermBatch(s_logits, t_logits, y, s_feats, t_feats, ids))
         if kind == "logits":
             return self.spec.fn(s_logits.float(), t_logits.float(), **self.params, reduction="none")
         if kind == "logits_target":
@@ -72,8 +74,12 @@ class Standard(Distiller):
         self.task_weight = cfg.distill.task_weight
         self.weighting = build_weighting(cfg.weighting.strategy, cfg.weighting.params)
         self.terms = nn.ModuleList(self._build_terms(cfg, input_shape))
-        self.student_layers = sorted({t.student_layer for t in self.terms if t.student_layer})
-        self.teacher_layers = sorted({t.teacher_layer for t in self.terms if t.teacher_layer})
+        owned = [t.adapter for t in self.terms if t.spec.inputs == "module"]
+        self.student_layers = sorted({t.student_layer for t in self.terms if t.student_layer}
+                                     | {n for m in owned for n in m.student_layers})
+        self.teacher_layers = sorted({t.teacher_layer for t in self.terms if t.teacher_layer}
+                                     | {n for m in owned for n in m.teacher_layers})
+        self.wants_ids = any(m.wants_ids for m in owned)  # e.g. CRD's memory is keyed by instance
 
     def _build_terms(self, cfg, input_shape) -> list[Term]:
         terms, seen = [], {}
@@ -85,7 +91,12 @@ class Standard(Distiller):
             seen[term_cfg.loss] = count + 1
             name = term_cfg.loss if count == 0 else f"{term_cfg.loss}_{count}"
             s_layer, t_layer, adapter = term_cfg.student_layer, term_cfg.teacher_layer, None
-            if spec.uses_layers:
+            if spec.inputs == "module":  # owns a module that picks and checks its layers itself
+                adapter = spec.build_module(TermSetup(field, term_cfg.loss, self.student, self.teacher,
+                                                      tuple(input_shape), s_layer, t_layer, cfg),
+                                            term_cfg.params)
+                s_layer = t_layer = None
+            elif spec.uses_layers:
                 if spec.inputs == "embedding":
                     s_layer = s_layer or getattr(self.student, "embedding_layer", None)
                     t_layer = t_layer or getattr(self.teacher, "embedding_layer", None)
@@ -94,6 +105,7 @@ class Standard(Distiller):
                 s_shape = layer_shapes(self.student, input_shape, [s_layer])[s_layer]
                 t_shape = layer_shapes(self.teacher, input_shape, [t_layer])[t_layer]
                 layers = f"student {s_layer!r} and teacher {t_layer!r}"
+                spec.check_shapes(s_shape, t_shape, field, layers)
                 if spec.inputs == "adapted_features":
                     adapter = make_adapter(term_cfg.adapter, s_shape, t_shape, field, layers)
                 elif spec.inputs == "features" and (len(s_shape) != 3 or s_shape[1:] != t_shape[1:]):
@@ -112,7 +124,7 @@ class Standard(Distiller):
         pairs = [(t.student_layer, t.teacher_layer) for t in self.terms if t.student_layer]
         return pairs or super().feature_pairs()
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor | None = None) -> StepOutput:
         with torch.no_grad(), _taps(self.teacher, self.teacher_layers) as t_feats:
             t_logits = self.teacher(x)
         with _taps(self.student, self.student_layers) as s_feats:
@@ -122,7 +134,7 @@ class Standard(Distiller):
         per_sample: dict[str, torch.Tensor] = {}
         distill = torch.zeros_like(student_loss)
         for term in self.terms:
-            value = term(s_logits, t_logits, y, s_feats, t_feats)
+            value = term(s_logits, t_logits, y, s_feats, t_feats, ids)
             per_sample[f"term_{term.name}"] = value.detach()
             distill = distill + term.weight * value
         weights = self.weighting({"distill_loss": distill.detach(), "teacher_loss": teacher_loss,
