@@ -46,8 +46,9 @@ def check_teacher_bank(cfg: ExperimentConfig) -> None:
 
     if not cfg.use_teacher_bank:
         return
-    if dataset_task(cfg.data.name) == "detection":
-        raise ConfigError(f"use_teacher_bank: detection runs ({cfg.data.name}) have no crop bank; "
+    task = dataset_task(cfg.data.name)
+    if task != "classification":  # the bank stores one logit vector per crop of an image
+        raise ConfigError(f"use_teacher_bank: {task} runs ({cfg.data.name}) have no crop bank; "
                           "set use_teacher_bank: false")
     if METHODS.get(cfg.method, field="method").bank_mode is None:
         allowed = sorted(n for n in METHODS.names() if METHODS.get(n).bank_mode is not None)
