@@ -22,6 +22,7 @@ from kd_engine.checks import check_names
 from kd_engine.config import ExperimentConfig, FeaturePair, load_raw, validate
 from kd_engine.data import build_data
 from kd_engine.data.detection.builders import dataset_task
+from kd_engine.diagnosis.disparity import record_instance_disparity
 from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
 from kd_engine.methods import METHODS
 from kd_engine.models import build_model, count_parameters
@@ -370,6 +371,8 @@ class _Loop:
         s_feats = layer_outputs(self.student, x, sorted({p.student for p in self.pairs}), self.autocast)
         t_feats = layer_outputs(self.teacher, x, sorted({p.teacher for p in self.pairs}), self.autocast)
         self.writer.log_features(epoch, disparity_rows(s_feats, t_feats, self.pairs))
+        record_instance_disparity(self.writer, epoch, probe.ids[:count].tolist(), s_feats, t_feats, self.pairs,
+                                  split="val" if len(self.data.val) else "train")  # for kd_engine.diagnosis.layers
         shown = min(count, self.cfg.record.attention_maps)
         ids = probe.ids[:shown].tolist()
         for role, feats in (("student", s_feats), ("teacher", t_feats)):
