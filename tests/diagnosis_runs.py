@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import yaml
 
 from conftest import digits_raw
@@ -97,3 +98,9 @@ def unfired_tap_run(runs_dir: Path, run_id: str = "20260101-000000-untapped-0000
     writer.set_status("finished")
     writer.close()
     return writer.run_dir
+
+
+@pytest.fixture(scope="session")
+def fixture_runs(tmp_path_factory, teacher_cache):
+    """The trained fault runs, once per test session (module imported by the diagnosis tests)."""
+    return train_fixture_runs(tmp_path_factory.mktemp("diagnosis"), teacher_cache)

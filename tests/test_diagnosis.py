@@ -13,17 +13,12 @@ import yaml
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from diagnosis_runs import EPOCHS, train_fixture_runs, unfired_tap_run
+from diagnosis_runs import EPOCHS, fixture_runs, unfired_tap_run  # noqa: F401  (fixture)
 from kd_engine.diagnosis import adoption, copied_mistakes, find_control, layer_prediction, run_health
 from kd_engine.diagnosis import weighting_effect, weighting_frame
 from kd_engine.store import RunWriter, open_run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def fixture_runs(tmp_path_factory, teacher_cache):
-    return train_fixture_runs(tmp_path_factory.mktemp("diagnosis"), teacher_cache)
 
 
 def statuses(run_dir) -> dict[str, list[str]]:
