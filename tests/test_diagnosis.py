@@ -217,3 +217,12 @@ def test_weighting_effect_table(fixture_runs, tmp_path):
     assert table.loc[("clean_label", "noisy label"), "mean_weight"] == pytest.approx(0.425)
     # clean weights 0.9, 0.8, 0.7, 0.6 against noisy 0.1, 0.75: 6 of 8 pairs ordered right
     assert table.loc[("clean_label", "clean label"), "auroc"] == pytest.approx(6 / 8)
+
+
+def test_health_of_a_run_that_just_started(tmp_path):
+    """While a run trains, checks without their records yet say "no data" (never "ok")."""
+    run_dir = _hand_run(tmp_path, "young")  # a few training steps, no evaluation, no instances
+    checks = {c.name: c for c in run_health(open_run(run_dir))}
+    for name in ("teacher", "validation progress", "instance weights", "gradient balance"):
+        assert checks[name].status == "no data", (name, checks[name])
+    assert checks["distillation terms"].status == "ok"

@@ -23,7 +23,8 @@ def adoption_curves(tables: Mapping[str, pd.DataFrame], title: str = "Teacher mi
                                                "<extra></extra>"))
         if table["control_share"].notna().any():
             fig.add_trace(go.Scatter(x=table["epoch"], y=table["control_share"], mode="lines+markers",
-                                     name=f"{label}: scratch control", line={"color": color, "dash": "dash"}))
+                                     name="scratch control" if len(tables) == 1 else f"{label}: scratch control",
+                                     line={"color": color, "dash": "dash"}))
     fig.update_layout(title=title, template=TEMPLATE, height=320, xaxis={"title": "epoch", "dtick": 1},
                       yaxis={"title": "share of teacher mistakes", "tickformat": ".0%", "rangemode": "tozero"},
                       margin={"l": 10, "r": 10, "t": 50, "b": 10})

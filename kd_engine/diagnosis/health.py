@@ -103,8 +103,9 @@ def _teacher(run: Run, scalars: pd.DataFrame, config: dict) -> list[Check]:
         return [Check("teacher", NOT_APPLICABLE, "No teacher: a run trained from scratch.")]
     key = _metric_key(scalars, "teacher")
     if key is None:
-        return [Check("teacher", NO_DATA, "The teacher has not been evaluated yet (after the first epoch).",
-                      page="Curves")]
+        text = ("This run records no evaluation of its teacher (a soft-label bank stands in for it?)"
+                if _metric_key(scalars, "student") else "The teacher has not been evaluated yet (after the first epoch)")
+        return [Check("teacher", NO_DATA, text + ".", page="Curves")]
     values = _per_epoch_last(scalars, key)
     epoch, teacher = int(values.index[-1]), float(values.iloc[-1])
     checks = []

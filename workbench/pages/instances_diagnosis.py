@@ -72,7 +72,7 @@ def copied_section(run: Run, names: list[str]) -> None:
         titles = [f"#{int(r.instance_id)} y={ui.class_name(names, r.label)}<br>T→{ui.class_name(names, r.teacher_pred)} "
                   f"S→{ui.class_name(names, r.student_pred)}" for r in rows]
         st.plotly_chart(image_gallery([ui.display_image(images[int(r.instance_id)]) for r in rows], titles,
-                                      ncols=min(8, len(rows)), title="Copied mistakes (label, teacher → , student →)"),
+                                      ncols=min(8, len(rows)), title="Copied mistakes: y label, T→ teacher, S→ student"),
                         key="diag_copied_gallery", width="content")
     st.dataframe(ranked, hide_index=True, key="diag_copied_table")
 
@@ -92,7 +92,8 @@ def weighting_section(run: Run) -> None:
 
 
 def render(run: Run, names: list[str]) -> None:
-    st.subheader("Copied mistakes: the teacher's errors the student repeats")
-    copied_section(run, names)
+    with st.container(key="copied_mistakes"):
+        st.subheader("Copied mistakes: the teacher's errors the student repeats")
+        copied_section(run, names)
     st.subheader("What the weighting did")
     weighting_section(run)
