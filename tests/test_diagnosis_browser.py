@@ -1,6 +1,7 @@
 """`kdw report` in a real browser (headless Debian chromium via Playwright): the single-run and
 the two-run report open from the file with no console error and their figures draw; and the
-dashboard's health panel and copied-mistakes view, screenshotted for the README."""
+dashboard's health panel and copied-mistakes view, screenshotted (artifacts/diagnosis/health.png
+and copied_mistakes.png, the README's copies in docs/screenshots/ come from there)."""
 from __future__ import annotations
 
 import os
@@ -18,7 +19,6 @@ from diagnosis_runs import fixture_runs  # noqa: F401  (fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "artifacts" / "diagnosis"
-DOC_SHOTS = REPO / "docs" / "screenshots"
 IDLE = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"], [data-testid=\"stSkeleton\"], "
         "[data-testid=\"stSpinner\"]')")
 
@@ -153,7 +153,7 @@ def idle(page) -> None:
 
 
 def test_dashboard_health_and_copied_mistakes_screenshots(served, browser, fixture_runs):
-    DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1300, "height": 1800})
     try:
         page.goto(served["url"])
@@ -162,7 +162,7 @@ def test_dashboard_health_and_copied_mistakes_screenshots(served, browser, fixtu
         # the newest run is the shuffled teacher's
         panel.get_by_text("no better than chance", exact=False).first.wait_for(timeout=60_000)
         page.wait_for_timeout(1000)
-        panel.screenshot(path=str(DOC_SHOTS / "health.png"))
+        panel.screenshot(path=str(ARTIFACTS / "health.png"))
         page.locator('[data-testid="stSidebarNav"]').get_by_text("Instances", exact=True).click()
         idle(page)
         page.locator('[data-testid="stSidebar"]').get_by_role("combobox").first.click()
@@ -173,7 +173,7 @@ def test_dashboard_health_and_copied_mistakes_screenshots(served, browser, fixtu
         view.scroll_into_view_if_needed()
         idle(page)
         assert view.locator(".js-plotly-plot").count() == 2  # adoption curves and the image gallery
-        view.screenshot(path=str(DOC_SHOTS / "copied_mistakes.png"))
+        view.screenshot(path=str(ARTIFACTS / "copied_mistakes.png"))
         assert page.locator('[data-testid="stException"]').count() == 0
     finally:
         page.close()
