@@ -211,7 +211,8 @@ def test_weighting_effect_table(fixture_runs, tmp_path):
     noisy = np.array([0, 0, 0, 1, 1, 0])
     writer.log_instances({"split": np.full(6, "train"), "epoch": np.zeros(6), "instance_id": np.arange(6),
                           "label": np.zeros(6), "teacher_pred": np.zeros(6), "student_pred": np.zeros(6),
-                          "weight": np.array([0.9, 0.8, 0.7, 0.1, 0.75, 0.6]), "noisy": noisy})
+                          "weight": np.array([0.9, 0.8, 0.7, 0.1, 0.75, 0.6]), "noisy": noisy,
+                          "selected": np.array([1, 1, 0, 0, 0, 1])})
     writer.close()
     table = weighting_effect(open_run(writer.run_dir)).set_index(["factor", "group"])
     assert table.loc[("clean_label", "noisy label"), "mean_weight"] == pytest.approx(0.425)
@@ -226,3 +227,11 @@ def test_health_of_a_run_that_just_started(tmp_path):
     for name in ("teacher", "validation progress", "instance weights", "gradient balance"):
         assert checks[name].status == "no data", (name, checks[name])
     assert checks["distillation terms"].status == "ok"
+
+    # a method's own per-instance selection is analysed the same way: selected 2 of 4 clean, 0 of 2 noisy
+    selected = weighting_effect(open_run(writer.run_dir), column="selected").set_index(["factor", "group"])
+    assert selected.loc[("clean_label", "clean label"), "mean_weight"] == pytest.approx(0.75)
+    assert selected.loc[("clean_label", "noisy label"), "mean_weight"] == 0.0
+    # of the 8 (clean, noisy) pairs, the 3 selected clean instances beat both noisy ones (6) and
+    # the unselected clean one ties both (2 ties, counted a half each)
+    assert selected.loc[("clean_label", "clean label"), "auroc"] == pytest.approx((6 + 0.5 * 2) / 8)

@@ -187,7 +187,7 @@ def main() -> None:
     trajectories_section(run, split, frame)
     st.subheader("All instances of this epoch")
     table_section(frame, names, run.run_id, epoch)
-    instances_diagnosis.render(run, names)
+    instances_diagnosis.render(run, names, decision_columns(frame))
 
 
 if __name__ == "__main__":

@@ -77,23 +77,29 @@ def copied_section(run: Run, names: list[str]) -> None:
     st.dataframe(ranked, hide_index=True, key="diag_copied_table")
 
 
-def weighting_section(run: Run) -> None:
-    frame = weighting_frame(run)
+def weighting_section(run: Run, decisions: list[str]) -> None:
+    decisions = [d for d in decisions if d != "noisy"]  # a property of the data, not a decision
+    column = st.selectbox("Per-instance weight or decision", ["weight", *decisions], key="diag_weight_column",
+                          help="the weight the loss used, or a method's own per-instance choice "
+                               "(a selected flag, a gate value), on the last training epoch") if decisions else "weight"
+    frame = weighting_frame(run, column=column)
     if frame.empty or frame["weight"].nunique() <= 1:
-        st.caption("No instance weights, or the same weight everywhere (uniform weighting).")
+        st.caption(f"No {column} recorded on training instances, or the same value everywhere "
+                   "(uniform weighting).")
         return
     st.dataframe(weighting_effect(run, frame=frame), hide_index=True, key="diag_weighting_table",
                  column_config={"auroc": st.column_config.NumberColumn(
                      "auroc", help="how well the weight tells the first group from the second (0.5: not at all)",
                      format="%.3f")})
     factors = [(f, labels) for f, labels in FACTORS.items() if frame[f].notna().any()]
-    for col, (factor, labels) in zip(st.columns(len(factors)), factors):
+    for col, (factor, labels) in zip(st.columns(max(1, len(factors))), factors):
         col.plotly_chart(weight_by_group(frame, factor, labels), key=f"diag_weight_{factor}")
 
 
-def render(run: Run, names: list[str]) -> None:
+def render(run: Run, names: list[str], decisions: list[str] = ()) -> None:
+    """`decisions`: the method's own per-instance columns, analysed like the weight."""
     with st.container(key="copied_mistakes"):
         st.subheader("Copied mistakes: the teacher's errors the student repeats")
         copied_section(run, names)
     st.subheader("What the weighting did")
-    weighting_section(run)
+    weighting_section(run, list(decisions))
