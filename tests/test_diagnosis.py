@@ -76,13 +76,13 @@ def test_feature_tap_that_never_fired_is_flagged(tmp_path):
     assert checks[0].epoch == 0
 
 
-def _hand_run(runs_dir, run_id, grads=None, weights=None, strategy="aid"):
+def _hand_run(runs_dir, run_id, grads=None, weights=None, strategy="aid", distill=lambda step: 1.0 / (step + 1)):
     config = {"name": run_id, "seed": 0, "teacher": {"name": "resnet"}, "student": {"name": "resnet"},
               "distill": {"terms": [{"loss": "kd", "weight": 1.0}]}, "weighting": {"strategy": strategy}}
     writer = RunWriter.create(runs_dir, run_id, {"method": "standard"}, yaml.safe_dump(config), run_id=run_id,
                               tensorboard=False)
     for step in range(20):
-        values = {"train/distill": 1.0 / (step + 1), "train/loss": 2.0 / (step + 1)}
+        values = {"train/distill": distill(step), "train/loss": 2.0 / (step + 1)}
         values.update({f"grad_norm/{k}": v * (1 + 0.01 * step) for k, v in (grads or {}).items()})
         writer.log_scalars(step, step // 10, values)
     if weights is not None:
@@ -218,6 +218,13 @@ def test_weighting_effect_table(fixture_runs, tmp_path):
     assert table.loc[("clean_label", "noisy label"), "mean_weight"] == pytest.approx(0.425)
     # clean weights 0.9, 0.8, 0.7, 0.6 against noisy 0.1, 0.75: 6 of 8 pairs ordered right
     assert table.loc[("clean_label", "clean label"), "auroc"] == pytest.approx(6 / 8)
+    # a method's own per-instance selection is analysed the same way: 3 of 4 clean selected, 0 of 2 noisy
+    selected = weighting_effect(open_run(writer.run_dir), column="selected").set_index(["factor", "group"])
+    assert selected.loc[("clean_label", "clean label"), "mean_weight"] == pytest.approx(0.75)
+    assert selected.loc[("clean_label", "noisy label"), "mean_weight"] == 0.0
+    # of the 8 (clean, noisy) pairs, the 3 selected clean instances beat both noisy ones (6) and
+    # the unselected clean one ties both (2 ties, counted a half each)
+    assert selected.loc[("clean_label", "clean label"), "auroc"] == pytest.approx((6 + 0.5 * 2) / 8)
 
 
 def test_health_of_a_run_that_just_started(tmp_path):
@@ -228,10 +235,14 @@ def test_health_of_a_run_that_just_started(tmp_path):
         assert checks[name].status == "no data", (name, checks[name])
     assert checks["distillation terms"].status == "ok"
 
-    # a method's own per-instance selection is analysed the same way: selected 2 of 4 clean, 0 of 2 noisy
-    selected = weighting_effect(open_run(writer.run_dir), column="selected").set_index(["factor", "group"])
-    assert selected.loc[("clean_label", "clean label"), "mean_weight"] == pytest.approx(0.75)
-    assert selected.loc[("clean_label", "noisy label"), "mean_weight"] == 0.0
-    # of the 8 (clean, noisy) pairs, the 3 selected clean instances beat both noisy ones (6) and
-    # the unselected clean one ties both (2 ties, counted a half each)
-    assert selected.loc[("clean_label", "clean label"), "auroc"] == pytest.approx((6 + 0.5 * 2) / 8)
+
+
+@pytest.mark.parametrize("distill, status, words", [
+    (lambda step: 0.7, "warn", "constant (0.7)"),
+    (lambda step: float("nan") if step == 13 else 1.0 / (step + 1), "fail", "not finite (first at step 13)"),
+    (lambda step: 0.0, "fail", "exactly zero"),
+])
+def test_dead_distillation_term(tmp_path, distill, status, words):
+    run_dir = _hand_run(tmp_path, "terms", distill=distill)
+    check = [c for c in run_health(open_run(run_dir)) if c.name == "distillation terms"][0]
+    assert check.status == status and words in check.message and check.key == "train/distill"

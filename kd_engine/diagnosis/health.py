@@ -69,8 +69,9 @@ def flagged(checks: list[Check]) -> list[Check]:
 def run_health(run: Run) -> list[Check]:
     """Every check on one run, in a fixed order."""
     keys = run.scalar_keys()
+    losses = {f"train/{m.group(1)}" for k in keys if (m := _GRAD_KEY.match(k))}  # the run's loss terms
     wanted = [k for k in keys if k.startswith(("val/", "train/distill", "train/term/", "train/loss"))
-              or _GRAD_KEY.match(k) or _TAP_KEY.match(k)]
+              or k in losses or _GRAD_KEY.match(k) or _TAP_KEY.match(k)]
     scalars = run.scalars(keys=wanted) if wanted else pd.DataFrame(columns=["step", "epoch", "key", "value"])
     config = run.config()
     checks: list[Check] = []
@@ -154,9 +155,10 @@ def _term_names(config: dict) -> list[tuple[str, float, int]]:
 
 
 def _terms(run: Run, scalars: pd.DataFrame, config: dict) -> list[Check]:
-    keys = sorted(k for k in set(scalars["key"]) if k == "train/distill" or k.startswith("train/term/"))
-    keys += sorted(f"train/{m.group(1)}" for k in set(scalars["key"]) if (m := _GRAD_KEY.match(k))
-                   and m.group(1) not in ("task", "distill") and f"train/{m.group(1)}" in set(scalars["key"]))
+    present = set(scalars["key"])
+    # the combined and per-term distillation losses, and any other loss a method names in grad_norm/<loss>
+    others = {f"train/{m.group(1)}" for k in present if (m := _GRAD_KEY.match(k)) and m.group(1) != "task"}
+    keys = sorted(k for k in present if k == "train/distill" or k.startswith("train/term/") or k in others)
     checks = []
     for name, weight, index in _term_names(config):
         if weight == 0:
