@@ -64,11 +64,12 @@ def train_fixture_runs(base: Path, teacher_cache) -> SimpleNamespace:
     return out
 
 
-def unfired_tap_run(runs_dir: Path, run_id: str = "20260101-000000-untapped-0000") -> Path:
+def unfired_tap_run(runs_dir: Path, run_id: str = "20260101-000000-untapped-0000", tap_calls: bool = True) -> Path:
     """A feature term on a layer that never runs in forward. The engine refuses such a config
     before training (layer_shapes finds no output), so the store is written by hand, as a trainer
     recording the tap's hook calls would write it: `tap_calls/student/<layer>` = 0 each epoch and
-    no features rows for the layer, alongside healthy logit-term scalars."""
+    no features rows for the layer, alongside healthy logit-term scalars. Without `tap_calls` only
+    the missing features rows tell (a trainer that does not count hook calls)."""
     from kd_engine.store import RunWriter
 
     config = {"name": "untapped", "seed": 0, "epochs": 2, "data": {"name": "digits"},
@@ -89,8 +90,10 @@ def unfired_tap_run(runs_dir: Path, run_id: str = "20260101-000000-untapped-0000
             writer.log_scalars(step, epoch, {"train/loss": loss + 0.1, "train/task": loss, "train/distill": 0.5 * loss,
                                              "train/term/kd": 0.5 * loss, "train/term/at": 0.0})
             step += 1
-        writer.log_scalars(step, epoch, {"val/student_acc": 0.6 + 0.2 * epoch, "val/teacher_acc": 0.95,
-                                         "tap_calls/student/unused_head": 0.0, "tap_calls/teacher/layer2": 8.0})
+        writer.log_scalars(step, epoch, {"val/student_acc": 0.6 + 0.2 * epoch, "val/teacher_acc": 0.95})
+        if tap_calls:
+            writer.log_scalars(step, epoch, {"tap_calls/student/unused_head": 0.0, "tap_calls/teacher/layer2": 8.0})
+        writer.log_features(epoch, [("layer1", "layer1", "cka", 0.8)])  # another recorded pair
         labels = rng.integers(0, 10, 100)
         writer.log_instances({"split": np.full(100, "val"), "epoch": np.full(100, epoch), "instance_id": np.arange(100),
                               "label": labels, "teacher_pred": labels, "student_pred": labels})

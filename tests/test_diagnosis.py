@@ -74,6 +74,11 @@ def test_feature_tap_that_never_fired_is_flagged(tmp_path):
     assert len(checks) == 1 and checks[0].status == "fail"
     assert "unused_head" in checks[0].message and checks[0].key == "tap_calls/student/unused_head"
     assert checks[0].epoch == 0
+    # a trainer that does not count hook calls: the layer's missing feature records tell instead
+    run_dir = unfired_tap_run(tmp_path / "runs", "20260101-000000-untapped-0001", tap_calls=False)
+    checks = [c for c in run_health(open_run(run_dir)) if c.name == "feature taps"]
+    assert len(checks) == 1 and checks[0].status == "fail" and checks[0].page == "Features"
+    assert "'unused_head' has no recorded teacher-student features after 2 epoch(s)" in checks[0].message
 
 
 def _hand_run(runs_dir, run_id, grads=None, weights=None, strategy="aid", distill=lambda step: 1.0 / (step + 1)):
