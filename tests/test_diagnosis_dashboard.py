@@ -40,6 +40,8 @@ def test_health_panel_names_the_fault(fixture_runs, monkeypatch, page):
     errors = "\n".join(str(e.value) for e in at.error)
     assert "no better than chance" in errors and "val/teacher_acc" in errors
     assert "problem(s)" in "\n".join(str(m.value) for m in at.markdown)
+    links = [el.proto.label for el in at.get("page_link")]
+    assert "Open Curves: val/teacher_acc" in links  # the evidence is one click away
 
 
 def test_health_panel_clean_run(fixture_runs, monkeypatch):

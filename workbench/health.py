@@ -12,6 +12,8 @@ from workbench import components as ui
 
 ICON = {"ok": ":green[✓]", "warn": ":orange[⚠]", "fail": ":red[✗]", "no data": ":gray[…]", "n/a": ":gray[–]"}
 REFRESH_S = 3.0
+PAGE_FILES = {"Curves": "workbench/pages/curves.py", "Instances": "workbench/pages/instances.py",
+              "Features": "workbench/pages/features.py"}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -39,6 +41,9 @@ def panel(run_id: str) -> None:
                                                          else ":green[no problem found]"))
         for check in problems:
             (st.error if check.status == "fail" else st.warning)(_line(check))
+            if check.page in PAGE_FILES:  # the evidence, one click away (the run stays selected)
+                st.page_link(PAGE_FILES[check.page], label=f"Open {check.page}" + (f": {check.key}" if check.key else ""),
+                             icon=":material/arrow_forward:")
         with st.expander(f"All {len(checks)} checks", expanded=False):
             st.markdown("  \n".join(_line(c) for c in checks))
 
