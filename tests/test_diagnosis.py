@@ -251,3 +251,23 @@ def test_dead_distillation_term(tmp_path, distill, status, words):
     run_dir = _hand_run(tmp_path, "terms", distill=distill)
     check = [c for c in run_health(open_run(run_dir)) if c.name == "distillation terms"][0]
     assert check.status == status and words in check.message and check.key == "train/distill"
+
+
+def test_report_command_writes_the_page(fixture_runs, tmp_path, capsys):
+    """`kdw report` in-process (the browser test opens the file; this one runs without chromium)."""
+    from kd_engine.cli import main
+
+    out = tmp_path / "one.html"
+    assert main(["report", fixture_runs.weight0.name, "--runs-dir", str(fixture_runs.runs_dir), "--output",
+                 str(out), "--control", fixture_runs.scratch.name]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    text = out.read_text()
+    assert f"control: scratch run <code>{fixture_runs.scratch.name}</code>" in text
+    assert "has weight 0 (distill.terms.0.weight)" in text and text.count("Plotly.newPlot") >= 8
+    out = tmp_path / "two.html"
+    assert main(["report", fixture_runs.clean.name, fixture_runs.weight0.name, "--runs-dir",
+                 str(fixture_runs.runs_dir), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "<h2>Side by side</h2>" in text and "distillation terms" in text  # weight0's problem, in the summary
+    assert main(["report", "no-such-run", "--runs-dir", str(fixture_runs.runs_dir)]) == 2
+    assert capsys.readouterr().err.startswith("error: run 'no-such-run': not found")

@@ -81,8 +81,8 @@ def test_report_opens_offline_without_console_errors(fixture_runs, browser, tmp_
     try:
         assert errors == []
         headings = page.locator("h2").all_inner_texts()
-        assert headings == ["Health", "Curves", "Copied mistakes", "Layers that predict trouble",
-                            "What the weighting did"]
+        assert headings == ["Side by side"] * compare + ["Health", "Curves", "Copied mistakes",
+                                                         "Layers that predict trouble", "What the weighting did"]
         assert page.locator(".plotly-graph-div").count() >= 8
         if compare:  # the shuffled teacher's fault is in the comparison, next to the clean run
             assert page.get_by_text("no better than chance").count() >= 1

@@ -31,7 +31,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 .fail{color:#b00020}.warn{color:#a15c00}.ok{color:#1b7f3b}.cols{display:flex;gap:24px;flex-wrap:wrap}
 .cols>div{flex:1 1 0;min-width:420px;overflow:hidden}.grid{display:flex;flex-wrap:wrap;gap:8px}.cell{text-align:center;font-size:.8em}
-.cell img{width:72px;height:72px;image-rendering:pixelated;border:1px solid #ccc}.muted{color:#777}"""
+.metric{border:1px solid #ddd;padding:3px 8px;font-size:.9em}.cell img{width:72px;height:72px;image-rendering:pixelated;border:1px solid #ccc}.muted{color:#777}"""
 
 
 def _fig(fig) -> str:
@@ -65,10 +65,17 @@ def _name(names: list[str], k) -> str:
         return str(k)
 
 
+def _evidence(check) -> str:
+    parts = [f"{html.escape(check.page)} page" if check.page else "",
+             f"<code>{html.escape(check.key)}</code>" if check.key else "",
+             f"epoch {check.epoch}" if check.epoch is not None else ""]
+    return " · ".join(p for p in parts if p)
+
+
 def health_html(run: Run) -> str:
     rows = "".join(f"<tr class='{html.escape(c.status.replace(' ', '-'))}'><td>{ICON.get(c.status, '•')} "
                    f"{html.escape(c.status)}</td><td>{html.escape(c.name)}</td><td>{html.escape(c.message)}</td>"
-                   f"<td class='muted'>{html.escape(c.evidence())}</td></tr>" for c in run_health(run))
+                   f"<td class='muted'>{_evidence(c)}</td></tr>" for c in run_health(run))
     return f"<table><tr><th>status</th><th>check</th><th>finding</th><th>evidence</th></tr>{rows}</table>"
 
 
@@ -136,9 +143,30 @@ def _header(run: Run) -> str:
     meta = run.meta()
     metrics = {k: v for k, v in run.final_metrics().items() if "/" in k}
     facts = " · ".join(html.escape(str(p)) for p in (run.status(), meta.get("method"), meta.get("dataset"),
-                                                      f"teacher {meta.get('teacher')}", f"student {meta.get('student')}"))
-    cells = "".join(f"<td>{html.escape(k)}<br><b>{v:.4f}</b></td>" for k, v in sorted(metrics.items()))
-    return f"<p><b>{html.escape(run.run_id)}</b> · {facts}</p>" + (f"<table><tr>{cells}</tr></table>" if cells else "")
+                                                      f"teacher {meta['teacher']}" if meta.get("teacher") else "no teacher",
+                                                      f"student {meta.get('student')}"))
+    cells = "".join(f"<div class='metric'>{html.escape(k)}<br><b>{v:.4f}</b></div>" for k, v in sorted(metrics.items()))
+    return f"<p><b>{html.escape(run.run_id)}</b> · {facts}</p><div class='grid'>{cells}</div>"
+
+
+def summary(run: Run, control: Run | None) -> dict[str, object]:
+    """The few numbers two runs are compared on first."""
+    metrics = run.final_metrics()
+    checks = run_health(run)
+    row: dict[str, object] = {key: metrics.get(key) for key in ("test/student_acc", "test/teacher_acc",
+                                                                "test/student_mAP") if key in metrics}
+    row["health problems"] = ", ".join(sorted({c.name for c in checks if c.flagged})) or "none"
+    try:
+        last = adoption(run, control=control).iloc[-1]
+        row["teacher mistakes adopted"] = f"{int(last['adopted'])} of {int(last['teacher_mistakes'])}"
+        row["… by the scratch control"] = ("–" if pd.isna(last["control_adopted"])
+                                           else f"{int(last['control_adopted'])} of {int(last['teacher_mistakes'])}")
+    except (KDWError, IndexError):
+        pass
+    ranking = layer_ranking(run)
+    if len(ranking):
+        row["layer that best predicts errors"] = f"{ranking['student_layer'].iloc[0]} (AUROC {ranking['auroc'].iloc[0]:.3f})"
+    return row
 
 
 def _sections(run: Run, control: Run | None) -> dict[str, str]:
@@ -157,6 +185,10 @@ def build_report(runs: list[Run], controls: list[Run | None] | None = None) -> s
     body = [f"<h1>KD Workbench report: {html.escape(title)}</h1>",
             f"<p class='muted'>written {time.strftime('%Y-%m-%d %H:%M:%S')} by kdw report</p>"]
     body.append("<div class='cols'>" + "".join(f"<div>{_header(r)}</div>" for r in runs) + "</div>")
+    if len(runs) == 2:
+        table = pd.DataFrame({r.run_id: summary(r, c) for r, c in zip(runs, controls)})
+        body.append("<h2>Side by side</h2>" + table.rename_axis("").reset_index().to_html(
+            index=False, border=0, na_rep="–", float_format=lambda v: f"{v:.4f}"))
     parts = [_sections(r, c) for r, c in zip(runs, controls)]
     for section in parts[0]:
         if section == "Copied mistakes":  # health first, then the curves it points to
