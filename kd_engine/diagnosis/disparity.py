@@ -19,18 +19,25 @@ METRIC = "gram_row"
 
 def gram_row_disparity(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """(N,) disparity in [0, 2]: 1 - Pearson correlation, per instance i, of row i of the centred
-    linear Gram matrices of student and teacher features (the diagonal left out)."""
+    linear Gram matrices of student and teacher features (the diagonal left out).
+
+    The Grams are float32 matmuls (the cost); the per-row moments over j != i are taken in float64
+    from row sums minus the diagonal term, so no (N, N-1) copy is made."""
     n = student.shape[0]
     if n < 3:
         return torch.full((n,), float("nan"))
-    s = student.flatten(1).double()
-    t = teacher.flatten(1).double()
+    s = student.detach().flatten(1).float()
+    t = teacher.detach().flatten(1).float()
     s, t = s - s.mean(0, keepdim=True), t - t.mean(0, keepdim=True)
-    off = ~torch.eye(n, dtype=torch.bool)
-    gs, gt = (s @ s.T)[off].view(n, n - 1), (t @ t.T)[off].view(n, n - 1)
-    gs, gt = gs - gs.mean(1, keepdim=True), gt - gt.mean(1, keepdim=True)
-    denom = gs.norm(dim=1) * gt.norm(dim=1)
-    corr = (gs * gt).sum(1) / denom.clamp_min(1e-300)
+    gs, gt = (s @ s.T).double(), (t @ t.T).double()
+    ds, dt = gs.diagonal(), gt.diagonal()
+    m = n - 1
+    sum_s, sum_t = gs.sum(1) - ds, gt.sum(1) - dt
+    cov = ((gs * gt).sum(1) - ds * dt) - sum_s * sum_t / m
+    var_s = (gs.pow(2).sum(1) - ds.pow(2)) - sum_s.pow(2) / m
+    var_t = (gt.pow(2).sum(1) - dt.pow(2)) - sum_t.pow(2) / m
+    denom = (var_s.clamp_min(0) * var_t.clamp_min(0)).sqrt()
+    corr = cov / denom.clamp_min(1e-300)
     return torch.where(denom > 0, 1.0 - corr, torch.full_like(corr, float("nan"))).float()
 
 
