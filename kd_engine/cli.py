@@ -182,6 +182,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kd_engine.diagnosis.report import write_report
+    from kd_engine.store import open_run
+
+    runs = [open_run(r, args.runs_dir) for r in args.runs]
+    controls = [open_run(args.control, args.runs_dir)] * len(runs) if args.control else None
+    name = "_vs_".join(r.run_id for r in runs)
+    print(write_report(runs, args.output or Path("artifacts") / "reports" / f"{name}.html", controls))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdw", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", default="checkpoints")
     p.add_argument("--force", action="store_true", help="retrain the checkpoints even if present")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("report", help="write a static HTML report of one run, or compare two")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="one run, or two to compare")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--output", help="the HTML file (default: artifacts/reports/<run>.html)")
+    p.add_argument("--control", metavar="RUN", help="the scratch run to compare copied mistakes against "
+                   "(default: the newest scratch run of the same data and seed)")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

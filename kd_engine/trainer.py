@@ -394,7 +394,8 @@ class Trainer:
         probe = self.task.probe_inputs(self.cfg.record.feature_probe_size)
         if probe is not None:
             self.pairs = record_features(self.writer, self.student, self.teacher, self.pairs, *probe, epoch,
-                                         self.cfg.record.attention_maps, self.autocast)
+                                         self.cfg.record.attention_maps, self.autocast,
+                                         split="val" if len(self.data.val) else "train")
 
     def _final_metrics(self) -> dict[str, float]:
         """The last validation pass's metrics and a test pass (recorded, with its artifacts)."""

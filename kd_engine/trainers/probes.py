@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, spatial_attention
+from kd_engine.trainers.instance_disparity import record_instance_disparity
 
 
 def grad_norms(losses: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> dict[str, float]:
@@ -23,7 +24,7 @@ def grad_norms(losses: dict[str, torch.Tensor], params: list[torch.nn.Parameter]
 
 
 def record_features(writer, student, teacher, pairs, x, probe_ids: list[int], epoch: int,
-                    attention_maps: int, autocast) -> list:
+                    attention_maps: int, autocast, split: str = "val") -> list:
     """Log the disparity of each (student, teacher) layer pair on the probe inputs ``x`` and save
     the first ``attention_maps`` images' attention and feature maps. A tap whose hook never fired
     (the layer is not on the forward path) is reported once as an event and its pairs dropped;
@@ -38,6 +39,8 @@ def record_features(writer, student, teacher, pairs, x, probe_ids: list[int], ep
         if not pairs:
             return pairs
     writer.log_features(epoch, disparity_rows(s_feats, t_feats, pairs))
+    # per probe instance, for kd_engine.diagnosis.layers (which layer's disparity predicts errors)
+    record_instance_disparity(writer, epoch, probe_ids, s_feats, t_feats, pairs, split=split)
     shown = min(len(probe_ids), attention_maps)
     ids = probe_ids[:shown]
     for role, feats in (("student", s_feats), ("teacher", t_feats)):

@@ -12,6 +12,7 @@ import streamlit as st
 
 from kd_engine.store import StoreError, open_run
 from workbench import components as ui
+from workbench import health
 from workbench.figures import scalar_curves
 
 CACHE_KEY = "kdw_scalar_cache"
@@ -100,6 +101,7 @@ def main() -> None:
         st.info("Pick one or more runs.")
         return
     st.session_state[ui.RUN_KEY] = chosen[0]
+    health.selected_panel(usable, chosen[0])
     keys: list[str] = []
     for run_id in chosen:
         try:

@@ -9,6 +9,7 @@ import streamlit as st
 from kd_engine.inspection import agreement, normalise_map, resize_map
 from kd_engine.store import Run
 from workbench import components as ui
+from workbench.pages import features_layers
 from workbench.figures import disparity_curves, disparity_heatmap, map_panels
 
 
@@ -88,6 +89,7 @@ def main() -> None:
                 "`record.features` pairs or a feature distillation term (e.g. fitnet) to the config.")
         return
     disparity_section(features)
+    features_layers.render(run)
     maps_section(run, features)
 
 

@@ -11,7 +11,7 @@ import streamlit as st
 
 from kd_engine.store import Run
 from workbench import components as ui
-from workbench.pages import instances_detection
+from workbench.pages import instances_detection, instances_diagnosis
 from workbench.figures import image_gallery, weight_histogram, weight_scatter, weight_trajectories
 
 TABLE_ROWS = 2000
@@ -187,6 +187,7 @@ def main() -> None:
     trajectories_section(run, split, frame)
     st.subheader("All instances of this epoch")
     table_section(frame, names, run.run_id, epoch)
+    instances_diagnosis.render(run, names, decision_columns(frame))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import streamlit as st
 from kd_engine.errors import KDWError
 from kd_engine.store import open_run
 from workbench import components as ui
+from workbench import health
 from workbench import launcher
 from workbench.pages import launch_form
 
@@ -127,6 +128,7 @@ def main() -> None:
     base = ui.runs_dir()
     frame = runs_table()
     live = bool(frame["status"].isin(ui.LIVE_STATUSES).any()) if not frame.empty else False
+    health.selected_panel(frame, st.session_state.get("runs_detail_pick"))
     st.fragment(run_every=3 if live else None)(run_list)(live)
     if not frame.empty:
         actions(frame)
