@@ -17,7 +17,7 @@ EPOCHS = 2
 
 def _train(raw: dict) -> Path:
     from kd_engine.config import validate
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     return train(validate(raw), distributed=False)
 

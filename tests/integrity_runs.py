@@ -35,10 +35,7 @@ def tiny_raw(runs_dir: Path, **overrides: Any) -> dict[str, Any]:
 def tiny_run(tmp_path_factory) -> Path:
     """A finished one-epoch run (do not modify: copy it with `copy_run`)."""
     from kd_engine.config import validate
-    try:
-        from kd_engine.run import train
-    except ImportError:  # the engine before its one Trainer (to check these tests against it)
-        from kd_engine.trainers import train
+    from kd_engine.run import train
 
     base = tmp_path_factory.mktemp("integrity_runs")
     return Path(train(validate(tiny_raw(base)), run_id="tiny", distributed=False))

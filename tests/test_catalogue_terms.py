@@ -120,7 +120,7 @@ def test_crd_memory_keyed_by_instance_ids(tmp_path):
 @pytest.mark.slow
 def test_crd_and_reviewkd_train_end_to_end_and_record_each_instance(tmp_path, make_raw):
     from kd_engine.store import open_run
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     raw = make_raw({"epochs": 1, "distill.terms": [
         {"loss": "kd", "params": {"temperature": 4.0, "standardize": True}},
