@@ -30,6 +30,7 @@ from kd_engine.trainers import runtime
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
 from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, predict, spatial_attention
 from kd_engine.trainers.optim import apply_warmup, build_optimizer, build_scheduler
+from kd_engine.weights import load_init, teacher_origin
 
 log = logging.getLogger("kdw")
 
@@ -77,7 +78,7 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
         device = runtime.resolve_device(cfg.device, ctx.local_rank)
     runtime.seed_everything(cfg.seed)
     data = build_data(cfg.data, cfg.seed)
-    student = build_model(cfg.student, data.input_shape, data.num_classes, field="student")
+    student = load_init(build_model(cfg.student, data.input_shape, data.num_classes, field="student"), cfg.student)
     method = METHODS.get(cfg.method, field="method")
     if cfg.teacher is not None:  # report mistakes in terms, layers or weighting before a teacher trains
         method(cfg, student, build_model(cfg.teacher, data.input_shape, data.num_classes, field="teacher"),
@@ -131,7 +132,7 @@ class _Loop:
                     "teacher": _describe(cfg.teacher) if cfg.teacher else None,
                     "weighting": cfg.weighting.strategy, "seed": cfg.seed, "epochs": cfg.epochs,
                     "device": str(self.device), "world_size": self.ctx.world_size,
-                    "teacher_source": self.teacher_source,
+                    "teacher_source": self.teacher_source, "teacher_origin": teacher_origin(cfg.teacher),
                     "student_params": count_parameters(self.student),
                     "teacher_params": count_parameters(self.teacher) if self.teacher else None,
                     "class_names": self.data.class_names, "input_shape": list(self.data.input_shape)}
