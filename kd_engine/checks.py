@@ -21,8 +21,11 @@ def check_names(cfg: ExperimentConfig) -> None:
     METHODS.get(cfg.method, field="method")
     WEIGHTINGS.get(cfg.weighting.strategy, field="weighting.strategy")
     OPTIMIZERS.get(cfg.optimizer.name, field="optimizer.name")
+    from kd_engine.models.adapters import ADAPTERS
+
     for index, term in enumerate(cfg.distill.terms):
         LOSSES.get(term.loss, field=f"distill.terms.{index}.loss")
+        ADAPTERS.get(term.adapter, field=f"distill.terms.{index}.adapter")
     if cfg.teacher_cache:  # what a teacher soft-label bank can serve (logit terms, classification)
         from kd_engine.teacher_bank import check_teacher_cache
 

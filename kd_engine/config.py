@@ -89,7 +89,8 @@ class TermConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     student_layer: str | None = None
     teacher_layer: str | None = None
-    adapter: Literal["none", "linear", "conv1x1"] = "none"
+    adapter: str = "none"  # a name in kd_engine.models.adapters.ADAPTERS, checked before training
+    adapter_params: dict[str, Any] = Field(default_factory=dict)  # e.g. a ViT token grid: {grid: [8, 8]}
 
 
 class DistillConfig(_Strict):
