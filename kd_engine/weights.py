@@ -94,6 +94,7 @@ class Fit:
     """How a state_dict fits a model: what loads, and what is missing, unexpected or reshaped."""
 
     loadable: dict[str, torch.Tensor]
+    total: int = 0  # tensors in the model's state_dict
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     reshaped: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, file shape, model shape
@@ -116,17 +117,18 @@ class Fit:
 
 
 def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> Fit:
+    """Sort the file's tensors into loadable, unexpected and reshaped, in the model's key order."""
     own = model.state_dict()
     state = strip_prefixes(state, set(own))
-    fit = Fit(loadable={})
-    for key, value in state.items():
-        if key not in own:
-            fit.unexpected.append(key)
-        elif tuple(value.shape) != tuple(own[key].shape):
-            fit.reshaped.append((key, tuple(value.shape), tuple(own[key].shape)))
+    fit = Fit(loadable={}, total=len(own))
+    for key, mine in own.items():
+        if key not in state:
+            fit.missing.append(key)
+        elif tuple(state[key].shape) != tuple(mine.shape):
+            fit.reshaped.append((key, tuple(state[key].shape), tuple(mine.shape)))
         else:
-            fit.loadable[key] = value
-    fit.missing = [k for k in own if k not in state]
+            fit.loadable[key] = state[key]
+    fit.unexpected = [k for k in state if k not in own]
     return fit
 
 
@@ -147,8 +149,7 @@ def load_into(model: nn.Module, path: str | Path, field_name: str = "checkpoint"
 
 def summary(fit: Fit, path: str | Path, field_name: str) -> str:
     """One line for a non-strict load: how much loaded and what did not."""
-    total = len(fit.loadable) + len(fit.missing)
-    line = f"{field_name}: loaded {len(fit.loadable)} of {total} tensors from {path}"
+    line = f"{field_name}: loaded {len(fit.loadable)} of {fit.total} tensors from {path}"
     return line + (f"; {fit.problems()}" if not fit.exact else "")
 
 
