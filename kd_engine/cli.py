@@ -178,6 +178,13 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kd_engine.export import export_student
+
+    print(export_student(args.run, args.format, args.output, args.runs_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdw", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=10, help="outputs of the head (default 10)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a model param (YAML value)")
     p.set_defaults(func=_cmd_layers)
+
+    p = sub.add_parser("export", help="write a run's trained student as safetensors, TorchScript or ONNX")
+    p.add_argument("run")
+    p.add_argument("--format", default="safetensors", choices=("safetensors", "torchscript", "onnx"))
+    p.add_argument("--output", help="the file to write (default: RUN/export/student.<ext>)")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("dashboard", help="open the Streamlit dashboard")
     p.add_argument("--runs-dir", default="runs")
