@@ -150,3 +150,11 @@ def test_wrong_layer_name_names_the_field_and_the_nearest_layers(tmp_path):
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: distill.terms.0.teacher_layer: unknown layer 'layr2'")
     assert "nearest: layer2" in err
+
+
+def test_torchvision_detector_builds_untrained_at_the_image_size():
+    model = build_model(Spec(name="torchvision", params={"arch": "fasterrcnn_mobilenet_v3_large_320_fpn"}),
+                        (3, 96, 96), 4)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 4
+    assert model.transform.min_size == (96,) and model.transform.max_size == 96
+    assert model.feature_layers[-1] == "backbone.fpn"

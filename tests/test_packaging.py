@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -80,9 +81,12 @@ def test_wheel_installs_into_a_fresh_venv_with_only_core_requirements(tmp_path):
     The venv is kept under ~/.cache/kdw (keyed by the core requirements and the lock), because
     its first creation unpacks torch (about 7 minutes and 6 GB on the 2-core machine); each run
     reinstalls this checkout's wheel into it."""
-    dist = tmp_path / "dist"
+    dist, source = tmp_path / "dist", tmp_path / "source"
+    # Built from a copy: an in-tree build leaves build/ and *.egg-info in the checkout.
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "runs", ".kdw_cache", "artifacts", "__pycache__"))
     offline_build = ["--no-build-isolation"] if _has("setuptools") else []  # this venv's setuptools
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT), *offline_build])
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source), *offline_build])
     (wheel,) = dist.glob("kd_workbench-*.whl")
     cache = Path(os.environ.get("KDW_WHEEL_VENV_DIR", Path.home() / ".cache" / "kdw" / "wheel-venvs"))
     venv = cache / _core_venv_key()

@@ -156,8 +156,10 @@ def torchvision_model(input_shape: Sequence[int], num_classes: int, arch: str = 
     if arch in segmentation:
         model = _dict_output_to_logits(model)
         return describe_layers(model, [f"backbone.{n}" for n, _ in model.backbone.named_children()])
-    if arch not in detection:
-        adapt_input_channels(model, int(input_shape[0]))
+    if arch in detection:  # the backbone's stages and the FPN, whose levels detection KD reads
+        body = model.backbone.body
+        return describe_layers(model, [f"backbone.body.{n}" for n, _ in body.named_children()] + ["backbone.fpn"])
+    adapt_input_channels(model, int(input_shape[0]))
     return describe_layers(model, _torchvision_stages(model))
 
 
