@@ -95,3 +95,14 @@ def test_feature_distillation_across_architectures_trains(tmp_path, direction):
     assert run.status() == "finished"
     fitnet = run.scalars(keys=["train/term/fitnet"])["value"].to_numpy()
     assert len(fitnet) > 1 and np.isfinite(fitnet).all() and fitnet[-1] < fitnet[0]
+
+
+def test_an_unknown_adapter_fails_before_anything_is_built(tmp_path):
+    from kd_engine.checks import check_names
+
+    cfg = validate({"data": {"name": "digits"}, "teacher": {"name": "resnet"}, "student": {"name": "resnet"},
+                    "distill": {"terms": [{"loss": "fitnet", "student_layer": "layer2", "teacher_layer": "layer2",
+                                           "adapter": "mlp"}]}})
+    with pytest.raises(ConfigError, match=r"^distill.terms.0.adapter: unknown adapter 'mlp' \(allowed: conv1x1, "
+                                          r"linear, map_to_tokens, none, tokens_to_map\)$"):
+        check_names(cfg)
