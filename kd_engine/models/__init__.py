@@ -1,4 +1,8 @@
-"""Small CPU-friendly models; ``build_model(spec, input_shape, num_classes)`` is the entry point.
+"""Models by name; ``build_model(spec, input_shape, num_classes)`` is the one entry point the
+trainer, ``kdw layers``, the dashboard and ``load_student`` all use.
+
+The built-in models are small and CPU-friendly; ``torchvision``, ``timm`` and ``import``
+(external.py) build any library architecture or a user's factory the same way.
 
 A model is registered in ``MODELS`` as a class taking ``input_shape``, ``num_classes`` and its
 own keyword params; it exposes ``feature_layers`` (tappable names worth distilling) and
