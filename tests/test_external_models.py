@@ -158,3 +158,23 @@ def test_torchvision_detector_builds_untrained_at_the_image_size():
     assert model.roi_heads.box_predictor.cls_score.out_features == 4
     assert model.transform.min_size == (96,) and model.transform.max_size == 96
     assert model.feature_layers[-1] == "backbone.fpn"
+
+
+def test_wrong_record_features_layer_fails_before_training(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(textwrap.dedent("""
+        data: {name: digits}
+        epochs: 1
+        threads: 1
+        teacher: {name: resnet, params: {width: 8}, checkpoint: t.safetensors}
+        student: {name: resnet, params: {width: 4}}
+        distill: {terms: [{loss: kd}]}
+        record: {features: [{student: layer2, teacher: layer22}]}
+        """))
+    from kd_engine.trainers.checkpoint import save_weights
+
+    save_weights(build_model(Spec(name="resnet", params={"width": 8}), (1, 8, 8), 10), tmp_path / "t.safetensors")
+    code, _, err = run_cli("train", str(config), "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: record.features.0.teacher: unknown layer 'layer22'") and "nearest: layer2" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

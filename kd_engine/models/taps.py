@@ -112,3 +112,11 @@ def feature_shape(output) -> tuple[int, ...]:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Total number of parameter elements (optionally only those requiring grad)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def check_layer_pairs(student: nn.Module, teacher: nn.Module, pairs: Sequence, field: str) -> None:
+    """Resolve each configured (student, teacher) layer pair now, so a typo in ``field`` (e.g.
+    ``record.features``) fails before training with the field and the nearest names."""
+    for index, pair in enumerate(pairs):
+        resolve_layers(student, [pair.student], f"{field}.{index}.student")
+        resolve_layers(teacher, [pair.teacher], f"{field}.{index}.teacher")

@@ -25,6 +25,7 @@ from kd_engine.data.detection.builders import dataset_task
 from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
 from kd_engine.methods import METHODS
 from kd_engine.models import build_model, count_parameters
+from kd_engine.models.taps import check_layer_pairs
 from kd_engine.store import RunWriter
 from kd_engine.trainers import runtime
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
@@ -49,6 +50,7 @@ def _feature_pairs(cfg: ExperimentConfig, distiller, student, teacher) -> list[F
     if teacher is None:
         return []
     if cfg.record.features:
+        check_layer_pairs(student, teacher, cfg.record.features, "record.features")
         return list(cfg.record.features)
     pairs = {(t.student_layer, t.teacher_layer) for t in getattr(distiller, "terms", [])
              if getattr(t, "student_layer", None)}
