@@ -13,6 +13,7 @@ naming the first missing and unexpected keys and the first shape that differs, a
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import nn
 
 from kd_engine.errors import CheckpointError
 
+log = logging.getLogger("kdw")
 NESTING_KEYS = ("state_dict", "model", "state_dict_ema")
 PREFIXES = ("module.", "_orig_mod.")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -135,7 +137,7 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> Fit:
 def load_into(model: nn.Module, path: str | Path, field_name: str = "checkpoint",
               strict: bool = True) -> tuple[dict[str, Any], Fit]:
     """Load ``path`` into ``model``; a mismatch is one CheckpointError line unless ``strict=False``,
-    which loads the tensors that fit and leaves the rest as initialised."""
+    which loads the tensors that fit, leaves the rest as initialised and logs a one-line summary."""
     state, meta = read_state_dict(path, field_name)
     fit = fit_state_dict(model, state)
     if not fit.exact and strict:
@@ -144,6 +146,8 @@ def load_into(model: nn.Module, path: str | Path, field_name: str = "checkpoint"
     if not fit.loadable:
         raise CheckpointError(f"{field_name}: {path}: no tensor fits the model ({fit.problems()})")
     model.load_state_dict(fit.loadable, strict=False)
+    if not strict:
+        log.info(summary(fit, path, field_name))
     return meta, fit
 
 
@@ -173,9 +177,7 @@ def load_init(model: nn.Module, spec: Any, field_name: str = "student") -> nn.Mo
     """Load ``spec.init`` (when set) into a freshly built model, honouring ``spec.strict``."""
     path = getattr(spec, "init", None)
     if path:
-        from kd_engine.trainers.checkpoint import load_weights
-
-        load_weights(model, path, field=f"{field_name}.init", strict=getattr(spec, "strict", True))
+        load_into(model, path, f"{field_name}.init", strict=getattr(spec, "strict", True))
     return model
 
 

@@ -3,7 +3,6 @@ written atomically with torch.save and read back with weights_only=True."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from kd_engine.errors import CheckpointError
-
-log = logging.getLogger("kdw")
 
 
 def _atomic(path: Path, write) -> None:
@@ -46,12 +43,9 @@ def load_weights(model: nn.Module, path: str | Path, field: str = "checkpoint",
     tensors; ``strict=False`` loads what fits and logs a one-line summary. Returns the engine's
     metadata stored in the file ({} for files the engine did not write).
     """
-    from kd_engine.weights import load_into, summary
+    from kd_engine.weights import load_into
 
-    metadata, fit = load_into(model, path, field, strict)
-    if not strict:
-        log.info(summary(fit, path, field))
-    return metadata
+    return load_into(model, path, field, strict)[0]
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
