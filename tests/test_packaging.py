@@ -31,6 +31,7 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
 
 
+@pytest.mark.slow
 def test_engine_trains_and_loads_a_student_without_the_extras(tmp_path):
     """Block every extras-only package at import time, then train a digits run and load its student."""
     script = textwrap.dedent(f"""
