@@ -98,7 +98,7 @@ def build_teacher(cfg: ExperimentConfig, input_shape, num_classes: int, is_main:
         path = Path(cfg.teacher.checkpoint)
         if path.is_file():
             check_spec(path, cfg)
-        load_weights(model, path, field="teacher.checkpoint")
+        load_weights(model, path, field="teacher.checkpoint", strict=cfg.teacher.strict)
         return model.eval(), str(path)
     path = teacher_cache_path(cfg)
     if not path.is_file() and is_main:

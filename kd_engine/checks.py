@@ -24,9 +24,12 @@ def check_names(cfg: ExperimentConfig) -> None:
     METHODS.get(cfg.method, field="method")
     WEIGHTINGS.get(cfg.weighting.strategy, field="weighting.strategy")
     OPTIMIZERS.get(cfg.optimizer.name, field="optimizer.name")
+    from kd_engine.models.adapters import ADAPTERS
+
     for index, term in enumerate(cfg.distill.terms):
         LOSSES.get(term.loss, field=f"distill.terms.{index}.loss").check_params(
             term.params, f"distill.terms.{index}.params")
+        ADAPTERS.get(term.adapter, field=f"distill.terms.{index}.adapter")
     check_call(WEIGHTINGS.get(cfg.weighting.strategy), cfg.weighting.params, "weighting.params",
                owner=f"strategy {cfg.weighting.strategy}")
     optimizers = [("optimizer", cfg.optimizer)]

@@ -1,4 +1,5 @@
-"""`kdw`: train, list, inspect and stop runs, open the dashboard, reproduce the notebooks.
+"""`kdw`: train, list, inspect and stop runs, list a model's layers, export a student, open the
+dashboard, reproduce the notebooks.
 
 User errors print one line (`error: ...`) and exit with status 2; nothing prints a traceback
 for a mistake in a config or a file.
@@ -193,6 +194,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from kd_engine.layers import layers_table
+
+    params = {}
+    for assignment in args.param or []:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise KDWError(f"--param {assignment!r}: expected key=value")
+        import yaml
+
+        params[key] = yaml.safe_load(value)
+    print(layers_table(args.model, args.input, args.classes, params))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kd_engine.export import export_student
+
+    print(export_student(args.run, args.format, args.output, args.runs_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdw", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
         p.add_argument("--runs-dir", default="runs")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("layers", help="list a model's tappable module paths and output shapes")
+    p.add_argument("model", help="a config file, a model name, torchvision:ARCH, timm:ARCH, "
+                                 "import:pkg.mod:factory, or '{name: ..., params: {...}}'")
+    p.add_argument("--input", help="per-sample input shape, e.g. 3x32x32 (default: the config's data, "
+                                   "else 3x32x32)")
+    p.add_argument("--classes", type=int, default=10, help="outputs of the head (default 10)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a model param (YAML value)")
+    p.set_defaults(func=_cmd_layers)
+
+    p = sub.add_parser("export", help="write a run's trained student as safetensors, TorchScript or ONNX")
+    p.add_argument("run")
+    p.add_argument("--format", default="safetensors", choices=("safetensors", "torchscript", "onnx"))
+    p.add_argument("--output", help="the file to write (default: RUN/export/student.<ext>)")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("dashboard", help="open the Streamlit dashboard")
     p.add_argument("--runs-dir", default="runs")

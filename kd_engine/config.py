@@ -124,10 +124,18 @@ class TrainSettings(_Strict):
 class ModelSpec(_Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    init: str | None = None  # student: weights to start from (.safetensors or a .pth/.pt state_dict)
+    strict: bool = True  # false: load the tensors of init/checkpoint that fit, report the rest
 
 
 class TeacherConfig(ModelSpec):
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # weights (.safetensors or a .pth/.pt state_dict); else trained and cached
+
+    @model_validator(mode="after")
+    def _checkpoint_not_init(self) -> "TeacherConfig":
+        if self.init is not None:
+            raise ValueError("a teacher's weights are given by 'checkpoint', not 'init'")
+        return self
     train: TrainSettings = Field(default_factory=TrainSettings)
     # the data the teacher trains on, when it is not the run's (e.g. KD from a shifted pool)
     data: DataConfig | None = None
@@ -141,7 +149,8 @@ class TermConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     student_layer: str | None = None
     teacher_layer: str | None = None
-    adapter: Literal["none", "linear", "conv1x1"] = "none"
+    adapter: str = "none"  # a name in kd_engine.models.adapters.ADAPTERS, checked before training
+    adapter_params: dict[str, Any] = Field(default_factory=dict)  # e.g. a ViT token grid: {grid: [8, 8]}
 
 
 class DistillConfig(_Strict):
@@ -376,9 +385,27 @@ def validate(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
         raise _one_line(exc, source) from None
 
 
+# Weight files a config names; a relative one is read from the config file's folder.
+CONFIG_RELATIVE_PATHS = (("teacher", "checkpoint"), ("student", "init"))
+
+
+def resolve_relative_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Make ``teacher.checkpoint`` and ``student.init`` absolute against ``folder`` (in place), so
+    a config runs the same from any working directory and its stored copy resumes anywhere."""
+    for section, key in CONFIG_RELATIVE_PATHS:
+        node = raw.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            node[key] = str((folder / value).resolve())
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read, override and validate a config; names are checked against registries later."""
+    """Read, override and validate a config; names are checked against registries later.
+
+    Relative weight paths in the file resolve against its folder; those given by ``--set``
+    overrides stay relative to the working directory, like any path typed on a command line."""
     raw = load_raw(path)
+    resolve_relative_paths(raw, Path(path).resolve().parent)
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return validate(raw, str(path))

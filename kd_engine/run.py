@@ -18,6 +18,7 @@ from kd_engine.checks import check_names
 from kd_engine.config import ExperimentConfig, load_raw, validate
 from kd_engine.errors import ConfigError
 from kd_engine.models import build_model
+from kd_engine.weights import load_init
 from kd_engine.tasks import task_for
 from kd_engine.teacher_bank import bank_distiller, prepare_bank
 from kd_engine.trainers import runtime
@@ -56,7 +57,7 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
         device = runtime.resolve_device(cfg.device, ctx.local_rank)
     runtime.seed_everything(cfg.seed)
     data = task_class.build_data(cfg)
-    student = build_model(cfg.student, data.input_shape, data.num_classes, field="student")
+    student = load_init(build_model(cfg.student, data.input_shape, data.num_classes, field="student"), cfg.student)
     method = task_class.methods.get(cfg.method, field="method")
     check_method(method, cfg, ctx)
     if cfg.teacher is not None:  # report mistakes in terms, layers or weighting before a teacher trains

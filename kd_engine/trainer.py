@@ -28,11 +28,13 @@ from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
 from kd_engine.faults import fault_point
 from kd_engine.integrity import chance_warning
 from kd_engine.models import count_parameters
+from kd_engine.models.taps import check_layer_pairs
 from kd_engine.optim import apply_warmup, build_optimizer, build_scheduler
 from kd_engine.store import RunWriter, checkpoint_note
 from kd_engine.tasks.base import Evaluation, Task
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
 from kd_engine.trainers.probes import grad_norms, record_features
+from kd_engine.weights import teacher_origin
 
 log = logging.getLogger("kdw")
 
@@ -82,6 +84,7 @@ class Trainer:
         if self.teacher is None:
             return []
         if self.cfg.record.features:
+            check_layer_pairs(self.student, self.teacher, self.cfg.record.features, "record.features")
             return list(self.cfg.record.features)
         return [FeaturePair(student=s, teacher=t) for s, t in sorted(set(self.distiller.feature_pairs()))]
 
@@ -135,7 +138,7 @@ class Trainer:
                     "teacher": _describe(cfg.teacher) if cfg.teacher else None,
                     "weighting": cfg.weighting.strategy, "seed": cfg.seed, "epochs": cfg.epochs,
                     "device": str(self.device), "world_size": self.ctx.world_size,
-                    "teacher_source": self.teacher_source,
+                    "teacher_source": self.teacher_source, "teacher_origin": teacher_origin(cfg.teacher),
                     "student_params": count_parameters(self.student),
                     "teacher_params": count_parameters(self.teacher) if self.teacher else None,
                     "class_names": self.data.class_names, "input_shape": list(self.data.input_shape)}

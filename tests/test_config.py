@@ -83,7 +83,6 @@ def test_load_config_applies_overrides_then_validates(tmp_path):
     ("epochs", "ten", ["epochs:", "integer", "'ten'"]),
     ("distill.terms.0.weight", -1.0, ["distill.terms.0.weight:", "greater than or equal to 0"]),
     ("device", "tpu", ["device:", "'cpu'", "'cuda'", "'auto'"]),
-    ("distill.terms.0.adapter", "mlp", ["distill.terms.0.adapter:", "'conv1x1'", "'linear'"]),
     ("data.val_fraction", 1.5, ["data.val_fraction:", "1.5"]),
     ("name", "a/b", ["name:", "slashes"]),
     ("student", None, ["student:"]),

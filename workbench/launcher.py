@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from kd_engine.checks import check_names
-from kd_engine.config import ExperimentConfig, apply_override, safe_yaml, validate
+from kd_engine.config import ExperimentConfig, apply_override, resolve_relative_paths, safe_yaml, validate
 from kd_engine.errors import ConfigError, KDWError
 from kd_engine.search.read import open_search
 from kd_engine.store import new_run_id
@@ -52,6 +52,9 @@ def prepare(text: str, source: str = "config", overrides: list[str] | None = Non
             ) -> tuple[dict[str, Any], ExperimentConfig]:
     """Parse, override and validate; raises ConfigError whose text is what `kdw train` prints."""
     raw = parse_yaml(text, source)
+    origin = REPO / source  # a shipped config's relative weight paths read from its folder, as in kdw train
+    if origin.is_file():
+        resolve_relative_paths(raw, origin.resolve().parent)
     for assignment in overrides or []:
         apply_override(raw, assignment)
     cfg = validate(raw, source)

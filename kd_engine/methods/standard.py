@@ -13,6 +13,7 @@ from kd_engine.losses.terms import LOSSES, TermBatch, TermSetup, TermSpec
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
 from kd_engine.models import feature_taps, layer_shapes
+from kd_engine.models.adapters import build_adapter
 from kd_engine.weighting import build_weighting
 
 
@@ -47,22 +48,11 @@ class Term(nn.Module):
         return self.spec.fn(s_feat, t_feat, **self.params, reduction="none")
 
 
-def make_adapter(kind: str, s_shape: tuple, t_shape: tuple, field: str, layers: str) -> nn.Module | None:
-    """Build the student->teacher adapter, or explain in one line why the shapes cannot fit."""
-    if kind == "none":
-        if s_shape != t_shape:
-            raise ConfigError(f"{field}: {layers} have shapes {s_shape} and {t_shape}; "
-                              "set adapter: conv1x1 (maps) or linear (vectors)")
-        return None
-    if kind == "conv1x1":
-        if len(s_shape) != 3 or s_shape[1:] != t_shape[1:]:
-            raise ConfigError(f"{field}: adapter conv1x1 needs (C, H, W) maps of equal H, W; "
-                              f"{layers} have shapes {s_shape} and {t_shape}")
-        return nn.Conv2d(s_shape[0], t_shape[0], kernel_size=1, bias=False)
-    if s_shape[:-1] != t_shape[:-1]:
-        raise ConfigError(f"{field}: adapter linear needs equal leading sizes; "
-                          f"{layers} have shapes {s_shape} and {t_shape}")
-    return nn.Linear(s_shape[-1], t_shape[-1], bias=False)
+def make_adapter(kind: str, s_shape: tuple, t_shape: tuple, field: str, layers: str,
+                 params: dict | None = None) -> nn.Module | None:
+    """Build the student->teacher adapter (kd_engine.models.adapters), or explain in one line why
+    the shapes cannot fit."""
+    return build_adapter(kind, s_shape, t_shape, field, layers, params)
 
 
 @METHODS.register("standard")
@@ -102,12 +92,13 @@ class Standard(Distiller):
                     t_layer = t_layer or getattr(self.teacher, "embedding_layer", None)
                 if not s_layer or not t_layer:
                     raise ConfigError(f"{field}: loss {term_cfg.loss} needs student_layer and teacher_layer")
-                s_shape = layer_shapes(self.student, input_shape, [s_layer])[s_layer]
-                t_shape = layer_shapes(self.teacher, input_shape, [t_layer])[t_layer]
+                s_shape = layer_shapes(self.student, input_shape, [s_layer], f"{field}.student_layer")[s_layer]
+                t_shape = layer_shapes(self.teacher, input_shape, [t_layer], f"{field}.teacher_layer")[t_layer]
                 layers = f"student {s_layer!r} and teacher {t_layer!r}"
                 spec.check_shapes(s_shape, t_shape, field, layers)
                 if spec.inputs == "adapted_features":
-                    adapter = make_adapter(term_cfg.adapter, s_shape, t_shape, field, layers)
+                    adapter = make_adapter(term_cfg.adapter, s_shape, t_shape, field, layers,
+                                           term_cfg.adapter_params)
                 elif spec.inputs == "features" and (len(s_shape) != 3 or s_shape[1:] != t_shape[1:]):
                     raise ConfigError(f"{field}: {term_cfg.loss} needs (C, H, W) maps of equal H, W; "
                                       f"{layers} have shapes {s_shape} and {t_shape}")

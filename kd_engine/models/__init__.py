@@ -1,4 +1,8 @@
-"""Small CPU-friendly models; ``build_model(spec, input_shape, num_classes)`` is the entry point.
+"""Models by name; ``build_model(spec, input_shape, num_classes)`` is the one entry point the
+trainer, ``kdw layers``, the dashboard and ``load_student`` all use.
+
+The built-in models are small and CPU-friendly; ``torchvision``, ``timm`` and ``import``
+(external.py) build any library architecture or a user's factory the same way.
 
 A model is registered in ``MODELS`` as a class taking ``input_shape``, ``num_classes`` and its
 own keyword params; it exposes ``feature_layers`` (tappable names worth distilling) and
@@ -30,13 +34,20 @@ from kd_engine.models import cnn, mlp, vit  # noqa: E402,F401
 from kd_engine.models import ncd  # noqa: E402,F401
 from kd_engine.models import detectors  # noqa: E402,F401
 from kd_engine.models import experts, query_head  # noqa: E402,F401
+from kd_engine.models import external  # noqa: E402,F401
 from kd_engine.models.taps import count_parameters, feature_taps, layer_shapes  # noqa: E402
 
 
 def model_params(name: str) -> list[str]:
-    """The keyword params a registered model accepts (for error messages and the UI)."""
+    """The keyword params a registered model names (for error messages and the UI)."""
     cls = MODELS.get(name)
-    return [p for p in inspect.signature(cls).parameters if p not in ("input_shape", "num_classes")]
+    return [n for n, p in inspect.signature(cls).parameters.items()
+            if n not in ("input_shape", "num_classes") and p.kind is not p.VAR_KEYWORD]
+
+
+def _passes_any_keyword(name: str) -> bool:
+    """True for builders that hand unknown params on to a library (torchvision, timm, import)."""
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(MODELS.get(name)).parameters.values())
 
 
 def build_model(spec: Any, input_shape: Sequence[int], num_classes: int,
@@ -45,13 +56,13 @@ def build_model(spec: Any, input_shape: Sequence[int], num_classes: int,
     name = getattr(spec, "name", None)
     cls = MODELS.get(name, field=f"{field}.name")
     params = dict(getattr(spec, "params", None) or {})
-    allowed = model_params(name)
-    reject_unknown(params, allowed, f"{field}.params", f"model {name}")
+    if not _passes_any_keyword(name):
+        reject_unknown(params, model_params(name), f"{field}.params", f"model {name}")
     try:
         return cls(input_shape=tuple(int(s) for s in input_shape), num_classes=int(num_classes),
                    **params)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{field}.params: invalid value for model {name}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:
+        raise ConfigError(f"{field}.params: invalid value for model {name}: {str(e).splitlines()[0]}") from None
 
 
 __all__ = ["MODELS", "build_model", "model_params", "feature_taps", "layer_shapes",

@@ -26,7 +26,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 DETECTOR_KINDS = ("retinanet", "fcos", "fasterrcnn")
-# Card §9 miniature: teacher 32/64/128/256 x2 blocks, student 8/16/32/64 x1 block, FPN 64 for both.
+# The AID miniature: teacher 32/64/128/256 x2 blocks, student 8/16/32/64 x1 block, FPN 64 for both.
 TEACHER_SIZE = {"width": 32, "depth": 2, "fpn_channels": 64}
 STUDENT_SIZE = {"width": 8, "depth": 1, "fpn_channels": 64}
 _NORMS = {"bn": nn.BatchNorm2d, "frozen": FrozenBatchNorm2d}

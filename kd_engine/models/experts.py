@@ -1,4 +1,4 @@
-"""A shared MLP trunk with E expert heads (MDCS card §16, miniature): trunk in → hidden, then per
+"""A shared MLP trunk with E expert heads (MDCS, in miniature): trunk in → hidden, then per
 expert hidden → expert_hidden → cosine classifier with scale s. The model's output is the mean
 of the experts' logits; ``expert_logits`` gives them one by one, (E, B, C)."""
 from __future__ import annotations

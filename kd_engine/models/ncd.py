@@ -1,4 +1,4 @@
-"""A novel-class-discovery network (UNO / Cr-KD, card §10): a ResNet backbone, a *known* head of
+"""A novel-class-discovery network (UNO / Cr-KD): a ResNet backbone, a *known* head of
 cosine prototypes and H *novel* heads (projection MLP + cosine prototypes), one per clustering.
 
 ``heads(x)`` returns (known logits (B, K), novel logits (H, B, N)) as cosine similarities;

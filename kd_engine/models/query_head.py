@@ -1,4 +1,4 @@
-"""A CNN with a label-query head (ML-Decoder-style, L2D card §25): class queries cross-attend
+"""A CNN with a label-query head (ML-Decoder-style, as L2D uses): class queries cross-attend
 to the spatial features, giving one embedding per label, e ∈ R^{B×C×d}, and one logit per label
 from its own embedding. ``label_embeddings(x)`` returns (e, logits); ``forward`` the logits."""
 from __future__ import annotations

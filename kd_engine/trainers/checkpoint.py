@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from kd_engine.errors import CheckpointError
@@ -60,34 +60,18 @@ def read_metadata(path: Path) -> dict[str, Any]:
         return json.loads((handle.metadata() or {}).get("kdw", "{}"))
 
 
-def load_weights(model: nn.Module, path: str | Path, field: str = "checkpoint") -> dict[str, Any]:
-    """Load safetensors weights into `model`; any mismatch is a one-line CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{field}: file not found: {path}")
-    try:
-        state = load_file(str(path))
-        metadata = read_metadata(path)
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"{field}: {path} is not a readable safetensors file ({exc})") from None
-    # Compare before loading: load_state_dict raises a multi-line RuntimeError on a shape mismatch.
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    reshaped = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if reshaped:
-        k = reshaped[0]
-        problems.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(state[k].shape)} in the file, "
-                        f"{tuple(own[k].shape)} in the model)")
-    if problems:
-        raise CheckpointError(f"{field}: {path} does not fit the model: {'; '.join(problems)}")
-    model.load_state_dict(state)
-    return metadata
+def load_weights(model: nn.Module, path: str | Path, field: str = "checkpoint",
+                 strict: bool = True) -> dict[str, Any]:
+    """Load weights into `model` from a .safetensors or a .pth/.pt state_dict (read with
+    weights_only=True; nested and ``module.``-prefixed dicts are unwrapped, see kd_engine.weights).
+
+    A mismatch is a one-line CheckpointError naming the first missing, unexpected and reshaped
+    tensors; ``strict=False`` loads what fits and logs a one-line summary. Returns the engine's
+    metadata stored in the file ({} for files the engine did not write).
+    """
+    from kd_engine.weights import load_into
+
+    return load_into(model, path, field, strict)[0]
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
