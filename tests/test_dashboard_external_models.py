@@ -18,7 +18,7 @@ from kd_engine.models import build_model
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory) -> Path:
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     base = tmp_path_factory.mktemp("external_dash")
     teacher_spec = {"name": "torchvision", "params": {"arch": "resnet18"}}

@@ -17,7 +17,7 @@ from kd_engine.trainers.checkpoint import load_weights
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     base = tmp_path_factory.mktemp("export")
     cfg = validate({"name": "exported", "method": "scratch", "epochs": 1, "threads": 1,

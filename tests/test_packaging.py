@@ -45,7 +45,7 @@ def test_engine_trains_and_loads_a_student_without_the_extras(tmp_path):
 
         sys.meta_path.insert(0, Block())
         from kd_engine.config import load_config
-        from kd_engine.trainers import train
+        from kd_engine.run import train
         import kd_engine
         cfg = load_config({str(tmp_path / "c.yaml")!r}, ["runs_dir={tmp_path / 'runs'}", "cache_dir={tmp_path / 'cache'}",
                           "teacher.params.width=4", "record.instances=false"])

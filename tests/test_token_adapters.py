@@ -72,7 +72,7 @@ def test_feature_distillation_across_architectures_trains(tmp_path, direction):
     """A fitnet term between ViT tokens and CNN maps trains for one epoch, and the term falls."""
     from kd_engine.models import build_model
     from kd_engine.store import open_run
-    from kd_engine.trainers import train
+    from kd_engine.run import train
     from kd_engine.trainers.checkpoint import save_weights
 
     vit = {"name": "vit", "params": {"patch": 2, "dim": 16, "depth": 2, "heads": 2}}
