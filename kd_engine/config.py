@@ -106,6 +106,10 @@ class RecordConfig(_Strict):
     features: list[FeaturePair] = Field(default_factory=list)
     feature_probe_size: int = Field(256, gt=1)
     attention_maps: int = Field(16, ge=0)
+    # per-epoch recorders (feature disparity, attention maps): past these a recorder warns once,
+    # keeps what it recorded and the run trains on (kd_engine/trainers/evaluate.py RecorderGuard)
+    budget_seconds: float = Field(60.0, gt=0.0)
+    budget_mb: float = Field(1024.0, gt=0.0)
     scalars_every: int = Field(1, gt=0)
     tensorboard: bool = True
 

@@ -28,7 +28,7 @@ from kd_engine.models import build_model, count_parameters
 from kd_engine.store import RunWriter
 from kd_engine.trainers import runtime
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
-from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, predict, spatial_attention
+from kd_engine.trainers.evaluate import RecorderGuard, predict, record_features
 from kd_engine.trainers.optim import apply_warmup, build_optimizer, build_scheduler
 
 log = logging.getLogger("kdw")
@@ -115,6 +115,7 @@ class _Loop:
         self.teacher_source = teacher_source
         self._teacher_eval: dict[str, object] = {}
         self._open_store(resume, run_id)
+        self._recorders = _recorder_guard(cfg, self.writer)
 
     # -- store --------------------------------------------------------------------------------
     def _open_store(self, resume, run_id) -> None:
@@ -356,31 +357,16 @@ class _Loop:
         self.writer.log_scalars(self.global_step, epoch, metrics)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("acc"))
         log.info("%s epoch %d/%d %s", self.cfg.name, epoch + 1, self.cfg.epochs, shown)
-        self._record_features(epoch)
+        self._recorders.run("features", self._record_features, epoch)
         self._checkpoint(epoch)
         self.writer.flush()
         self.writer.heartbeat()
 
     def _record_features(self, epoch: int) -> None:
-        if not self.pairs:
-            return
-        probe = self.data.val if len(self.data.val) else self.data.train
-        count = min(len(probe), self.cfg.record.feature_probe_size)
-        x = probe.x[:count].to(self.device)
-        s_feats = layer_outputs(self.student, x, sorted({p.student for p in self.pairs}), self.autocast)
-        t_feats = layer_outputs(self.teacher, x, sorted({p.teacher for p in self.pairs}), self.autocast)
-        self.writer.log_features(epoch, disparity_rows(s_feats, t_feats, self.pairs))
-        shown = min(count, self.cfg.record.attention_maps)
-        ids = probe.ids[:shown].tolist()
-        for role, feats in (("student", s_feats), ("teacher", t_feats)):
-            for layer, value in feats.items():
-                if value.dim() != 4 or not shown:
-                    continue
-                meta = {"instance_ids": ids, "layer": layer}
-                self.writer.save_artifact(f"attention/e{epoch}/{role}/{layer}", spatial_attention(value[:shown]).numpy(),
-                                          kind="attention_map", epoch=epoch, role=role, meta=meta)
-                self.writer.save_artifact(f"feature/e{epoch}/{role}/{layer}", value[:shown].numpy(),
-                                          kind="feature_map", epoch=epoch, role=role, meta=meta)
+        if self.pairs:
+            probe = self.data.val if len(self.data.val) else self.data.train
+            record_features(self.writer, self.student, self.teacher, self.pairs, probe, epoch,
+                            self.cfg.record, self.device, self.autocast, self._recorders)
 
     def _finish(self) -> None:
         final: dict[str, float] = {}
@@ -393,6 +379,14 @@ class _Loop:
         self.writer.set_meta(final_metrics=final)
         self.writer.set_status("finished")
         self.writer.event("finished")
+
+
+def _recorder_guard(cfg, writer) -> RecorderGuard:
+    """The per-epoch recorders' budget (record.budget_seconds / budget_mb): a recorder that fails
+    or overruns logs one warning and the run trains on; a stop request still stops it."""
+    event = (lambda message, level: writer.event(message, level=level)) if writer is not None else None
+    return RecorderGuard(cfg.record.budget_seconds, cfg.record.budget_mb,
+                         passthrough=(StopRequested, KeyboardInterrupt), event=event)
 
 
 def _describe(spec) -> str:
