@@ -30,6 +30,8 @@ class DataConfig(_Strict):
     image_size: int | None = Field(None, gt=0)
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(512, gt=0)
+    augment: str = "none"  # a preset in kd_engine.data.augment (none, cifar, imagenet), checked when built
+    download: bool = False  # torchvision datasets: fetch into data.root when missing
     params: dict[str, Any] = Field(default_factory=dict)
 
 

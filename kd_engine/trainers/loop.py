@@ -21,6 +21,7 @@ from kd_engine.cache import build_teacher
 from kd_engine.checks import check_names
 from kd_engine.config import ExperimentConfig, FeaturePair, load_raw, validate
 from kd_engine.data import build_data
+from kd_engine.data.base import augment_batch, source_map
 from kd_engine.data.detection.builders import dataset_task
 from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
 from kd_engine.methods import METHODS
@@ -150,6 +151,7 @@ class _Loop:
                          {"model": cfg.teacher.name, "params": cfg.teacher.params})
 
     def _save_images(self) -> None:
+        self.writer.set_meta(sources=source_map(self.data))  # instance id -> file path / dataset index
         ids = np.concatenate([split.ids.numpy() for split in (self.data.train, self.data.val, self.data.test)])
         if ids.size * int(np.prod(self.data.input_shape)) <= 50_000_000:
             self.writer.save_images(ids, self.data.images(ids))
@@ -220,7 +222,7 @@ class _Loop:
             real = torch.ones(n, dtype=torch.bool)
         count = max(1, math.ceil(len(order) / self.cfg.data.batch_size))
         for positions, keep in zip(torch.tensor_split(order, count), torch.tensor_split(real, count)):
-            yield train.x[positions], train.y[positions], train.ids[positions], keep
+            yield augment_batch(train, train.x[positions]), train.y[positions], train.ids[positions], keep
 
     def _train_epoch(self, epoch: int) -> None:
         self.model.train()
