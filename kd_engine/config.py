@@ -75,11 +75,23 @@ class TeacherConfig(ModelSpec):
     data: DataConfig | None = None
 
 
+class WeightSchedule(_Strict):
+    """How a term's weight ramps over epochs. ``linear_warmup``: epoch e (from 0) uses
+    weight · min(1, (e + 1) / epochs), DKD's warm-up (its first epoch already gets 1/epochs)."""
+
+    kind: Literal["linear_warmup"] = "linear_warmup"
+    epochs: int = Field(20, gt=0)
+
+    def factor(self, epoch: int) -> float:
+        return min(1.0, (epoch + 1) / self.epochs)
+
+
 class TermConfig(_Strict):
     """One distillation term: a registered loss, its weight, and where its inputs come from."""
 
     loss: str
     weight: float = Field(1.0, ge=0.0)
+    weight_schedule: WeightSchedule | None = None  # None: the weight is constant
     params: dict[str, Any] = Field(default_factory=dict)
     student_layer: str | None = None
     teacher_layer: str | None = None
