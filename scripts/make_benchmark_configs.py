@@ -83,7 +83,7 @@ def main() -> None:
             path = ROOT / method / f"{pair}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             header = (f"# CIFAR-100 {method.upper()}: {PAIRS[pair][0]} -> {PAIRS[pair][1]}, the literature's protocol.\n"
-                      "# Written by scripts/make_benchmark_configs.py; results: docs/benchmarks.md.\n")
+                      "# Written by scripts/make_benchmark_configs.py; results: README.md, Standard benchmarks.\n")
             path.write_text(header + yaml.safe_dump(config(method, pair), sort_keys=False))
 
 
