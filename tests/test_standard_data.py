@@ -190,3 +190,25 @@ def test_64px_folder_run_with_default_recording_finishes(tmp_path):
     run = _train_folder(tmp_path, root, 64)
     assert run.meta()["status"] == "finished"
     assert not run.features().empty  # default recording: the layers both models share
+
+
+def test_instances_gallery_names_files(tmp_path, monkeypatch):
+    """The Instances page's gallery titles each image with its file name from the run's id -> path map."""
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    root = tmp_path / "photos"
+    _folder(root, {"train": ["cat", "dog"], "val": ["cat", "dog"]}, per_class=4)
+    run = _train_folder(tmp_path, root, 8)
+    monkeypatch.setenv("KDW_RUNS_DIR", str(run.run_dir.parent))
+    repo = Path(__file__).resolve().parent.parent
+    at = AppTest.from_file(str(repo / "streamlit_app.py"), default_timeout=120)
+    at.session_state["kdw_run"] = run.run_dir.name
+    at.run()
+    at.switch_page("workbench/pages/instances.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    titles = [a.get("text", "") for el in at.get("plotly_chart")
+              for a in json.loads(el.proto.spec)["layout"].get("annotations", [])]
+    named = [t for t in titles if ".png" in t]
+    assert named and all(t.split()[0] in {f"{k}.png" for k in range(4)} for t in named)
