@@ -208,6 +208,11 @@ class ExperimentConfig(_Strict):
             raise ValueError("distill.terms need a teacher: add a 'teacher' section")
         if self.teacher_cache and self.teacher is None:
             raise ValueError("teacher_cache needs a teacher to label the bank: add a 'teacher' section")
+        if self.teacher_cache and self.data.augment != "none":
+            # the bank's soft labels belong to its own stored crops; augmenting the batch on top
+            # would pair them with images the teacher never saw
+            raise ValueError(f"data.augment: {self.data.augment!r} cannot be combined with teacher_cache "
+                             "(the bank replays its own crops, set in teacher_bank); use augment: none")
         return self
 
     def to_dict(self) -> dict[str, Any]:

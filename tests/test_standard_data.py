@@ -212,3 +212,11 @@ def test_instances_gallery_names_files(tmp_path, monkeypatch):
               for a in json.loads(el.proto.spec)["layout"].get("annotations", [])]
     named = [t for t in titles if ".png" in t]
     assert named and all(t.split()[0] in {f"{k}.png" for k in range(4)} for t in named)
+
+
+def test_augmentation_and_teacher_bank_are_refused_together():
+    from kd_engine.config import validate
+    from tests.conftest import digits_raw
+
+    with pytest.raises(ConfigError, match="data.augment: 'cifar' cannot be combined with teacher_cache"):
+        validate(digits_raw("runs", "cache", {"teacher_cache": True, "data.augment": "cifar"}))
