@@ -141,3 +141,17 @@ def test_memory_budget_cuts_the_probe_and_records(tmp_path):
     assert not run.features().empty
     warnings = run.events().query("level == 'warning'")
     assert len(warnings) == 1 and "probe cut from" in warnings.message.iloc[0]
+
+
+def test_probe_of_a_lazy_training_split_is_not_augmented():
+    from kd_engine.config import DataConfig
+    from kd_engine.data import build_data
+    from kd_engine.trainers.evaluate import probe_inputs
+
+    data = DataConfig(name="fakedata", augment="cifar", params={"train_size": 12, "test_size": 4,
+                                                                  "num_classes": 2, "memory_mb": 0.0001})
+    lazy = build_data(data, 0).train
+    first, ids = probe_inputs(lazy, 5)
+    again, _ = probe_inputs(lazy, 5)
+    assert first.shape == (5, 3, 32, 32) and torch.equal(first, again)
+    assert torch.equal(ids, lazy.ids[:5])

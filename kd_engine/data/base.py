@@ -220,6 +220,11 @@ class ItemInstanceDataset(InstanceDataset):
         image = self.base[int(self.positions[i])][0]
         return self.transform(image), self.y[i], self.ids[i]
 
+    def eval_item(self, i: int):
+        """Item ``i`` through the eval transform (no augmentation), e.g. for a fixed probe."""
+        image = self.base[int(self.positions[i])][0]
+        return self.eval_transform(image), self.y[i], self.ids[i]
+
     def _row(self, ids: Sequence[int]) -> list[int]:
         if self._pos is None:
             self._pos = {int(v): k for k, v in enumerate(self.ids.tolist())}

@@ -107,26 +107,17 @@ def disparity_rows(student_feats: dict, teacher_feats: dict, pairs,
 
 
 def probe_inputs(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed probe subset: the first ``count`` items of ``dataset`` as (x, ids), read by
-    slicing an in-memory dataset or through ``__getitem__`` for a lazy one (eval transform)."""
+    """The fixed probe subset: the first ``count`` items of ``dataset`` as (x, ids), sliced from
+    an in-memory dataset or read one by one without augmentation (``eval_item``) from a lazy
+    one, so every epoch probes the same images."""
     count = min(count, len(dataset))
     if hasattr(dataset, "x"):
         return dataset.x[:count], dataset.ids[:count]
-    x, _, ids = next(batches(_Head(dataset, count), max(count, 1)), (torch.zeros(0), None, torch.zeros(0)))
-    return x, ids
-
-
-class _Head:
-    """The first ``count`` items of a dataset (no ``.x``: ``batches`` reads it item by item)."""
-
-    def __init__(self, dataset, count: int):
-        self.dataset, self.count = dataset, count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, i: int):
-        return self.dataset[i]
+    read = getattr(dataset, "eval_item", dataset.__getitem__)
+    items = [read(i) for i in range(count)]
+    if not items:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    return torch.stack([item[0] for item in items]), torch.stack([torch.as_tensor(item[2]) for item in items])
 
 
 def bytes_per_probe_sample(model: nn.Module, layers: list[str], x: torch.Tensor, autocast) -> int:
