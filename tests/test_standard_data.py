@@ -220,3 +220,21 @@ def test_augmentation_and_teacher_bank_are_refused_together():
 
     with pytest.raises(ConfigError, match="data.augment: 'cifar' cannot be combined with teacher_cache"):
         validate(digits_raw("runs", "cache", {"teacher_cache": True, "data.augment": "cifar"}))
+
+
+def test_large_source_maps_go_to_artifacts(tmp_path):
+    from kd_engine.data.base import save_sources
+    from kd_engine.store import RunWriter, open_run
+
+    bundle = build_data(fake(), 0)
+    small = RunWriter.create(tmp_path, "small", {}, "name: small\n", tensorboard=False)
+    save_sources(small, bundle)
+    large = RunWriter.create(tmp_path, "large", {}, "name: large\n", tensorboard=False)
+    save_sources(large, bundle, meta_limit=10)
+    for writer in (small, large):
+        writer.close()
+    assert open_run(small.run_dir).meta()["sources"]["40"] == "FakeData/test[0]"
+    run = open_run(large.run_dir)
+    assert "sources" not in run.meta()
+    ids, names = run.load_artifact("instance_source_ids"), run.load_artifact("instance_sources")
+    assert dict(zip(ids.tolist(), (n.decode() for n in names)))[40] == "FakeData/test[0]"

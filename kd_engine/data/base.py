@@ -255,15 +255,28 @@ def augment_batch(dataset, x: torch.Tensor) -> torch.Tensor:
     return x if augment is None else augment(x)
 
 
-def source_map(bundle: "DataBundle", limit: int = 200_000) -> dict[str, str]:
+def source_map(bundle: "DataBundle") -> dict[str, str]:
     """``{instance id: source}`` (a file path relative to the data root, or ``Dataset/split[index]``)
-    for every instance, for the run's metadata; {} when the data names no sources or has more
-    than ``limit`` instances (the dataset object still answers ``sources(ids)``)."""
+    for every instance; {} when the data names no sources (e.g. digits: the id is the row)."""
     ids = [int(i) for split in (bundle.train, bundle.val, bundle.test) for i in split.ids.tolist()]
-    if not ids or len(ids) > limit:
-        return {}
     try:
         names = bundle.sources(ids)
     except DataError:
         return {}
     return {str(i): name for i, name in zip(ids, names)}
+
+
+def save_sources(writer, bundle: "DataBundle", meta_limit: int = 20_000) -> None:
+    """Keep the id -> source map with the run: in its metadata (``sources``) when small, where
+    the dashboard reads it; else as two aligned artifacts, ``instance_source_ids`` (int64) and
+    ``instance_sources`` (UTF-8 bytes), so the metadata every page reads stays small."""
+    sources = source_map(bundle)
+    if not sources:
+        return
+    if len(sources) <= meta_limit:
+        writer.set_meta(sources=sources)
+        return
+    writer.save_artifact("instance_source_ids", np.asarray([int(k) for k in sources], dtype=np.int64),
+                         kind="sources", dtype="int64")
+    writer.save_artifact("instance_sources", np.asarray([v.encode("utf-8") for v in sources.values()]),
+                         kind="sources", dtype="S")

@@ -21,7 +21,7 @@ from kd_engine.cache import build_teacher
 from kd_engine.checks import check_names
 from kd_engine.config import ExperimentConfig, FeaturePair, load_raw, validate
 from kd_engine.data import build_data
-from kd_engine.data.base import augment_batch, source_map
+from kd_engine.data.base import augment_batch, save_sources
 from kd_engine.data.detection.builders import dataset_task
 from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
 from kd_engine.methods import METHODS
@@ -151,7 +151,7 @@ class _Loop:
                          {"model": cfg.teacher.name, "params": cfg.teacher.params})
 
     def _save_images(self) -> None:
-        self.writer.set_meta(sources=source_map(self.data))  # instance id -> file path / dataset index
+        save_sources(self.writer, self.data)  # instance id -> file path / dataset index
         ids = np.concatenate([split.ids.numpy() for split in (self.data.train, self.data.val, self.data.test)])
         if ids.size * int(np.prod(self.data.input_shape)) <= 50_000_000:
             self.writer.save_images(ids, self.data.images(ids))
