@@ -89,6 +89,8 @@ class DataConfig(_Strict):
     image_size: int | None = Field(None, gt=0)
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(512, gt=0)
+    augment: str = "none"  # a preset in kd_engine.data.augment (none, cifar, imagenet), checked when built
+    download: bool = False  # torchvision datasets: fetch into data.root when missing
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -141,11 +143,23 @@ class TeacherConfig(ModelSpec):
     data: DataConfig | None = None
 
 
+class WeightSchedule(_Strict):
+    """How a term's weight ramps over epochs. ``linear_warmup``: epoch e (from 0) uses
+    weight · min(1, (e + 1) / epochs), DKD's warm-up (its first epoch already gets 1/epochs)."""
+
+    kind: Literal["linear_warmup"] = "linear_warmup"
+    epochs: int = Field(20, gt=0)
+
+    def factor(self, epoch: int) -> float:
+        return min(1.0, (epoch + 1) / self.epochs)
+
+
 class TermConfig(_Strict):
     """One distillation term: a registered loss, its weight, and where its inputs come from."""
 
     loss: str
     weight: Real = Field(1.0, ge=0.0)
+    weight_schedule: WeightSchedule | None = None  # None: the weight is constant
     params: dict[str, Any] = Field(default_factory=dict)
     student_layer: str | None = None
     teacher_layer: str | None = None
@@ -175,6 +189,10 @@ class RecordConfig(_Strict):
     features: list[FeaturePair] = Field(default_factory=list)
     feature_probe_size: int = Field(256, gt=1)
     attention_maps: int = Field(16, ge=0)
+    # per-epoch recorders (feature disparity, attention maps): past these a recorder warns once,
+    # keeps what it recorded and the run trains on (kd_engine/trainers/evaluate.py RecorderGuard)
+    budget_seconds: float = Field(60.0, gt=0.0)
+    budget_mb: float = Field(1024.0, gt=0.0)
     scalars_every: int = Field(1, gt=0)
     tensorboard: bool = True
     # every N steps, grad_norm/<loss>: the L2 norm of each named loss's gradient with respect to
@@ -269,6 +287,11 @@ class ExperimentConfig(_Strict):
             raise ValueError("distill.terms need a teacher: add a 'teacher' section")
         if self.use_teacher_bank and self.teacher is None:
             raise ValueError("use_teacher_bank needs a teacher to label the bank: add a 'teacher' section")
+        if self.use_teacher_bank and self.data.augment != "none":
+            # the bank's soft labels belong to its own stored crops; augmenting the batch on top
+            # would pair them with images the teacher never saw
+            raise ValueError(f"data.augment: {self.data.augment!r} cannot be combined with use_teacher_bank "
+                             "(the bank replays its own crops, set in teacher_bank); use augment: none")
         return self
 
     def to_dict(self) -> dict[str, Any]:

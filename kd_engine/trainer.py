@@ -33,6 +33,7 @@ from kd_engine.optim import apply_warmup, build_optimizer, build_scheduler
 from kd_engine.store import RunWriter, checkpoint_note
 from kd_engine.tasks.base import Evaluation, Task
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
+from kd_engine.trainers.evaluate import RecorderGuard
 from kd_engine.trainers.probes import grad_norms, record_features
 from kd_engine.weights import teacher_origin
 
@@ -77,6 +78,9 @@ class Trainer:
         self._last_val: dict[str, float] = {}
         self._records: dict[int, dict[str, int]] = {}  # per done epoch: what the store holds
         self._open_store(resume, run_id)
+        event = (lambda message, level: self.writer.event(message, level=level)) if self.writer else None
+        self._recorders = RecorderGuard(cfg.record.budget_seconds, cfg.record.budget_mb,
+                                        passthrough=(StopRequested, KeyboardInterrupt), event=event)
 
     def _feature_pairs(self) -> list[FeaturePair]:
         """Layers whose teacher-student disparity is recorded: the configured pairs, else the
@@ -392,13 +396,17 @@ class Trainer:
         self.writer.heartbeat()
 
     def _record_features(self, epoch: int) -> None:
-        if not self.pairs:
-            return
+        """The per-epoch feature recorder, under its time and memory budget: if it fails or
+        overruns, one warning is recorded and the run trains on."""
+        if self.pairs:
+            self._recorders.run("features", self._record_features_now, epoch)
+
+    def _record_features_now(self, epoch: int) -> None:
         probe = self.task.probe_inputs(self.cfg.record.feature_probe_size)
         if probe is not None:
             self.pairs = record_features(self.writer, self.student, self.teacher, self.pairs, *probe, epoch,
                                          self.cfg.record.attention_maps, self.autocast,
-                                         split="val" if len(self.data.val) else "train")
+                                         split="val" if len(self.data.val) else "train", guard=self._recorders)
 
     def _final_metrics(self) -> dict[str, float]:
         """The last validation pass's metrics and a test pass (recorded, with its artifacts)."""

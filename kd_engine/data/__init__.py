@@ -15,6 +15,7 @@ DATASETS: Registry = Registry("dataset")
 from kd_engine.data.base import (  # noqa: E402
     DataBundle,
     InstanceDataset,
+    ItemInstanceDataset,
     TensorInstanceDataset,
     cfg_get,
     stratified_split,
@@ -23,6 +24,7 @@ from kd_engine.data import digits, imagefolder, generators  # noqa: E402,F401
 from kd_engine.data import digits_ncd  # noqa: E402,F401
 from kd_engine.data import digits_longtail, digits_mismatch, mosaics  # noqa: E402,F401
 from kd_engine.data import domain_shift, web_pool  # noqa: E402,F401
+from kd_engine.data import torchvision_sets  # noqa: E402,F401
 from kd_engine.data.detection import builders as _detection_builders  # noqa: E402,F401
 from kd_engine.data.generators import GENERATORS  # noqa: E402
 
@@ -32,10 +34,24 @@ def build_data(data_cfg: Any, seed: int) -> DataBundle:
     name = cfg_get(data_cfg, "name")
     builder = DATASETS.get(name, field="data.name")
     split_seed = cfg_get(data_cfg, "split_seed", seed)
-    return builder(data_cfg, int(split_seed))
+    bundle = builder(data_cfg, int(split_seed))
+    _attach_augmentation(bundle, cfg_get(data_cfg, "augment", "none"))
+    return bundle
+
+
+def _attach_augmentation(bundle: DataBundle, name: str) -> None:
+    """Builders of standard datasets set their own preset (with the dataset's mean and std);
+    any other in-memory training split gets ``data.augment`` on raw [0, 1] pixels here, so the
+    setting never goes silently unused."""
+    from kd_engine.data.augment import make_preset
+
+    preset = make_preset(name, bundle.input_shape[-1] if len(bundle.input_shape) == 3 else None)
+    train = bundle.train
+    if preset.name != "none" and hasattr(train, "x") and getattr(train, "augment", None) is None:
+        train.augment = preset.batch
 
 
 __all__ = [
-    "DATASETS", "GENERATORS", "DataBundle", "InstanceDataset", "TensorInstanceDataset",
+    "DATASETS", "GENERATORS", "DataBundle", "InstanceDataset", "ItemInstanceDataset", "TensorInstanceDataset",
     "build_data", "cfg_get", "stratified_split",
 ]

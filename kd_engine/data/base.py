@@ -57,6 +57,8 @@ class TensorInstanceDataset(InstanceDataset):
         self.ids = torch.as_tensor(ids, dtype=torch.int64)
         self._images = None if images is None else np.asarray(images, dtype=np.float32)
         self._pos: dict[int, int] | None = None
+        self.source_names: list[str] | None = None  # id -> file path / dataset index, row-aligned
+        self.augment = None  # training augmentation of a batch of rows (data.augment), or None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -83,7 +85,10 @@ class TensorInstanceDataset(InstanceDataset):
         """A split of this dataset by row positions (ids are kept, not renumbered)."""
         p = torch.as_tensor(np.asarray(positions, dtype=np.int64))
         imgs = None if self._images is None else self._images[p.numpy()]
-        return TensorInstanceDataset(self.x[p], self.y[p], self.ids[p], imgs)
+        out = TensorInstanceDataset(self.x[p], self.y[p], self.ids[p], imgs)
+        if self.source_names is not None:
+            out.source_names = [self.source_names[i] for i in p.tolist()]
+        return out
 
 
 @dataclass
@@ -114,6 +119,22 @@ class DataBundle:
         if not ids:
             return np.zeros((0,), dtype=np.float32)
         return np.stack([out[i] for i in ids])
+
+    def sources(self, ids: Sequence[int]) -> list[str]:
+        """Where each instance came from: its file path (relative to the data root) or
+        ``Dataset/split[index]``; DataError when the dataset keeps no sources."""
+        found: dict[int, str] = {}
+        for split in (self.train, self.val, self.test):
+            names = getattr(split, "source_names", None)
+            if names is None:
+                continue
+            found.update(zip(split.ids.tolist(), names))
+        if not found and "paths" in self.meta:
+            found = {int(k): v for k, v in self.meta["paths"].items()}
+        try:
+            return [found[int(i)] for i in ids]
+        except KeyError as e:
+            raise DataError(f"dataset {self.name!r} names no source for instance id {e.args[0]}") from None
 
 
 def stratified_split(labels, val_fraction: float, test_fraction: float,
@@ -166,3 +187,96 @@ def split_bundle(full: TensorInstanceDataset, data_cfg: Any, seed: int, *, num_c
                       num_classes=num_classes, input_shape=tuple(full.x.shape[1:]),
                       class_names=list(class_names), name=name,
                       meta=dict(meta or {}, split_seed=seed))
+
+
+class ItemInstanceDataset(InstanceDataset):
+    """A split read item by item (a DataLoader can stream it): item ``i`` is
+    ``(transform(base[positions[i]][0]), labels[i], ids[i])``.
+
+    ``base`` is any indexable source of ``(image, anything)`` pairs: a torchvision dataset built
+    without transforms, or a list of image files. ``ids`` and ``labels`` are known without reading
+    images, so splits, per-instance records and the id -> source map cost nothing up front.
+    ``materialize`` turns it into the in-memory ``TensorInstanceDataset`` (eval transform; the
+    training augmentation then runs on batches, see ``augment_batch``)."""
+
+    def __init__(self, base, positions, labels, ids, transform, display_transform, source_names,
+                 eval_transform=None):
+        self.base = base
+        self.eval_transform = eval_transform or transform
+        self.positions = np.asarray(positions, dtype=np.int64)
+        self.y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+        self.transform, self.display_transform = transform, display_transform
+        self.source_names = list(source_names)
+        self.augment = None  # the in-memory batch augmentation is not used: items are augmented
+        self._pos: dict[int, int] | None = None
+        if not (len(self.positions) == len(self.y) == len(self.ids) == len(self.source_names)):
+            raise ValueError("positions, labels, ids and source names must have one entry per item")
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        image = self.base[int(self.positions[i])][0]
+        return self.transform(image), self.y[i], self.ids[i]
+
+    def eval_item(self, i: int):
+        """Item ``i`` through the eval transform (no augmentation), e.g. for a fixed probe."""
+        image = self.base[int(self.positions[i])][0]
+        return self.eval_transform(image), self.y[i], self.ids[i]
+
+    def _row(self, ids: Sequence[int]) -> list[int]:
+        if self._pos is None:
+            self._pos = {int(v): k for k, v in enumerate(self.ids.tolist())}
+        try:
+            return [self._pos[int(i)] for i in ids]
+        except KeyError as e:
+            raise DataError(f"instance id {e.args[0]} is not in this dataset") from None
+
+    def images(self, ids: Sequence[int]) -> np.ndarray:
+        rows = [self.display_transform(self.base[int(self.positions[r])][0]) for r in self._row(ids)]
+        return to_display(torch.stack(rows)) if rows else np.zeros((0,), dtype=np.float32)
+
+    def sources(self, ids: Sequence[int]) -> list[str]:
+        return [self.source_names[r] for r in self._row(ids)]
+
+    def materialize(self) -> TensorInstanceDataset:
+        """Every item through the eval transform, held as one float32 tensor."""
+        x = torch.stack([self.eval_transform(self.base[int(p)][0]) for p in self.positions]) if len(self) else None
+        full = TensorInstanceDataset(x if x is not None else torch.zeros(0), self.y, self.ids)
+        full.source_names = self.source_names
+        return full
+
+
+def augment_batch(dataset, x: torch.Tensor) -> torch.Tensor:
+    """A training batch of an in-memory split with its augmentation (``data.augment``) applied;
+    unchanged when it has none. Items read through ``__getitem__`` are augmented there instead."""
+    augment = getattr(dataset, "augment", None)
+    return x if augment is None else augment(x)
+
+
+def source_map(bundle: "DataBundle") -> dict[str, str]:
+    """``{instance id: source}`` (a file path relative to the data root, or ``Dataset/split[index]``)
+    for every instance; {} when the data names no sources (e.g. digits: the id is the row)."""
+    ids = [int(i) for split in (bundle.train, bundle.val, bundle.test) for i in split.ids.tolist()]
+    try:
+        names = bundle.sources(ids)
+    except DataError:
+        return {}
+    return {str(i): name for i, name in zip(ids, names)}
+
+
+def save_sources(writer, bundle: "DataBundle", meta_limit: int = 20_000) -> None:
+    """Keep the id -> source map with the run: in its metadata (``sources``) when small, where
+    the dashboard reads it; else as two aligned artifacts, ``instance_source_ids`` (int64) and
+    ``instance_sources`` (UTF-8 bytes), so the metadata every page reads stays small."""
+    sources = source_map(bundle)
+    if not sources:
+        return
+    if len(sources) <= meta_limit:
+        writer.set_meta(sources=sources)
+        return
+    writer.save_artifact("instance_source_ids", np.asarray([int(k) for k in sources], dtype=np.int64),
+                         kind="sources", dtype="int64")
+    writer.save_artifact("instance_sources", np.asarray([v.encode("utf-8") for v in sources.values()]),
+                         kind="sources", dtype="S")

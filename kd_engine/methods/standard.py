@@ -26,9 +26,11 @@ class Term(nn.Module):
     """One configured term: its loss, weight, layers and (optional) adapter."""
 
     def __init__(self, name: str, spec: TermSpec, weight: float, params: dict,
-                 student_layer: str | None, teacher_layer: str | None, adapter: nn.Module | None):
+                 student_layer: str | None, teacher_layer: str | None, adapter: nn.Module | None,
+                 schedule=None):
         super().__init__()
         self.name, self.spec, self.weight, self.params = name, spec, weight, dict(params)
+        self.base_weight, self.schedule = weight, schedule  # `weight` is this epoch's (begin_epoch)
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.adapter = adapter
 
@@ -104,11 +106,18 @@ class Standard(Distiller):
                                       f"{layers} have shapes {s_shape} and {t_shape}")
             elif term_cfg.student_layer or term_cfg.teacher_layer:
                 raise ConfigError(f"{field}: loss {term_cfg.loss} works on logits and takes no layers")
-            terms.append(Term(name, spec, term_cfg.weight, term_cfg.params, s_layer, t_layer, adapter))
+            terms.append(Term(name, spec, term_cfg.weight, term_cfg.params, s_layer, t_layer, adapter,
+                              term_cfg.weight_schedule))
         if not terms:
             raise ConfigError("distill.terms: method 'standard' needs at least one term "
                               f"(losses: {', '.join(LOSSES.names())})")
         return terms
+
+    def begin_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Each term's weight for this epoch from its ``weight_schedule`` (e.g. DKD's warm-up)."""
+        for term in self.terms:
+            if term.schedule is not None:
+                term.weight = term.base_weight * term.schedule.factor(epoch)
 
     def feature_pairs(self) -> list[tuple[str, str]]:
         """The distilled layer pairs, else (no feature term) the layers both models share."""

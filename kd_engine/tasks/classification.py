@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from kd_engine.data import build_data
+from kd_engine.data.base import augment_batch, save_sources
 from kd_engine.methods import METHODS
 from kd_engine.tasks.base import TASKS, Batch, Evaluation, Task
 from kd_engine.trainers import runtime
-from kd_engine.trainers.evaluate import Predictions, batches, predict
+from kd_engine.trainers.evaluate import Predictions, batches, predict, probe_inputs
 
 IMAGE_BANK_LIMIT = 50_000_000  # floats in the dashboard's image bank
 
@@ -49,7 +50,7 @@ class ClassificationTask(Task):
             real = torch.ones(n, dtype=torch.bool)
         count = max(1, math.ceil(len(order) / self.cfg.data.batch_size))
         for positions, keep in zip(torch.tensor_split(order, count), torch.tensor_split(real, count)):
-            x = train.x[positions].to(self.device, non_blocking=True)
+            x = augment_batch(train, train.x[positions]).to(self.device, non_blocking=True)
             y = train.y[positions].to(self.device, non_blocking=True)
             ids = train.ids[positions]
             # methods on a teacher bank or per-instance targets need the ids
@@ -104,11 +105,11 @@ class ClassificationTask(Task):
 
     # -- what the dashboard needs -----------------------------------------------------------------
     def save_inputs(self, writer) -> None:
+        save_sources(writer, self.data)  # instance id -> file path / dataset index
         ids = np.concatenate([split.ids.numpy() for split in (self.data.train, self.data.val, self.data.test)])
         if ids.size * int(np.prod(self.data.input_shape)) <= IMAGE_BANK_LIMIT:
             writer.save_images(ids, self.data.images(ids))
 
     def probe_inputs(self, count: int):
-        probe = self.data.val if len(self.data.val) else self.data.train
-        count = min(len(probe), count)
-        return probe.x[:count].to(self.device), probe.ids[:count].tolist()
+        x, ids = probe_inputs(self.data.val if len(self.data.val) else self.data.train, count)
+        return x.to(self.device), ids.tolist()

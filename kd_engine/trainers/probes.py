@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, spatial_attention
+import time
+
+from kd_engine.trainers.evaluate import RecorderGuard, bytes_per_probe_sample, disparity_rows, layer_outputs, spatial_attention
 from kd_engine.trainers.instance_disparity import record_instance_disparity
 
 
@@ -24,13 +26,25 @@ def grad_norms(losses: dict[str, torch.Tensor], params: list[torch.nn.Parameter]
 
 
 def record_features(writer, student, teacher, pairs, x, probe_ids: list[int], epoch: int,
-                    attention_maps: int, autocast, split: str = "val") -> list:
+                    attention_maps: int, autocast, split: str = "val",
+                    guard: RecorderGuard | None = None) -> list:
     """Log the disparity of each (student, teacher) layer pair on the probe inputs ``x`` and save
     the first ``attention_maps`` images' attention and feature maps. A tap whose hook never fired
     (the layer is not on the forward path) is reported once as an event and its pairs dropped;
     returns the pairs still recorded."""
-    s_feats = layer_outputs(student, x, sorted({p.student for p in pairs}), autocast)
-    t_feats = layer_outputs(teacher, x, sorted({p.teacher for p in pairs}), autocast)
+    s_layers, t_layers = sorted({p.student for p in pairs}), sorted({p.teacher for p in pairs})
+    deadline = float("inf")
+    if guard is not None:  # cut the probe to the memory budget; stop the maps at the time budget
+        per_sample = (bytes_per_probe_sample(student, s_layers, x, autocast)
+                      + bytes_per_probe_sample(teacher, t_layers, x, autocast))
+        count = guard.fit_count("features", len(x), per_sample)
+        if count < 2:  # CKA needs two samples; the guard turns this into one warning
+            raise MemoryError(f"one probe sample's features take {per_sample / 2**20:.1f} MB, "
+                              f"over the {guard.megabytes:g} MB budget")
+        x, probe_ids = x[:count], probe_ids[:count]
+        deadline = guard.deadline()
+    s_feats = layer_outputs(student, x, s_layers, autocast)
+    t_feats = layer_outputs(teacher, x, t_layers, autocast)
     silent = sorted({f"student {p.student}" for p in pairs if p.student not in s_feats}
                     | {f"teacher {p.teacher}" for p in pairs if p.teacher not in t_feats})
     if silent:
@@ -38,14 +52,14 @@ def record_features(writer, student, teacher, pairs, x, probe_ids: list[int], ep
         pairs = [p for p in pairs if p.student in s_feats and p.teacher in t_feats]
         if not pairs:
             return pairs
-    writer.log_features(epoch, disparity_rows(s_feats, t_feats, pairs))
+    writer.log_features(epoch, disparity_rows(s_feats, t_feats, pairs, deadline))
     # per probe instance, for kd_engine.diagnosis.layers (which layer's disparity predicts errors)
     record_instance_disparity(writer, epoch, probe_ids, s_feats, t_feats, pairs, split=split)
     shown = min(len(probe_ids), attention_maps)
     ids = probe_ids[:shown]
     for role, feats in (("student", s_feats), ("teacher", t_feats)):
         for layer, value in feats.items():
-            if value.dim() != 4 or not shown:
+            if value.dim() != 4 or not shown or time.perf_counter() > deadline:
                 continue
             meta = {"instance_ids": ids, "layer": layer}
             writer.save_artifact(f"attention/e{epoch}/{role}/{layer}", spatial_attention(value[:shown]).numpy(),

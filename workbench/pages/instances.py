@@ -136,12 +136,19 @@ def table_section(frame: pd.DataFrame, names: list[str], run_id: str, epoch: int
     ui.export_buttons(data[ordered], f"{run_id}_instances_e{epoch}", key="inst_export")
 
 
+def source_label(sources: dict, instance_id: int) -> str:
+    """The file name (or ``split[index]``) an instance came from, else its id."""
+    source = sources.get(str(instance_id))
+    return source.rsplit("/", 1)[-1] if source else f"#{instance_id}"
+
+
 def gallery_section(run: Run, frame: pd.DataFrame, names: list[str]) -> None:
     ranked = frame.dropna(subset=["weight"]).sort_values(["weight", "instance_id"])
     if ranked.empty:
         st.info("No weights on this split to rank instances by.")
         return
     k = st.slider("Images per gallery", 4, 16, 8, key="inst_gallery_k")
+    sources = run.meta(refresh=False).get("sources") or {}  # instance id -> file path, when recorded
     for title, part in (("Highest weighted", ranked.tail(k).iloc[::-1]), ("Lowest weighted", ranked.head(k))):
         ids = tuple(int(i) for i in part["instance_id"])
         images = ui.cached_images(str(run.run_dir), ids)
@@ -149,7 +156,8 @@ def gallery_section(run: Run, frame: pd.DataFrame, names: list[str]) -> None:
             st.info("This run has no image bank (images are stored for datasets up to 50M pixels).")
             return
         rows = [r for _, r in part.iterrows() if int(r["instance_id"]) in images]
-        titles = [f"#{int(r['instance_id'])} {ui.class_name(names, r['label'])} w={r['weight']:.3f}" for r in rows]
+        titles = [f"{source_label(sources, int(r['instance_id']))} {ui.class_name(names, r['label'])} "
+                  f"w={r['weight']:.3f}" for r in rows]
         st.plotly_chart(image_gallery([ui.display_image(images[int(r["instance_id"])]) for r in rows],
                                       titles, ncols=k, title=title), key=f"inst_gallery_{title}", width="content")
 
