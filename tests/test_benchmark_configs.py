@@ -48,7 +48,7 @@ def shared_dirs(tmp_path_factory):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_runs_two_steps_on_fakedata(path, shared_dirs):
     from kd_engine.store import open_run
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     raw = load_raw(path)
     raw.update({k: v for k, v in SMOKE.items()})

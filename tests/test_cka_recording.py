@@ -112,7 +112,7 @@ def test_guard_warns_when_over_time(caplog):
 def _tiny_run(tmp_path, **overrides):
     from kd_engine.config import validate
     from kd_engine.store import open_run
-    from kd_engine.trainers import train
+    from kd_engine.run import train
     from tests.conftest import digits_raw
 
     raw = digits_raw(tmp_path / "runs", tmp_path / "cache", {

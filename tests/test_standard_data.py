@@ -159,7 +159,7 @@ def test_digits_take_an_augment_preset():
 def _train_folder(tmp_path, root, size, **overrides):
     from kd_engine.config import validate
     from kd_engine.store import open_run
-    from kd_engine.trainers import train
+    from kd_engine.run import train
     from tests.conftest import digits_raw, set_key
 
     raw = digits_raw(tmp_path / "runs", tmp_path / "cache", {
@@ -218,8 +218,8 @@ def test_augmentation_and_teacher_bank_are_refused_together():
     from kd_engine.config import validate
     from tests.conftest import digits_raw
 
-    with pytest.raises(ConfigError, match="data.augment: 'cifar' cannot be combined with teacher_cache"):
-        validate(digits_raw("runs", "cache", {"teacher_cache": True, "data.augment": "cifar"}))
+    with pytest.raises(ConfigError, match="data.augment: 'cifar' cannot be combined with use_teacher_bank"):
+        validate(digits_raw("runs", "cache", {"use_teacher_bank": True, "data.augment": "cifar"}))
 
 
 def test_large_source_maps_go_to_artifacts(tmp_path):
