@@ -266,3 +266,26 @@ def test_coco_box_of_401_digits_is_one_line(tmp_path):
     path.write_text(json.dumps(coco).replace(str(10**400), "9" * 5001))
     with pytest.raises(DataError, match="not readable JSON"):
         load_coco(path, tmp_path, check_images=False)
+
+
+def test_a_full_disk_during_set_up_marks_the_run_failed(tmp_path, capsys, monkeypatch):
+    """The image bank is written while the run is set up, before the first epoch: a full disk
+    there is one line and a failed run, not a traceback and a run left 'running'."""
+    import errno
+
+    import numpy as np
+
+    from kd_engine.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    config = write_config(tmp_path / "tiny.yaml", tiny_raw(tmp_path / "runs"))
+    assert main(["train", str(config), "--run-id", "setup"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"error: {tmp_path / 'runs' / 'setup' / 'artifacts'}")
+    assert "no space left on device" in err
+    run = open_run(tmp_path / "runs" / "setup")
+    assert run.status() == "failed" and "no space left on device" in run.meta()["error"]
