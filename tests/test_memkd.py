@@ -219,3 +219,37 @@ def test_student_learns_the_teacher_features_on_normal_images(tmp_path):
     by_epoch = rows.groupby("epoch")["student_loss"].mean()
     assert by_epoch.iloc[-1] < by_epoch.iloc[0]
     assert F.relu(torch.tensor(by_epoch.to_numpy())).min() >= 0
+
+
+def test_stopped_memkd_run_resumes_to_the_same_student_and_memory(tmp_path, monkeypatch):
+    """A run stopped after its first epoch and resumed ends with exactly the weights (student and
+    memory) and AUROC of an uninterrupted run: the memory is checkpointed with the student."""
+    from safetensors.torch import load_file
+
+    from kd_engine.methods.memkd import MemKD
+    from kd_engine.run import train
+    from kd_engine.store import open_run
+
+    straight = train(_config(tmp_path / "a"), distributed=False)
+    original = MemKD.begin_epoch
+
+    def stop_at_second_epoch(self, epoch, total):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        original(self, epoch, total)
+
+    monkeypatch.setattr(MemKD, "begin_epoch", stop_at_second_epoch)
+    cfg = _config(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, distributed=False)
+    monkeypatch.setattr(MemKD, "begin_epoch", original)
+    stopped = next(d for d in (tmp_path / "b" / "runs").iterdir() if "memkd_digits" in d.name)  # not the teacher's
+    assert open_run(stopped).meta()["status"] == "stopped"
+    resumed = train(None, resume=stopped, distributed=False)
+    a, b = (load_file(str(d / "checkpoints" / "student.safetensors")) for d in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = (torch.load(d / "checkpoints" / "state.pt", weights_only=True)["distiller"] for d in (straight, resumed))
+    memory = [k for k in sa if k.startswith("memories.")]
+    assert memory and all(torch.equal(sa[k], sb[k]) for k in memory)
+    assert (open_run(straight).final_metrics()["test/student_image_auroc"]
+            == open_run(resumed).final_metrics()["test/student_image_auroc"])

@@ -6,7 +6,10 @@ so "½ squared distance of L2-normalised features" and "1 − cosine" are one qu
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from annotated_types import Gt
 import torch.nn.functional as F
 
 from ._reduce import check_reduction, reduce
@@ -18,7 +21,7 @@ def _check_maps(student: torch.Tensor, teacher: torch.Tensor) -> None:
                          f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)}")
 
 
-def cosine_distance_map(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def cosine_distance_map(student: torch.Tensor, teacher: torch.Tensor, eps: Annotated[float, Gt(0)] = 1e-8) -> torch.Tensor:
     """(B, C, *S) and (B, C, *S) -> (B, *S): 1 − cos(F_S,p, F_T,p) over channels at every position
     p, in [0, 2]. The teacher side carries no gradient."""
     _check_maps(student, teacher)

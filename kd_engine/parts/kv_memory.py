@@ -9,13 +9,17 @@ to 2C instead, which a stock backbone cannot take), so a fresh memory leaves the
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from annotated_types import Ge, Gt
 import torch.nn.functional as F
 from torch import nn
 
 
 class KeyValueMemory(nn.Module):
-    def __init__(self, channels: int, slots: int, temperature: float = 1.0):
+    def __init__(self, channels: Annotated[int, Ge(1)], slots: Annotated[int, Ge(1)],
+                 temperature: Annotated[float, Gt(0)] = 1.0):
         super().__init__()
         self.keys = nn.Parameter(torch.randn(slots, channels) / channels ** 0.5)
         self.values = nn.Parameter(torch.randn(slots, channels) / channels ** 0.5)
