@@ -84,3 +84,13 @@ def test_test_split_shows_aurocs_score_distribution_and_maps(anomaly_run, monkey
     at.selectbox(key="anom_kind").set_value(2).run()
     grid = next(v for k, v in charts(at).items() if "anomaly map" in k)
     assert len(grid["layout"]["shapes"]) == 12  # each pasted square outlined on image and map
+
+
+def test_methods_page_shows_memkd_with_its_notebook_config_and_results():
+    """The Methods page's status is computed from the repository: MemKD is registered, has a
+    notebook, a demo config and rows in docs/results.md."""
+    from workbench.pages import methods
+
+    row = methods.catalogue().set_index("method").loc["MemKD"]
+    assert row["status"] == "reproduced" and row["notebook"] == "notebooks/p18_memkd.ipynb"
+    assert row["demo config"] == "configs/memkd_digits.yaml" and "memkd" in row["registered as"].split(", ")
