@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,44 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kd_engine.errors import ConfigError
+
+log = logging.getLogger("kdw")
+
+# Keys renamed so that each cache has one name: (path of the mapping, old key, new key).
+RENAMED_KEYS = (((), "teacher_cache", "use_teacher_bank"),  # the teacher soft-label bank
+                (("distill", "params"), "teacher_cache", "teacher_features"),  # Auto-KD's feature file
+                (("search", "params"), "teacher_cache", "teacher_features"))
+
+
+def rename_deprecated(raw: Any) -> Any:
+    """A copy of a raw config with the old names of `RENAMED_KEYS` moved to the new ones, one
+    logged deprecation line each (old configs keep working)."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = copy.copy(raw)
+    for path, old, new in RENAMED_KEYS:
+        parent, node = None, raw
+        for key in path:
+            parent, node = node, node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old not in node:
+            continue
+        node = dict(node)
+        value = node.pop(old)
+        where = ".".join(path) + "." if path else ""
+        if new in node and node[new] != value:
+            raise ConfigError(f"{where}{old}: the old name of {where}{new}, which is set to another "
+                              f"value; keep only {where}{new}")
+        node[new] = value
+        log.warning("config: %s%s is deprecated; it is now %s%s", where, old, where, new)
+        if path:  # rebuild the path with copies, so the caller's mapping is left alone
+            chain = [raw]
+            for key in path[:-1]:
+                chain.append(dict(chain[-1][key]))
+                chain[-2][key] = chain[-1]
+            chain[-1][path[-1]] = node
+        else:
+            raw = node
+    return raw
 
 
 class _Strict(BaseModel):
@@ -132,7 +171,7 @@ class SearchConfig(_Strict):
 
 
 class TeacherBankConfig(_Strict):
-    """The views of `teacher_cache: true` (kd_engine/teacher_bank.py): K random-resized crops
+    """The views of `use_teacher_bank: true` (kd_engine/teacher_bank.py): K random-resized crops
     (+ flip) per training image, labelled once by the teacher and replayed exactly."""
 
     views: int = Field(32, gt=0)
@@ -173,7 +212,9 @@ class ExperimentConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
-    teacher_cache: bool = False  # student epochs read a teacher soft-label bank (kd_engine/teacher_bank.py)
+    # student epochs read the teacher soft-label bank (kd_engine/teacher_bank.py), not a teacher;
+    # formerly `teacher_cache`
+    use_teacher_bank: bool = False
     teacher_bank: TeacherBankConfig | None = None  # the bank's views (None: the defaults)
     runs_dir: str = "runs"
     cache_dir: str = ".kdw_cache"
@@ -187,12 +228,17 @@ class ExperimentConfig(_Strict):
             raise ValueError("must be a plain name without slashes")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return rename_deprecated(data)
+
     @model_validator(mode="after")
     def _teacher_when_distilling(self) -> "ExperimentConfig":
         if self.distill.terms and self.teacher is None:
             raise ValueError("distill.terms need a teacher: add a 'teacher' section")
-        if self.teacher_cache and self.teacher is None:
-            raise ValueError("teacher_cache needs a teacher to label the bank: add a 'teacher' section")
+        if self.use_teacher_bank and self.teacher is None:
+            raise ValueError("use_teacher_bank needs a teacher to label the bank: add a 'teacher' section")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@ random-resized crops (+ a flip bit) with the teacher's logits for exactly that v
 and stored as memory-mapped ``.npy`` files under ``<cache_dir>/teacher_bank/<key>/``.
 
 The key hashes what defines the bank: the teacher (its cache identity, or the checkpoint file's
-bytes), the data split and the view settings. A student run with ``teacher_cache: true`` opens an
+bytes), the data split and the view settings. A student run with ``use_teacher_bank: true`` opens an
 existing bank without loading the teacher at all; each epoch draws one stored view per image (the
 draw depends only on the run seed and the epoch, so a resumed run replays it) and applies exactly
 that crop and flip to the image. A bank whose files do not match their recorded checksums, or whose
@@ -342,7 +342,7 @@ class BankDistiller(nn.Module):
 
 
 def bank_distiller(cfg: ExperimentConfig, method, student: nn.Module, data, bank: TeacherBank) -> nn.Module:
-    """The distiller of a `teacher_cache: true` run: native bank methods get the bank, logit
+    """The distiller of a `use_teacher_bank: true` run: native bank methods get the bank, logit
     methods are wrapped."""
     torch.manual_seed(cfg.seed + 1)  # as `train` does before building a distiller
     if method.bank_mode == "native":

@@ -26,11 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from kd_engine.config import FeaturePair
 from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
 from kd_engine.models import count_parameters
+from kd_engine.optim import apply_warmup, build_optimizer, build_scheduler
 from kd_engine.store import RunWriter
 from kd_engine.tasks.base import Evaluation, Task
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
-from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, spatial_attention
-from kd_engine.optim import apply_warmup, build_optimizer, build_scheduler
+from kd_engine.trainers.probes import grad_norms, record_features
 
 log = logging.getLogger("kdw")
 
@@ -219,7 +219,8 @@ class Trainer:
                 out = self.model(*batch.inputs, **batch.kwargs)
             every = self.cfg.record.grad_norms_every
             if every and self.ctx.is_main and self.global_step % every == 0:
-                self.writer.log_scalars(self.global_step, epoch, self._grad_norms(out))
+                params = [p for p in self.student.parameters() if p.requires_grad]
+                self.writer.log_scalars(self.global_step, epoch, grad_norms(out.losses, params))
             loss = self._optimize(out, epoch)
             if self.cfg.record.instances:
                 batch_rows = self.task.train_rows(out, batch, self.global_step, epoch)
@@ -261,22 +262,6 @@ class Trainer:
         self.optimizer.step()
         self.distiller.after_step(self.global_step, epoch)
         return loss
-
-    def _grad_norms(self, out) -> dict[str, float]:
-        """grad_norm/<loss>: the L2 norm of each named loss's gradient with respect to the
-        student's trainable parameters, from `torch.autograd.grad` on the retained graph, so the
-        optimizer step that follows sees exactly the gradients it would have seen (this process's
-        batch only, under DDP)."""
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        norms = {}
-        for name, value in out.losses.items():
-            if not value.requires_grad or not params:
-                norms[f"grad_norm/{name}"] = 0.0
-                continue
-            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
-            squares = [g.detach().float().pow(2).sum() for g in grads if g is not None]
-            norms[f"grad_norm/{name}"] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
-        return norms
 
     def _backward(self, out, loss: torch.Tensor) -> None:
         """One backward pass, or, for an optimizer with separate gradient streams (DOT), the task
@@ -363,30 +348,9 @@ class Trainer:
         if not self.pairs:
             return
         probe = self.task.probe_inputs(self.cfg.record.feature_probe_size)
-        if probe is None:
-            return
-        x, probe_ids = probe
-        s_feats = layer_outputs(self.student, x, sorted({p.student for p in self.pairs}), self.autocast)
-        t_feats = layer_outputs(self.teacher, x, sorted({p.teacher for p in self.pairs}), self.autocast)
-        silent = sorted({f"student {p.student}" for p in self.pairs if p.student not in s_feats}
-                        | {f"teacher {p.teacher}" for p in self.pairs if p.teacher not in t_feats})
-        if silent:  # a tap whose hook never fired: the layer is not on the forward path
-            self.writer.event(f"epoch {epoch}: feature taps fired no hook: {', '.join(silent)}", level="warning")
-            self.pairs = [p for p in self.pairs if p.student in s_feats and p.teacher in t_feats]
-            if not self.pairs:
-                return
-        self.writer.log_features(epoch, disparity_rows(s_feats, t_feats, self.pairs))
-        shown = min(len(probe_ids), self.cfg.record.attention_maps)
-        ids = probe_ids[:shown]
-        for role, feats in (("student", s_feats), ("teacher", t_feats)):
-            for layer, value in feats.items():
-                if value.dim() != 4 or not shown:
-                    continue
-                meta = {"instance_ids": ids, "layer": layer}
-                self.writer.save_artifact(f"attention/e{epoch}/{role}/{layer}", spatial_attention(value[:shown]).numpy(),
-                                          kind="attention_map", epoch=epoch, role=role, meta=meta)
-                self.writer.save_artifact(f"feature/e{epoch}/{role}/{layer}", value[:shown].numpy(),
-                                          kind="feature_map", epoch=epoch, role=role, meta=meta)
+        if probe is not None:
+            self.pairs = record_features(self.writer, self.student, self.teacher, self.pairs, *probe, epoch,
+                                         self.cfg.record.attention_maps, self.autocast)
 
     def _final_metrics(self) -> dict[str, float]:
         """The last validation pass's metrics and a test pass (recorded, with its artifacts)."""
