@@ -203,6 +203,10 @@ def test_baseline_and_method_errors_name_the_field(tmp_path):
         train(_config(tmp_path, student={"name": "resnet", "params": {"width": 8}}, **stpm), distributed=False)
     with pytest.raises(ConfigError, match="distill.params: unknown parameter 'memory_layers' for method stpm"):
         train(_config(tmp_path, method="stpm"), distributed=False)
+    with pytest.raises(ConfigError, match="data.name: method memkd detects anomalies; use an anomaly dataset"):
+        train(_config(tmp_path, data={"name": "digits"}), distributed=False)
+    with pytest.raises(ConfigError, match=r"method: unknown anomaly method 'standard' \(allowed: memkd, stpm\)"):
+        train(_config(tmp_path, method="standard", distill={}), distributed=False)
     bad = load_raw("configs/memkd_digits.yaml")["distill"]
     bad["params"]["memory_layers"] = ["layer3"]
     with pytest.raises(ConfigError, match="distill.params.memory_layers"):

@@ -21,6 +21,7 @@ from contextlib import ExitStack
 import torch
 import torch.nn.functional as F
 
+from kd_engine.data import DATASETS
 from kd_engine.errors import ConfigError
 from kd_engine.losses.anomaly import cosine_distance_map, cosine_feature_kd
 from kd_engine.methods.base import Distiller, StepOutput
@@ -40,6 +41,9 @@ class FeatureKD(Distiller):
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)  # needs_teacher: kd_engine.run refuses a config without one
+        if getattr(DATASETS.get(cfg.data.name, field="data.name"), "task", "classification") != "anomaly":
+            raise ConfigError(f"data.name: method {cfg.method} detects anomalies; use an anomaly dataset "
+                              f"such as digits_oneclass, got {cfg.data.name!r}")
         self.p = read_params(cfg.distill.params, self.defaults, "distill.params", f"method {cfg.method}")
         self.layers = list(self.p["layers"])
         check(bool(self.layers) and all(isinstance(n, str) for n in self.layers), "distill.params.layers",
