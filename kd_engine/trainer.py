@@ -63,6 +63,7 @@ class Trainer:
         self.autocast = task.autocast
         self.distiller = distiller
         self.student, self.teacher = distiller.student, distiller.teacher
+        task.bind(distiller)
         self.model = DistributedDataParallel(distiller) if self.ctx.enabled else distiller
         self.optimizer = build_optimizer(cfg.optimizer, distiller.trainable_parameters())
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, cfg.epochs)

@@ -39,6 +39,9 @@ final)``                               eval columns (``instance_id`` first) and 
                                        each epoch (a tensor on ``device`` and their ids), or
                                        None when the task records no feature disparity
 ``run_meta(distiller)``                extra run metadata (written at creation)
+``bind(distiller)``                    called once by the trainer before anything runs, for a
+                                       task that evaluates through the method's own pass
+                                       (anomaly maps); default: nothing
 =====================================  =======================================================
 
 A task never steps an optimizer, opens the store, touches checkpoints or reads the config
@@ -136,6 +139,9 @@ class Task(ABC):
 
     def run_meta(self, distiller) -> dict[str, Any]:
         return {}
+
+    def bind(self, distiller) -> None:
+        """Keep the method, for tasks that score through its own pass (called once, by the trainer)."""
 
 
 def _numpy(value) -> np.ndarray:

@@ -9,3 +9,4 @@ _pio.templates.default = "plotly_white"
 from workbench.figures.results import *  # noqa: F401,F403
 from workbench.figures.runs import *  # noqa: F401,F403
 from workbench.figures.search import *  # noqa: F401,F403
+from workbench.figures.anomaly import *  # noqa: F401,F403
