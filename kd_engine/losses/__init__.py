@@ -9,6 +9,7 @@ docstrings so that the mean of the per-sample values equals the batch loss.
 from ._reduce import REDUCTIONS, reduce
 from .affinity import relation_loss, relation_matrix
 from .binary import binary_kd
+from .dense import channel_kd, pixel_kd, pixel_kl_map
 from .feature import attention_transfer, fitnet
 from .logit import cs_divergence, dist, dkd, dkd_parts, kd
 from .relation import rkd
@@ -17,12 +18,15 @@ __all__ = [
     "REDUCTIONS",
     "attention_transfer",
     "binary_kd",
+    "channel_kd",
     "cs_divergence",
     "dist",
     "dkd",
     "dkd_parts",
     "fitnet",
     "kd",
+    "pixel_kd",
+    "pixel_kl_map",
     "reduce",
     "relation_loss",
     "relation_matrix",

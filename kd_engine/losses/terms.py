@@ -14,8 +14,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from kd_engine.losses import (attention_transfer, binary_kd, cs_divergence, dist, dkd, fitnet, kd,
-                              relation_loss, rkd)
+from kd_engine.losses import (attention_transfer, binary_kd, channel_kd, cs_divergence, dist, dkd, fitnet,
+                              kd, pixel_kd, relation_loss, rkd)
 from kd_engine.params import reject_unknown
 from kd_engine.registry import Registry
 
@@ -61,3 +61,5 @@ register_term("fitnet", fitnet, "adapted_features")
 register_term("rkd", rkd, "embedding")
 register_term("binary_kd", binary_kd, "logits")
 register_term("relation", relation_loss, "embedding")
+register_term("pixel_kd", pixel_kd, "logits")  # dense logits (B, C, H, W)
+register_term("channel_kd", channel_kd, "logits")  # dense logits (B, C, H, W)
