@@ -1,0 +1,145 @@
+"""The task interface: everything that differs between kinds of run (classification, detection,
+dense prediction, ...), so one `kd_engine.trainers.trainer.Trainer` serves them all.
+
+The trainer owns what every run shares: the optimizer step with its non-finite-loss guard, AMP,
+gradient clipping, warm-up and schedules, per-step scalars, checkpoints, exact resume, SIGTERM,
+DDP and the run store. A task owns the rest, through exactly these members:
+
+=====================================  =======================================================
+member                                 what the task does
+=====================================  =======================================================
+``name`` (class attribute)             the task's registry name; a dataset builder whose
+                                       ``task`` attribute equals it selects this task
+``methods`` (class attribute)          the `Registry` of distillers for this task
+``headline`` (class attribute)         metric-name endings shown in the per-epoch log line
+``build_data(cfg)`` (classmethod)      the data bundle: ``.train/.val/.test`` splits (each
+                                       with ``.ids`` and ``len``), ``.input_shape``,
+                                       ``.num_classes``, ``.class_names``, ``.meta``
+``__init__(cfg, data, device, ctx,     keep what the other members need (the base class
+autocast)``                            stores them as attributes of the same names)
+``batches(epoch, wants_ids)``          this rank's training batches of one epoch as `Batch`es,
+                                       moved to ``device``; the order must depend only on
+                                       ``(cfg.seed, epoch)`` (exact resume); under DDP every
+                                       rank yields the same number of batches and marks padding
+                                       in ``Batch.keep``
+``step_scalars(out)``                  batch-level scalars of one step beyond the losses (full
+                                       keys, e.g. ``"train/weight_mean"``; 0-d tensors)
+``train_rows(out, batch, step,         the per-instance rows of one training batch (columns of
+epoch)``                               equal length; ``instance_id``, ``step`` and ``epoch``
+                                       included; padding left out), or None
+``merge_rows(rows)``                   one epoch's rows into columns for the store (default:
+                                       concatenate; override to fill columns some rows lack)
+``evaluate(split, student, teacher,    metrics (``"<split>/<role>_<metric>"``), per-instance
+final)``                               eval columns (``instance_id`` first) and artifacts of one
+                                       split, as an `Evaluation`; ``final`` is True for the
+                                       last test pass (save what the dashboard shows then)
+``save_inputs(writer)``                once, when a run is created: what the dashboard needs
+                                       besides the records (image bank, ground truth)
+``probe_inputs(count)``                the inputs whose teacher/student features are compared
+                                       each epoch (a tensor on ``device`` and their ids), or
+                                       None when the task records no feature disparity
+``run_meta(distiller)``                extra run metadata (written at creation)
+=====================================  =======================================================
+
+A task never steps an optimizer, opens the store, touches checkpoints or reads the config
+beyond its data and recording sections. Adding a task is one module under ``kd_engine/tasks/``
+that registers a subclass in ``TASKS``, a dataset builder with ``task = "<name>"``, and a test.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from kd_engine.registry import Registry
+
+
+@dataclass
+class Batch:
+    """One training batch as the trainer sees it."""
+
+    inputs: tuple  # positional arguments of the distiller's forward, already on the device
+    ids: torch.Tensor  # (B,) int64 instance ids, on the CPU
+    size: int  # samples, counted for throughput
+    keep: torch.Tensor | None = None  # (B,) bool: False marks DDP padding, never recorded
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of forward
+
+
+@dataclass
+class Artifact:
+    """An array the dashboard shows, saved through `RunWriter.save_artifact`."""
+
+    name: str
+    array: np.ndarray
+    kind: str
+    dtype: str = "float32"
+    role: str | None = None
+    epoch: int | None = None
+    meta: dict[str, Any] | None = None
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation pass over a split gives."""
+
+    metrics: dict[str, float]
+    columns: dict[str, np.ndarray]  # per-instance eval rows, instance_id first; {} for none
+    artifacts: list[Artifact] = field(default_factory=list)
+
+
+class Task(ABC):
+    """One kind of run; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    methods: ClassVar[Registry]
+    headline: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg, data, device: torch.device, ctx, autocast):
+        self.cfg, self.data, self.device, self.ctx, self.autocast = cfg, data, device, ctx, autocast
+
+    @classmethod
+    @abstractmethod
+    def build_data(cls, cfg):
+        """The data bundle of ``cfg.data`` (splits fixed by the split seed)."""
+
+    @abstractmethod
+    def batches(self, epoch: int, wants_ids: bool = False) -> Iterator[Batch]:
+        """This rank's training batches of ``epoch``, on the device."""
+
+    def step_scalars(self, out) -> dict[str, torch.Tensor]:
+        return {}
+
+    @abstractmethod
+    def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict[str, Any] | None:
+        """Per-instance rows of one training batch (tensors on any device, or arrays)."""
+
+    def merge_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """One epoch's batch rows as store columns (every batch has the same columns here)."""
+        if not rows:
+            return {}
+        return {k: np.concatenate([_numpy(r[k]) for r in rows]) for k in rows[0]}
+
+    @abstractmethod
+    def evaluate(self, split: str, student: nn.Module, teacher: nn.Module | None,
+                 final: bool = False) -> Evaluation:
+        """Evaluate the student (and, where there is one, the frozen teacher) on ``split``."""
+
+    def save_inputs(self, writer) -> None:
+        """Write what the dashboard needs besides the records (called once per run)."""
+
+    def probe_inputs(self, count: int) -> tuple[torch.Tensor, list[int]] | None:
+        return None
+
+    def run_meta(self, distiller) -> dict[str, Any]:
+        return {}
+
+
+def _numpy(value) -> np.ndarray:
+    return value.numpy() if torch.is_tensor(value) else np.asarray(value)
+
+
+TASKS: Registry[type[Task]] = Registry("task")

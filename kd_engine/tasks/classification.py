@@ -1,0 +1,114 @@
+"""Classification: one label per image, logits out, accuracy and cross-entropy as metrics.
+
+Rows per training instance: label, step, epoch, the student's (and teacher's) confidence and
+prediction, and every per-sample value the method returned (``StepOutput.per_sample``). The
+dashboard's image bank holds every split's images when they fit in 50 M floats; the feature
+probe is the first images of the validation split (the training split when there is none).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from kd_engine.data import build_data
+from kd_engine.methods import METHODS
+from kd_engine.tasks.base import TASKS, Batch, Evaluation, Task
+from kd_engine.trainers import runtime
+from kd_engine.trainers.evaluate import Predictions, batches, predict
+
+IMAGE_BANK_LIMIT = 50_000_000  # floats in the dashboard's image bank
+
+
+@TASKS.register("classification")
+class ClassificationTask(Task):
+    name = "classification"
+    methods = METHODS
+    headline = ("acc",)
+
+    def __init__(self, cfg, data, device, ctx, autocast):
+        super().__init__(cfg, data, device, ctx, autocast)
+        self._teacher_eval: dict[str, Predictions] = {}
+
+    @classmethod
+    def build_data(cls, cfg):
+        return build_data(cfg.data, cfg.seed)
+
+    # -- training -------------------------------------------------------------------------------
+    def batches(self, epoch: int, wants_ids: bool = False):
+        train = self.data.train
+        n = len(train)
+        order = torch.randperm(n, generator=runtime.epoch_generator(self.cfg.seed, epoch))
+        world = self.ctx.world_size
+        if world > 1:  # pad so every rank gets the same number of batches; padding is not recorded
+            order = torch.cat([order, order[: (-n) % world]])
+            real = torch.arange(len(order)) < n
+            order, real = order[self.ctx.rank::world], real[self.ctx.rank::world]
+        else:
+            real = torch.ones(n, dtype=torch.bool)
+        count = max(1, math.ceil(len(order) / self.cfg.data.batch_size))
+        for positions, keep in zip(torch.tensor_split(order, count), torch.tensor_split(real, count)):
+            x = train.x[positions].to(self.device, non_blocking=True)
+            y = train.y[positions].to(self.device, non_blocking=True)
+            ids = train.ids[positions]
+            # methods on a teacher bank or per-instance targets need the ids
+            kwargs = {"ids": ids.to(self.device)} if wants_ids else {}
+            yield Batch(inputs=(x, y), ids=ids, size=len(y), keep=keep, kwargs=kwargs)
+
+    def step_scalars(self, out) -> dict[str, torch.Tensor]:
+        values = {}
+        for key, per_sample in out.per_sample.items():
+            if key in ("student_loss", "teacher_loss", "weight") or key.startswith("term_"):
+                name = key.replace("term_", "term/")
+                values[f"train/{name}" if key != "weight" else "train/weight_mean"] = per_sample.float().mean()
+        return values
+
+    def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict[str, torch.Tensor]:
+        y, ids = batch.inputs[1], batch.ids
+        probs = out.logits.detach().float().softmax(1)
+        record = {"instance_id": ids, "label": y.detach(),
+                  "step": torch.full_like(ids, step), "epoch": torch.full_like(ids, epoch)}
+        record["student_conf"], record["student_pred"] = probs.max(1)
+        if out.teacher_logits is not None:
+            record["teacher_conf"], record["teacher_pred"] = out.teacher_logits.float().softmax(1).max(1)
+        for key, value in out.per_sample.items():
+            record[key] = value.detach().float()
+        if self.ctx.world_size == 1:  # nothing is padded: skip a masked copy per column
+            return {k: v.detach().cpu() for k, v in record.items()}
+        keep = batch.keep.to(y.device)
+        return {k: v.detach()[keep].cpu() for k, v in record.items()}
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def predict(self, model, split: str) -> Predictions:
+        """A model's logits on a split, in eval mode (for methods' evaluation hooks too)."""
+        return predict(model, getattr(self.data, split), self.device, self.cfg.data.eval_batch_size,
+                       self.autocast)
+
+    def eval_batches(self, split: str):
+        """(x, y, ids) CPU batches of a split in order, at the evaluation batch size."""
+        return batches(getattr(self.data, split), self.cfg.data.eval_batch_size)
+
+    def evaluate(self, split, student, teacher, final=False) -> Evaluation:
+        prediction = self.predict(student, split)
+        columns = {"instance_id": prediction.ids.numpy(), "label": prediction.labels.numpy(),
+                   **prediction.per_sample("student")}
+        metrics = {f"{split}/student_{k}": v for k, v in prediction.summary().items()}
+        if teacher is not None:
+            if split not in self._teacher_eval:  # the teacher is frozen: evaluate it once
+                self._teacher_eval[split] = self.predict(teacher, split)
+            teacher_prediction = self._teacher_eval[split]
+            columns.update(teacher_prediction.per_sample("teacher"))
+            metrics.update({f"{split}/teacher_{k}": v for k, v in teacher_prediction.summary().items()})
+        return Evaluation(metrics, columns)
+
+    # -- what the dashboard needs -----------------------------------------------------------------
+    def save_inputs(self, writer) -> None:
+        ids = np.concatenate([split.ids.numpy() for split in (self.data.train, self.data.val, self.data.test)])
+        if ids.size * int(np.prod(self.data.input_shape)) <= IMAGE_BANK_LIMIT:
+            writer.save_images(ids, self.data.images(ids))
+
+    def probe_inputs(self, count: int):
+        probe = self.data.val if len(self.data.val) else self.data.train
+        count = min(len(probe), count)
+        return probe.x[:count].to(self.device), probe.ids[:count].tolist()
