@@ -66,3 +66,4 @@ def channel_kd(student_logits, teacher_logits, temperature: Annotated[float, Gt(
 
 for _fn in (pixel_kd, channel_kd):
     _fn.batch_level = False
+    _fn.dense = True  # takes (B, C, H, W) logits: what a dense run's distiller accepts as a logit term

@@ -28,7 +28,7 @@ def aid_weights(teacher_loss: torch.Tensor, alpha: float) -> torch.Tensor:
 @WEIGHTINGS.register("aid")
 class AdaptiveInstance(WeightingStrategy):
     requires = ("teacher_loss",)
-    tasks = ("classification", "detection")
+    tasks = ("classification", "detection", "dense")
 
     def __init__(self, alpha: float = 0.1, shuffle: bool = False, seed: int = 0,
                  batch_mean: bool = False, granularity: str | None = None,
