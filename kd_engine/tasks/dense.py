@@ -143,6 +143,7 @@ class DenseTask(ClassificationTask):
             metrics.update({f"{split}/{key}": v for key, v in a.metrics(role, self.data.class_names).items()})
         if disparity:
             columns["disparity"] = np.concatenate(disparity)
+            metrics[f"{split}/disparity"] = float(columns["disparity"].mean())
         artifacts = self._probe_artifacts(split, dataset, probe, acc, disparity_maps) if probe else []
         return Evaluation(metrics, columns, artifacts)
 
