@@ -5,7 +5,7 @@ same order, with the same frozen teacher and the same loss (cross-entropy + Hint
 
 * ``bare``          a hand-written PyTorch loop: teacher forward under no_grad, student forward,
                     ``cross_entropy + kd``, zero_grad / backward / SGD step. Nothing recorded.
-* ``engine``        the real engine, ``_Loop._train_epoch``, with its defaults: per-step scalars
+* ``engine``        the real engine, ``Trainer._train_epoch``, with its defaults: per-step scalars
                     (SQLite and TensorBoard) and per-instance records (``record.instances: true``).
 * ``engine_norec``  the same engine with ``record.instances: false``.
 * ``plain``         the engine training the student alone (method ``scratch``, no teacher).
@@ -75,7 +75,7 @@ COMPARISONS = (
 PARTS = {
     "_write_instances": "per-instance rows -> SQLite, once per epoch",
     "_flush_scalars": "per-step scalars -> SQLite + TensorBoard",
-    "_instance_record": "per-instance tensors, every step",
+    "train_rows": "per-instance tensors, every step (the task's train_rows)",
     "_step_scalars": "per-step scalar tensors, every step",
 }
 
@@ -135,14 +135,16 @@ def _engine_arm(name, cfg, data, student, teacher, device, bank=None) -> _Arm:
     from kd_engine.methods import METHODS
     from kd_engine.teacher_bank import bank_distiller
     from kd_engine.trainers import runtime
-    from kd_engine.trainers.loop import _Loop
+    from kd_engine.tasks.classification import ClassificationTask
+    from kd_engine.trainer import Trainer
 
     method = METHODS.get(cfg.method)
     if bank is not None:  # as `train` builds a teacher_cache run: no teacher in the process
         distiller = bank_distiller(cfg, method, student, data, bank).to(device)
     else:
         distiller = method(cfg, student, teacher, data.input_shape).to(device)
-    loop = _Loop(cfg, runtime.SINGLE, device, data, distiller, "bench", None, run_id=name)
+    task = ClassificationTask(cfg, data, device, runtime.SINGLE, lambda: runtime.autocast(device, cfg.amp))
+    loop = Trainer(cfg, task, distiller, "bench", None, run_id=name)
     steps = max(1, math.ceil(len(data.train) / cfg.data.batch_size))
 
     def epoch(e: int) -> int:
@@ -152,7 +154,8 @@ def _engine_arm(name, cfg, data, student, teacher, device, bank=None) -> _Arm:
     arm = _Arm(name, epoch)
     arm.loop = loop
     for part in PARTS:  # instance attributes shadow the methods; a timer costs ~1 us per call
-        setattr(loop, part, _timed(getattr(loop, part), arm.parts, part))
+        owner = task if part == "train_rows" else loop
+        setattr(owner, part, _timed(getattr(owner, part), arm.parts, part))
     if bank is not None:  # the cache's own work: id -> row, view draw, memmap read, crop replay
         distiller.replay = _timed(distiller.replay, arm.parts, "replay")
     return arm

@@ -10,7 +10,7 @@ the weighting:
 
 Both start from the same student weights and the same distillation-head init, train on the same
 batches in the same order (the engine's per-epoch shuffle) and distil from the same frozen
-teacher, through the engine's own ``DetectionLoop._train_epoch`` with its defaults (per-step
+teacher, through the engine's own ``Trainer._train_epoch`` (with the detection task) with its defaults (per-step
 scalars, per-instance records). The goal is AID/base <= 1.03: the teacher's forward pass, which
 AID's weights come from, is already paid for by the distillation itself.
 
@@ -89,7 +89,8 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, quick: b
     from kd_engine.methods.detection_base import DETECTION_METHODS
     from kd_engine.models import build_model
     from kd_engine.trainers import runtime
-    from kd_engine.trainers.detection_loop import DetectionLoop
+    from kd_engine.tasks.detection import DetectionTask
+    from kd_engine.trainer import Trainer
 
     torch.set_num_threads(threads)
     raw = _workload(quick)
@@ -112,9 +113,10 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, quick: b
 
     arms = []
     for name, arm_cfg in cfgs.items():
-        torch.manual_seed(cfg.seed + 1)  # as train_detection: the same distillation-head init
+        torch.manual_seed(cfg.seed + 1)  # as kd_engine.run.train: the same distillation-head init
         distiller = method(arm_cfg, copy.deepcopy(student), copy.deepcopy(teacher), shape).to(dev)
-        loop = DetectionLoop(arm_cfg, runtime.SINGLE, dev, data, distiller, "bench", None, run_id=name)
+        task = DetectionTask(arm_cfg, data, dev, runtime.SINGLE, lambda: runtime.autocast(dev, arm_cfg.amp))
+        loop = Trainer(arm_cfg, task, distiller, "bench", None, run_id=name)
 
         def epoch(e: int, loop=loop) -> int:
             loop._train_epoch(e)

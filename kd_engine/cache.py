@@ -1,14 +1,16 @@
-"""Teachers, trained once by this engine and cached by the hash of what defines them.
+"""The teacher-checkpoint cache: teachers trained once by this engine and stored by the hash of
+what defines them.
 
 A student run whose teacher (model, data split, training settings) was seen before loads the
 cached weights instead of retraining. Teacher training is an ordinary `scratch` run, so it is
-recorded in the run store like any other run.
+recorded in the run store like any other run; the caller (`kd_engine.run.build_teacher`) hands
+in the function that trains it, so this module never imports the trainer.
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -85,8 +87,10 @@ def check_spec(path: Path, cfg: ExperimentConfig) -> None:
 
 
 def build_teacher(cfg: ExperimentConfig, input_shape, num_classes: int, is_main: bool = True,
-                  barrier=lambda: None) -> tuple[nn.Module | None, str | None]:
-    """Return the frozen teacher and where its weights came from (None when there is none)."""
+                  barrier=lambda: None, *, train_teacher: Callable[[ExperimentConfig], Path]
+                  ) -> tuple[nn.Module | None, str | None]:
+    """Return the frozen teacher and where its weights came from (None when there is none).
+    ``train_teacher(config) -> run directory`` trains a teacher the cache lacks."""
     if cfg.teacher is None:
         return None, None
     model = build_model(cfg.teacher, input_shape, num_classes, field="teacher")
@@ -98,9 +102,7 @@ def build_teacher(cfg: ExperimentConfig, input_shape, num_classes: int, is_main:
         return model.eval(), str(path)
     path = teacher_cache_path(cfg)
     if not path.is_file() and is_main:
-        from kd_engine.trainers.loop import train
-
-        run_dir = train(teacher_training_config(cfg), distributed=False)
+        run_dir = train_teacher(teacher_training_config(cfg))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         shutil.copyfile(run_dir / "checkpoints" / "student.safetensors", tmp)

@@ -3,6 +3,7 @@ model, loss, method, weighting or optimizer name fails at once with the allowed 
 from __future__ import annotations
 
 from kd_engine.config import ExperimentConfig
+from kd_engine.errors import ConfigError
 
 
 def check_names(cfg: ExperimentConfig) -> None:
@@ -23,7 +24,25 @@ def check_names(cfg: ExperimentConfig) -> None:
     OPTIMIZERS.get(cfg.optimizer.name, field="optimizer.name")
     for index, term in enumerate(cfg.distill.terms):
         LOSSES.get(term.loss, field=f"distill.terms.{index}.loss")
-    if cfg.teacher_cache:  # what a teacher soft-label bank can serve (logit terms, classification)
-        from kd_engine.teacher_bank import check_teacher_cache
+    check_teacher_cache(cfg)
 
-        check_teacher_cache(cfg)
+
+def check_teacher_cache(cfg: ExperimentConfig) -> None:
+    """One-line ConfigError when `teacher_cache: true` cannot serve this config."""
+    from kd_engine.data.detection.builders import dataset_task
+    from kd_engine.losses.terms import LOSSES
+    from kd_engine.methods import METHODS
+
+    if not cfg.teacher_cache:
+        return
+    if dataset_task(cfg.data.name) == "detection":
+        raise ConfigError(f"teacher_cache: detection runs ({cfg.data.name}) have no crop bank; "
+                          "set teacher_cache: false")
+    if METHODS.get(cfg.method, field="method").bank_mode is None:
+        allowed = sorted(n for n in METHODS.names() if METHODS.get(n).bank_mode is not None)
+        raise ConfigError(f"teacher_cache: method {cfg.method!r} does not read a teacher bank "
+                          f"(methods that do: {', '.join(allowed)})")
+    for index, term in enumerate(cfg.distill.terms):
+        if LOSSES.get(term.loss, field=f"distill.terms.{index}.loss").uses_layers:
+            raise ConfigError(f"distill.terms.{index}.loss: teacher_cache stores logits only, "
+                              f"so {term.loss!r} (a feature term) cannot use it; set teacher_cache: false")

@@ -24,7 +24,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.set:
             raise KDWError("--resume takes the run's own config; do not pass CONFIG or --set")
         from kd_engine.store import resolve_run
-        from kd_engine.trainers import train
+        from kd_engine.run import train
 
         run_dir = train(None, resume=resolve_run(args.resume, args.runs_dir or "runs"))
     else:
@@ -39,7 +39,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             print(run_search(cfg))
             return 0
-        from kd_engine.trainers import train
+        from kd_engine.run import train
 
         run_dir = train(cfg, run_id=args.run_id)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -19,7 +19,7 @@ DEMO_RUNS = ("demo_kd", "demo_scratch")
 
 
 def _train(config: str, runs_dir: str, overrides: list[str] | None = None) -> Path:
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     cfg = load_config(ROOT / "configs" / config, [f"runs_dir={runs_dir}", *(overrides or [])])
     return train(cfg)

@@ -99,7 +99,8 @@ def arm_config(base: Mapping[str, Any], overrides: Mapping[str, Any], seed: int,
 
 def prepare_teachers(base: Mapping[str, Any], seeds: Iterable[int], runs_dir, cache_dir) -> pd.DataFrame:
     """Train (or load from the cache) the teacher each seed's split needs; one row per seed."""
-    from kd_engine.cache import build_teacher, teacher_cache_path
+    from kd_engine.cache import teacher_cache_path
+    from kd_engine.run import build_teacher
     from kd_engine.data import build_data
 
     rows = []
@@ -119,7 +120,7 @@ def _run_one(base: Mapping[str, Any], arm: str, overrides: Mapping[str, Any], se
              cache_dir) -> dict[str, Any]:
     """Train one arm at one seed and return its row (also the unit of work of a worker process)."""
     from kd_engine.store import open_run
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     cfg = arm_config(base, overrides, seed, runs_dir, cache_dir, name=f"{base.get('name', 'exp')}-{arm}-s{seed}")
     started = time.perf_counter()

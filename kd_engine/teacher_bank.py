@@ -28,7 +28,6 @@ from kd_engine.errors import CheckpointError, ConfigError, DataError
 
 BANK_VERSION = 1
 FILES = ("views", "logits", "ids", "labels")  # views: (N, K, 5) int32 = top, left, height, width, flip
-WRAPPED_METHODS = ("standard",)  # methods that read the bank through BankDistiller
 
 
 def bank_settings(cfg: ExperimentConfig) -> TeacherBankConfig:
@@ -37,28 +36,6 @@ def bank_settings(cfg: ExperimentConfig) -> TeacherBankConfig:
 
 def _split_seed(cfg: ExperimentConfig) -> int:
     return cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
-
-
-def check_teacher_cache(cfg: ExperimentConfig) -> None:
-    """One-line ConfigError when `teacher_cache: true` cannot serve this config."""
-    from kd_engine.data.detection.builders import dataset_task
-    from kd_engine.losses.terms import LOSSES
-    from kd_engine.methods import METHODS
-
-    if not cfg.teacher_cache:
-        return
-    if dataset_task(cfg.data.name) == "detection":
-        raise ConfigError(f"teacher_cache: detection runs ({cfg.data.name}) have no crop bank; "
-                          "set teacher_cache: false")
-    native = getattr(METHODS.get(cfg.method, field="method"), "uses_bank", False)
-    if cfg.method not in WRAPPED_METHODS and not native:
-        allowed = sorted({*WRAPPED_METHODS, *(n for n in METHODS.names() if getattr(METHODS.get(n), "uses_bank", False))})
-        raise ConfigError(f"teacher_cache: method {cfg.method!r} does not read a teacher bank "
-                          f"(methods that do: {', '.join(allowed)})")
-    for index, term in enumerate(cfg.distill.terms):
-        if LOSSES.get(term.loss, field=f"distill.terms.{index}.loss").uses_layers:
-            raise ConfigError(f"distill.terms.{index}.loss: teacher_cache stores logits only, "
-                              f"so {term.loss!r} (a feature term) cannot use it; set teacher_cache: false")
 
 
 # -- views -------------------------------------------------------------------------------------
@@ -252,13 +229,13 @@ class TeacherBank:
         return probs.gather(2, labels).squeeze(2)
 
 
-def prepare_bank(cfg: ExperimentConfig, data, device, is_main: bool = True, barrier=lambda: None) -> TeacherBank:
-    """Open this config's bank, building it first (teacher trained or loaded) if it is missing."""
-    from kd_engine.cache import build_teacher
-
+def prepare_bank(cfg: ExperimentConfig, data, device, build_teacher, is_main: bool = True,
+                 barrier=lambda: None) -> TeacherBank:
+    """Open this config's bank, building it first if it is missing, with the teacher that
+    ``build_teacher() -> (teacher, source)`` trains or loads."""
     directory = bank_dir(cfg)
     if not (directory / "meta.json").is_file() and is_main:
-        teacher, _ = build_teacher(cfg, data.input_shape, data.num_classes)
+        teacher, _ = build_teacher()
         directory.parent.mkdir(parents=True, exist_ok=True)
         write_bank(directory, teacher, data.train, cfg, device)
         del teacher
@@ -343,7 +320,7 @@ def bank_distiller(cfg: ExperimentConfig, method, student: nn.Module, data, bank
     """The distiller of a `teacher_cache: true` run: native bank methods get the bank, logit
     methods are wrapped."""
     torch.manual_seed(cfg.seed + 1)  # as `train` does before building a distiller
-    if getattr(method, "uses_bank", False):
+    if method.bank_mode == "native":
         distiller = method(cfg, student, None, data.input_shape)
         distiller.attach_bank(bank)
         return distiller

@@ -93,7 +93,7 @@ def stop_after_epoch(monkeypatch, loop_class: type, method: str, epoch: int):
     """Make `loop_class.method(self, e)` raise StopRequested right after it has run for epoch
     `epoch` (as the dashboard's Stop would, with that epoch's checkpoint on disk); call the
     returned function to put the method back before resuming."""
-    from kd_engine.trainers.loop import StopRequested
+    from kd_engine.trainer import StopRequested
 
     original = getattr(loop_class, method)
 
@@ -109,7 +109,8 @@ def stop_after_epoch(monkeypatch, loop_class: type, method: str, epoch: int):
 @pytest.fixture(scope="session")
 def teacher_cache(tmp_path_factory) -> SimpleNamespace:
     """Train the base config's teacher once; tests point cache_dir here to reuse it."""
-    from kd_engine.cache import build_teacher, teacher_cache_path
+    from kd_engine.cache import teacher_cache_path
+    from kd_engine.run import build_teacher
     from kd_engine.config import validate
 
     root = tmp_path_factory.mktemp("teacher_cache")

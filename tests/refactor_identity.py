@@ -76,7 +76,7 @@ def _exact(value) -> str:
 def fingerprint(name: str, workdir: Path) -> dict[str, str]:
     from kd_engine.config import apply_override, load_raw, validate
     from kd_engine.store import open_run
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     raw = load_raw(REPO / "configs" / f"{name}.yaml")
     for assignment in [*CASES[name], f"runs_dir={workdir / 'runs'}", f"cache_dir={workdir / 'cache'}"]:

@@ -167,7 +167,7 @@ def _cfg(tmp_path, *extra):
 
 
 def test_bad_partner_is_a_config_error(tmp_path):
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     with pytest.raises(ConfigError, match=r"distill.params.partner"):
         train(_cfg(tmp_path, "distill.params.partner=knn"), distributed=False)
@@ -176,7 +176,7 @@ def test_bad_partner_is_a_config_error(tmp_path):
 @pytest.mark.parametrize("partner", ["self", "nearest", "adaptive"])
 def test_adasim_trains_and_records_decisions(tmp_path, partner):
     from kd_engine.store import open_run
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     run = open_run(train(_cfg(tmp_path, f"distill.params.partner={partner}"), distributed=False))
     inst = run.instances(split="train")
@@ -201,10 +201,11 @@ def test_a_stopped_adasim_run_resumes_to_the_uninterrupted_weights(tmp_path, mon
     from safetensors.torch import load_file
 
     from conftest import stop_after_epoch
-    from kd_engine.trainers.loop import StopRequested, _Loop, train
+    from kd_engine.run import train
+    from kd_engine.trainer import StopRequested, Trainer
 
     reference = train(_cfg(tmp_path / "a", "distill.params.partner=adaptive"), distributed=False)
-    resume_normally = stop_after_epoch(monkeypatch, _Loop, "_checkpoint", 1)
+    resume_normally = stop_after_epoch(monkeypatch, Trainer, "_checkpoint", 1)
     with pytest.raises(StopRequested):
         train(_cfg(tmp_path / "b", "distill.params.partner=adaptive"), distributed=False)
     resume_normally()

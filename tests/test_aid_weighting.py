@@ -45,7 +45,7 @@ def test_scaled_uniform_control_and_bad_alpha():
 
 
 def test_recorded_weights_are_exp_of_recorded_teacher_losses(make_raw):
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     raw = make_raw({"weighting": {"strategy": "aid", "params": {"alpha": 0.5}}, "epochs": 1})
     run = open_run(train(validate(raw)))

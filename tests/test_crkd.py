@@ -18,7 +18,7 @@ from kd_engine.losses.sinkhorn import sinkhorn_knopp
 from kd_engine.methods.crkd import CrKD, crkd_settings
 from kd_engine.models import build_model
 from kd_engine.store import open_run
-from kd_engine.trainers.ncd import ncd_metrics
+from kd_engine.methods.ncd_stage import ncd_metrics
 
 INPUT = (1, 8, 8)
 
@@ -214,7 +214,7 @@ def test_ncd_metrics_are_hungarian_on_novel_and_plain_on_known():
 
 # -- a short run -------------------------------------------------------------------------------
 def test_short_two_stage_run(tmp_path):
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     raw = load_raw("configs/crkd_digits.yaml")
     raw.update(epochs=1, threads=1, device="cpu", runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "c"))

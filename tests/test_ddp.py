@@ -62,9 +62,9 @@ WORKER = textwrap.dedent("""
     # `python -m kd_engine.cli` with a hook that saves every rank's final student parameters.
     import os, runpy
     from safetensors.torch import save_file
-    import kd_engine.trainers.loop as loop
+    import kd_engine.trainer as trainer
 
-    original = loop._Loop.run
+    original = trainer.Trainer.run
 
     def run(self):
         result = original(self)
@@ -73,7 +73,7 @@ WORKER = textwrap.dedent("""
         save_file(params, os.path.join(os.environ["KDW_TEST_DUMP"], f"rank{self.ctx.rank}.safetensors"))
         return result
 
-    loop._Loop.run = run
+    trainer.Trainer.run = run
     runpy.run_module("kd_engine.cli", run_name="__main__")
 """)
 

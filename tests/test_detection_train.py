@@ -21,9 +21,9 @@ from kd_engine.errors import ConfigError
 from kd_engine.methods.detection_base import student_pass
 from kd_engine.models.detection import build_detector, freeze_batchnorm
 from kd_engine.store import open_run
-from kd_engine.trainers import train
-from kd_engine.trainers.detection_loop import DetectionLoop
-from kd_engine.trainers.loop import StopRequested
+from kd_engine.run import train
+from kd_engine.trainer import Trainer
+from kd_engine.trainer import StopRequested
 from kd_engine.weighting import build_weighting
 
 ALPHA = 0.1
@@ -124,14 +124,14 @@ def test_per_level_batch_decoupled_shares_a_weight_per_level(workdir):
 def test_stopped_run_resumes_to_the_uninterrupted_weights(workdir, monkeypatch):
     cfg = smoke_cfg(workdir, "aid_retinanet", ["epochs=2", "name=resume"])
     reference = train(cfg, run_id="reference")
-    original = DetectionLoop._train_epoch
+    original = Trainer._train_epoch
 
     def stop_in_second_epoch(self, epoch):
         if epoch == 1:
             raise StopRequested("stopped by request (test)")
         return original(self, epoch)
 
-    monkeypatch.setattr(DetectionLoop, "_train_epoch", stop_in_second_epoch)
+    monkeypatch.setattr(Trainer, "_train_epoch", stop_in_second_epoch)
     with pytest.raises(StopRequested):
         train(cfg, run_id="victim")
     victim = Path(cfg.runs_dir) / "victim"

@@ -75,7 +75,7 @@ def test_bad_delta_is_a_config_error():
 
 
 def test_dot_from_a_config_records_both_loss_streams(make_raw):
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     raw = make_raw({"optimizer": {"name": "dot", "lr": 0.05, "params": {"delta": 0.075}}, "epochs": 1})
     run = open_run(train(validate(raw)))

@@ -60,7 +60,7 @@ def test_selfmix_on_a_hand_built_batch():
 
 
 def test_ferkd_config_errors(make_raw):
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     cases = [({**FERKD, "teacher_cache": False}, "teacher_cache: method ferkd trains on the teacher bank"),
              ({**FERKD, "distill.terms": [{"loss": "kd"}]}, "distill.terms: method ferkd has its own loss"),
@@ -77,7 +77,7 @@ def test_ferkd_config_errors(make_raw):
 def test_ferkd_run_records_view_confidence_and_relabelling(make_raw):
     from kd_engine.teacher_bank import TeacherBank, bank_dir
     from kd_engine.data import build_data
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     raw = make_raw({**FERKD, "epochs": 2, "optimizer": {"name": "adam", "lr": 0.001, "weight_decay": 0.0},
                     "distill.params": {"tau_low": 0.3, "bottom_frac": 0.25, "selfmix": 0.5}})
@@ -102,7 +102,7 @@ def test_ferkd_run_records_view_confidence_and_relabelling(make_raw):
 
 
 def test_hard_labels_record_no_relabelling(make_raw):
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     raw = make_raw({**FERKD, "epochs": 1, "distill.params": {"labels": "hard"}})
     rows = open_run(train(validate(raw), distributed=False)).instances(split="train", columns=["calibrated"])
@@ -114,13 +114,13 @@ def test_ferkd_with_selfmix_resumes_to_identical_weights(make_raw, tmp_path, mon
     RNG, so a run stopped after epoch 1 and resumed ends with the uninterrupted run's weights."""
     from safetensors.torch import load_file
 
-    from kd_engine.trainers import train
+    from kd_engine.run import train
     from conftest import stop_after_epoch
-    from kd_engine.trainers.loop import StopRequested, _Loop
+    from kd_engine.trainer import StopRequested, Trainer
 
     raw = make_raw({**FERKD, "epochs": 3, "data.batch_size": 128, "distill.params": {"selfmix": 0.5}})
     reference = train(validate(raw), distributed=False)
-    resume_normally = stop_after_epoch(monkeypatch, _Loop, "_end_of_epoch", 0)
+    resume_normally = stop_after_epoch(monkeypatch, Trainer, "_end_of_epoch", 0)
     with pytest.raises(StopRequested):
         train(validate({**raw, "runs_dir": str(tmp_path / "victim")}), distributed=False)
     resume_normally()

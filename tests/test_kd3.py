@@ -96,7 +96,7 @@ def _cfg(tmp_path, *extra):
 
 
 def test_bad_selection_is_a_config_error(tmp_path):
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     with pytest.raises(ConfigError, match=r"distill.params.selection"):
         train(_cfg(tmp_path, "distill.params.selection=best"), distributed=False)
@@ -104,7 +104,7 @@ def test_bad_selection_is_a_config_error(tmp_path):
 
 def test_kd3_trains_and_records_decisions(tmp_path):
     from kd_engine.store import open_run
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     run = open_run(train(_cfg(tmp_path), distributed=False))
     inst = run.instances(split="train")

@@ -123,7 +123,7 @@ def test_l2d_config_errors(tmp_path):
 
 def test_l2d_trains_from_its_config_and_records(tmp_path):
     from kd_engine.store import open_run
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     raw = _cfg(tmp_path)
     raw["epochs"] = 1

@@ -149,7 +149,7 @@ def test_mdcs_config_errors_name_the_field():
 
 def test_mdcs_trains_from_its_config_and_records_cis(tmp_path):
     from kd_engine.store import open_run
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     raw = load_raw("configs/mdcs_digits.yaml")
     raw.update(epochs=1, threads=1, device="cpu", runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "c"))

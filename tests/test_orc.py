@@ -124,19 +124,19 @@ def test_orc_step_gradients_match_the_card():
     assert set(out.losses) == {"task", "distill", "refine"}
 
 
-def test_orc_roles_and_step_stats():
+def test_orc_roles_and_step_scalars():
     model = _orc()
     x, y = _batch()
     with torch.no_grad():
         ce = torch.stack([F.cross_entropy(m(x), y, reduction="none") for m in model.student.members])
     promoted = promoted_indices(ce, 1)[0]
     out = model(x, y)
-    roles = {k: float(v) for k, v in model.step_stats.items() if k.startswith("role/")}
+    roles = {k: float(v) for k, v in out.scalars.items() if k.startswith("role/")}
     assert roles == {"role/T0": 1.0, **{f"role/S{i + 1}": float(i == promoted) for i in range(3)}}
     assert out.per_sample["promoted_member"].unique().tolist() == [promoted + 1.0]
-    assert float(model.step_stats["train/error_count"]) == float(out.per_sample["error_sample"].sum())
+    assert float(out.scalars["train/error_count"]) == float(out.per_sample["error_sample"].sum())
     right = (out.per_sample["group_correct"] * out.per_sample["error_sample"]).sum()
-    assert float(model.step_stats["train/group_correct_on_E"]) == float(right)
+    assert float(out.scalars["train/group_correct_on_E"]) == float(right)
 
 
 def test_empty_error_set_refines_nothing():
@@ -210,7 +210,7 @@ def test_orc_mode_needs_a_teacher():
 
 # -- a short run through the group loop --------------------------------------------------------
 def test_short_run_records_roles_members_and_the_reported_student(tmp_path):
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     raw = load_raw("configs/orc_digits.yaml")
     raw.update(epochs=2, threads=1, device="cpu", runs_dir=str(tmp_path / "runs"),
@@ -249,8 +249,8 @@ def test_a_stopped_orc_run_resumes_to_the_uninterrupted_group(tmp_path, monkeypa
     from safetensors.torch import load_file
 
     from conftest import stop_after_epoch
-    from kd_engine.trainers.group import GroupLoop
-    from kd_engine.trainers.loop import StopRequested, train
+    from kd_engine.run import train
+    from kd_engine.trainer import StopRequested
 
     def config(name):
         raw = load_raw("configs/orc_digits.yaml")
@@ -260,7 +260,7 @@ def test_a_stopped_orc_run_resumes_to_the_uninterrupted_group(tmp_path, monkeypa
         return validate(raw)
 
     reference = train(config("a"), distributed=False)
-    resume_normally = stop_after_epoch(monkeypatch, GroupLoop, "_checkpoint", 0)
+    resume_normally = stop_after_epoch(monkeypatch, Trainer, "_checkpoint", 0)
     with pytest.raises(StopRequested):
         train(config("b"), distributed=False)
     resume_normally()

@@ -72,7 +72,7 @@ def _cfg(tmp_path, *extra):
 
 
 def test_config_errors_name_the_field(tmp_path):
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     with pytest.raises(ConfigError, match=r"distill.params.group"):
         train(_cfg(tmp_path, "distill.params.group=[nope]"), distributed=False)
@@ -118,7 +118,7 @@ def test_steered_gradient_known_answer():
 
 def test_otd_trains_and_records(tmp_path):
     from kd_engine.store import open_run
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     run = open_run(train(_cfg(tmp_path), distributed=False))
     inst = run.instances(split="train")

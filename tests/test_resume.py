@@ -124,7 +124,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, make_raw, teacher_cac
     assert run.final_metrics()["test/student_acc"] == ref.final_metrics()["test/student_acc"]
 
     # a finished run cannot be resumed again
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     with pytest.raises(KDWError, match="already finished"):
         train(None, resume=victim_dir)

@@ -12,7 +12,8 @@ from kd_engine.config import TeacherBankConfig, validate
 from kd_engine.data.base import TensorInstanceDataset
 from kd_engine.errors import CheckpointError, ConfigError, DataError
 from kd_engine.store import open_run
-from kd_engine.teacher_bank import (TeacherBank, apply_views, bank_dir, check_teacher_cache, quantize_topk,
+from kd_engine.checks import check_teacher_cache
+from kd_engine.teacher_bank import (TeacherBank, apply_views, bank_dir, quantize_topk,
                                     sample_views, write_bank)
 
 CACHE = {"teacher_cache": True, "teacher_bank.views": 4}
@@ -143,7 +144,7 @@ def test_bank_key_changes_with_views_teacher_and_split(make_raw):
 
 def test_cached_run_never_calls_or_loads_the_teacher(make_raw, monkeypatch):
     from kd_engine.models.cnn import ResNet
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     raw = make_raw({**CACHE, "epochs": 1, "teacher.name": "mlp", "teacher.params": {"hidden": 32}})
     first = open_run(train(validate(raw)))  # builds the teacher, then the bank

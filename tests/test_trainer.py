@@ -17,14 +17,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import BIN, REPO, digits_raw, run_dirs, subprocess_env, write_config
-from kd_engine.cache import build_teacher, teacher_cache_path
+from kd_engine.cache import teacher_cache_path
+from kd_engine.run import build_teacher
 from kd_engine.config import validate
 from kd_engine.data import build_data
 from kd_engine.errors import CheckpointError, NonFiniteLossError
 from kd_engine.losses import kd
 from kd_engine.losses.terms import register_term
 from kd_engine.store import list_runs, open_run
-from kd_engine.trainers import train
+from kd_engine.run import train
 
 KD_TERMS = [
     {"loss": "kd", "weight": 1.0, "params": {"temperature": 4.0}},
@@ -147,7 +148,7 @@ def test_engine_modules_import_in_any_order():
     """`kd_engine.cache` (and the checkpoint helpers) import on their own, without a cycle."""
     saved = {name: module for name, module in sys.modules.items() if name.startswith("kd_engine")}
     try:
-        for first in ("kd_engine.cache", "kd_engine.trainers.checkpoint", "kd_engine.trainers.loop",
+        for first in ("kd_engine.cache", "kd_engine.trainers.checkpoint", "kd_engine.trainer", "kd_engine.run",
                       "kd_engine.trainers", "kd_engine.store", "kd_engine.methods"):
             for name in [n for n in sys.modules if n.startswith("kd_engine")]:
                 del sys.modules[name]

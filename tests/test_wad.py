@@ -127,7 +127,7 @@ def test_wad_config_errors(tmp_path):
 
 def test_wad_trains_from_its_config_and_records(tmp_path):
     from kd_engine.store import open_run
-    from kd_engine.trainers import train
+    from kd_engine.run import train
 
     raw = load_raw("configs/wad_digits.yaml")
     raw["distill"]["params"].update(simclr_epochs=5, rounds=2)

@@ -185,4 +185,4 @@ class AdaSim(TwoViewDistiller):
                    "momentum": torch.tensor(cosine_momentum(step, self.total_steps, self.p["momentum"],
                                                             self.p["final_momentum"]))}
         return StepOutput(logits, {"dino": per.mean(), "probe": probe.mean()}, per_sample,
-                          scalars={k: v_.float().to(dev) for k, v_ in scalars.items()})
+                          scalars={f"train/{k}": v_.float().to(dev) for k, v_ in scalars.items()})

@@ -4,8 +4,12 @@ basis: the public code, as summarised on the card).
 The student is an ``ncd_resnet`` (known head of cosine prototypes + H novel heads). Labels
 below ``known`` are labelled (known) classes; samples of the other classes are unlabelled: their
 labels are used for nothing but evaluation (the mask y >= known says which samples are in the
-unlabelled set, as in NCD). The run's loop (``kd_engine.trainers.ncd.NCDLoop``) first trains the
-student supervised on the known classes (stage 1) and freezes a copy as the teacher.
+unlabelled set, as in NCD). Before the first epoch the trainer runs stage 1
+(`kd_engine.methods.ncd_stage.stage1_phase`): the student trains supervised on the known classes
+and a frozen copy becomes the teacher. Evaluations add the NCD metrics (``student_acc`` is
+``all_acc``: raw argmax indices of novel clusters are arbitrary), and the card's headline metric
+``train/novel_acc`` (clustering accuracy on the novel training samples, clean images, eval mode)
+is logged each epoch and in the final metrics.
 
 Stage 2, per step, on two augmented views (UNO base):
 - logits per head h: [known, novel_h] (cosine); targets: one-hot for labelled samples, and
@@ -28,6 +32,7 @@ from kd_engine.errors import ConfigError
 from kd_engine.losses.class_relation import class_relation_kd, relation_gate
 from kd_engine.losses.sinkhorn import sinkhorn_knopp
 from kd_engine.methods.base import Distiller, StepOutput
+from kd_engine.methods.ncd_stage import ncd_metrics, ncd_predictions, stage1_phase
 from kd_engine.methods.registry import METHODS
 from kd_engine.params import reject_unknown
 
@@ -53,6 +58,7 @@ def crkd_settings(params: dict) -> dict:
 @METHODS.register("crkd")
 class CrKD(Distiller):
     needs_teacher = False
+    single_process = True
 
     def __init__(self, cfg, student, teacher, input_shape):
         if teacher is not None:
@@ -68,7 +74,33 @@ class CrKD(Distiller):
         self.known = student.known
         self.frozen = None  # the stage-1 teacher, set by finish_stage1 (kept in the run's state)
         self.register_buffer("stage1_done", torch.zeros((), dtype=torch.bool))
-        self.step_stats: dict[str, torch.Tensor] = {}
+
+    # -- the trainer's hooks ----------------------------------------------------------------------
+    def check_data(self, data) -> None:
+        known = data.meta.get("known")
+        if known is None:
+            raise ConfigError("data.name: method crkd needs a dataset with known and novel classes "
+                              "(e.g. digits_ncd)")
+        if known != self.known:
+            raise ConfigError(f"student.params.known: {self.known} known classes, but the data has "
+                              f"{known} (data.params.known_classes)")
+
+    def phases(self, task) -> list:
+        return [] if bool(self.stage1_done) else [stage1_phase(self, task)]
+
+    def _ncd(self, split: str, task) -> dict[str, float]:
+        pred = ncd_predictions(self.student, task.eval_batches(split), task.device, task.autocast)
+        return {f"{split}/{k}": v for k, v in ncd_metrics(pred, self.known).items()}
+
+    def evaluation_metrics(self, split: str, task) -> dict[str, float]:
+        metrics = self._ncd(split, task)
+        metrics[f"{split}/student_acc"] = metrics[f"{split}/all_acc"]
+        if split == "test":
+            metrics.update(self._ncd("train", task))
+        return metrics
+
+    def epoch_metrics(self, task) -> dict[str, float]:
+        return self._ncd("train", task)
 
     def finish_stage1(self) -> None:
         """Freeze a copy of the stage-1 student as the class-relation teacher."""
@@ -93,7 +125,7 @@ class CrKD(Distiller):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         if self.frozen is None:
-            raise RuntimeError("crkd: stage 1 has not run (use the NCD loop: kdw train)")
+            raise RuntimeError("crkd: stage 1 has not run (kdw train runs it first)")
         k, scale = self.known, self.tau
         unl = y >= k
         views = [jitter(x), jitter(x)]
@@ -127,14 +159,14 @@ class CrKD(Distiller):
                                                           reduction="none") / (2 * heads)
         self._track_heads(uno.detach().mean(1))
         losses = {"task": uno.mean(), "distill": self.alpha * kd[unl].mean() if unl.any() else kd.sum()}
-        self._stats(outs, unl, gate)
+        scalars = self._stats(outs, unl, gate)
         best = self.student.best_head()
         pseudo = torch.full_like(y, -1)
         pseudo[unl] = targets[0][best, unl, k:].argmax(1) + k
         per_sample = {"student_loss": uno.detach().mean(0), "distill_loss": kd.detach(), "gate": gate,
                       "unlabelled": unl.float(), "pseudo_label": pseudo.float()}
         logits = torch.cat([outs[0][0], outs[0][1][best]], 1)
-        return StepOutput(logits, losses, per_sample, None)
+        return StepOutput(logits, losses, per_sample, None, scalars)
 
     @torch.no_grad()
     def _track_heads(self, head_losses: torch.Tensor) -> None:
@@ -146,21 +178,15 @@ class CrKD(Distiller):
             buffer.mul_(self.head_momentum).add_((1 - self.head_momentum) * head_losses)
 
     @torch.no_grad()
-    def _stats(self, outs, unl, gate) -> None:
+    def _stats(self, outs, unl, gate) -> dict[str, torch.Tensor]:
         """Per step: the entropy of the known-head distribution at τT on unlabelled samples (the
         card's 'fading relation'), and the mean raw (un-normalised) gate."""
         known_logits, novel = outs[0]
         zero = torch.zeros((), device=unl.device)
         if not unl.any():
-            self.step_stats = {"train/known_entropy_novel": zero, "train/gate_raw_mean": zero}
-            return
+            return {"train/known_entropy_novel": zero, "train/gate_raw_mean": zero}
         p = F.softmax(known_logits[unl].float() / (self.tau * self.T), 1)
         entropy = -(p * p.clamp_min(1e-12).log()).sum(1).mean()
         raw = F.softmax(torch.cat([known_logits[unl], novel[self.student.best_head(), unl]], 1).float()
                         / (self.tau * self.T), 1)[:, :self.known].sum(1).mean()
-        self.step_stats = {"train/known_entropy_novel": entropy, "train/gate_raw_mean": raw}
-
-    def make_loop(self, *args):
-        from kd_engine.trainers.ncd import NCDLoop
-
-        return NCDLoop(*args)
+        return {"train/known_entropy_novel": entropy, "train/gate_raw_mean": raw}

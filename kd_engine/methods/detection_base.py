@@ -28,7 +28,7 @@ DETECTION_METHODS: Registry = Registry("detection method")
 @dataclass
 class DetectionOutput:
     losses: dict[str, Tensor]
-    scalars: dict[str, Tensor] = field(default_factory=dict)  # logged as train/<key>
+    scalars: dict[str, Tensor] = field(default_factory=dict)  # logged per step under their full key
     rows: Callable[[], dict[str, np.ndarray]] | None = None
 
     @property
@@ -170,14 +170,14 @@ class DetectionScratch(DetectionDistiller):
 
     def forward(self, images, targets) -> DetectionOutput:
         sp = student_pass(self.student, images, targets)
-        scalars = {"student_cls": sp.cls_batch, "student_box": sp.box_batch}
+        scalars = {"train/student_cls": sp.cls_batch, "train/student_box": sp.box_batch}
         ids = torch.tensor([t["image_id"] for t in targets])
         if self.teacher is None:
             rows = lambda: level_rows(ids, [-1], student_columns(sp))  # noqa: E731
         else:
             tl = teacher_losses(self.teacher, images, targets)
             index = list(range(len(tl.levels)))
-            scalars["teacher_loss"] = tl.total.mean().detach()
+            scalars["train/teacher_loss"] = tl.total.mean().detach()
             rows = lambda: level_rows(ids, index, {**teacher_columns(tl, index),  # noqa: E731
                                                    **student_columns(sp)})
         return DetectionOutput({"task": sp.loss}, scalars, rows)

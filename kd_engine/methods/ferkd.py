@@ -89,7 +89,7 @@ class FerKDParams:
 
 @METHODS.register("ferkd")
 class FerKD(Distiller):
-    uses_bank = True  # built by kd_engine.teacher_bank.bank_distiller; the teacher is never loaded
+    bank_mode = "native"  # built by kd_engine.teacher_bank.bank_distiller; the teacher is never loaded
     wants_ids = True
 
     def __init__(self, cfg, student, teacher, input_shape):

@@ -140,4 +140,4 @@ class KD3(TwoViewDistiller):
         scalars = {"selection_precision": precision.nan_to_num(0.0), "rho": torch.tensor(
             1.0 if mode == "all" else self.rho()), "selected_fraction": selected.float().mean().cpu()}
         return StepOutput(s_logits, losses, per_sample, t_logits,
-                          scalars={k: v.float().to(x.device) for k, v in scalars.items()})
+                          scalars={f"train/{k}": v.float().to(x.device) for k, v in scalars.items()})

@@ -18,8 +18,9 @@ T0), ``dml`` (CE + the mean T^2 KL towards each other student, deep mutual learn
 same T). Losses are summed over the members; each member's weights get only their own loss.
 
 "The student" the loop evaluates and checkpoints is the student-group member with the best
-validation accuracy at the last evaluation (``kd_engine.trainers.group.GroupLoop`` selects it);
-the loop also reports every member's accuracy and ``student_mean_acc``. Roles per step (1 = in
+validation accuracy at the last evaluation (`ORC.evaluation_metrics` selects it on val; the
+trainer records and checkpoints `ORC.reported_student`); every member's accuracy and
+``student_mean_acc`` are reported too. Roles per step (1 = in
 the teacher group, i.e. its outputs were a target this step) go to the store as ``role/<name>``.
 """
 from __future__ import annotations
@@ -106,6 +107,8 @@ def promoted_indices(ce: torch.Tensor, r: int) -> list[int]:
 
 @METHODS.register("orc")
 class ORC(Distiller):
+    single_process = True  # the whole group trains in one process
+
     def __init__(self, cfg, student, teacher, input_shape):
         p = orc_settings(dict(cfg.distill.params))
         if teacher is None and p["mode"] in ("orc", "kd"):
@@ -125,7 +128,6 @@ class ORC(Distiller):
             for parameter in self.t0.parameters():
                 parameter.requires_grad_(self.mode == "orc")
         self.member_names = (["T0"] if self.t0 is not None else []) + self.student.names
-        self.step_stats: dict[str, torch.Tensor] = {}
         self.train()
 
     def train(self, mode: bool = True) -> "ORC":
@@ -135,14 +137,26 @@ class ORC(Distiller):
             self.t0.eval()
         return self
 
-    # -- the group loop's interface ---------------------------------------------------------------
+    # -- the trainer's hooks ----------------------------------------------------------------------
     def group_members(self) -> dict[str, nn.Module]:
         members = {"T0": self.t0} if self.t0 is not None else {}
         return {**members, **dict(zip(self.student.names, self.student.members))}
 
-    def reported_member(self) -> tuple[str, nn.Module, ModelSpec]:
+    def reported_student(self) -> tuple[str, nn.Module, ModelSpec]:
         index = int(self.student.reported)
         return self.student.names[index], self.student.members[index], self.student.specs[index]
+
+    def evaluation_metrics(self, split: str, task) -> dict[str, float]:
+        """Every member's accuracy (``<split>/member/<name>_acc``) and the student group's mean;
+        on val, the best student becomes the reported one (never chosen on test)."""
+        accuracies = {name: task.predict(member, split).summary()["acc"]
+                      for name, member in self.group_members().items()}
+        students = self.student.names
+        if split == "val":
+            self.student.select({name: accuracies[name] for name in students})
+        metrics = {f"{split}/member/{name}_acc": acc for name, acc in accuracies.items()}
+        metrics[f"{split}/student_mean_acc"] = sum(accuracies[n] for n in students) / len(students)
+        return metrics
 
     # -- one step ------------------------------------------------------------------------------
     def _targets(self, s_logits, t_logits, ce, y):
@@ -183,7 +197,7 @@ class ORC(Distiller):
                 refine = self.t0_scale * F.cross_entropy(t_logits[error], y[error])
                 refine = refine + sum(F.cross_entropy(s_logits[i][error], y[error]) for i in promoted)
             losses["refine"] = refine
-        self._record_roles(promoted, error, group_correct, x.device)
+        scalars = self._roles(promoted, error, group_correct, x.device)
         per_sample = {"student_loss": ce.detach().mean(0),
                       "distill_loss": distill[learners].detach().mean(0) if learners else zero.expand(len(y)),
                       "error_sample": error.float(),
@@ -195,23 +209,18 @@ class ORC(Distiller):
             per_sample["group_correct"] = group_correct
         reported = int(self.student.reported)
         return StepOutput(s_logits[reported], losses, per_sample,
-                          t_logits.detach() if t_logits is not None else None)
+                          t_logits.detach() if t_logits is not None else None, scalars)
 
-    def _record_roles(self, promoted, error, group_correct, device) -> None:
-        """Per step, for the group loop: role/<name> (1 = its outputs were a target this step),
-        the size of E and how many of E the teacher group's p_G gets right."""
+    def _roles(self, promoted, error, group_correct, device) -> dict[str, torch.Tensor]:
+        """Per step: role/<name> (1 = its outputs were a target this step), the size of E and
+        how many of E the teacher group's p_G gets right."""
         students = [1.0 if (i in promoted or self.mode == "dml") else 0.0 for i in range(len(self.student.names))]
         t0 = [float(self.mode in ("orc", "kd"))] if self.t0 is not None else []
         roles = torch.tensor(t0 + students, device=device)
-        self.step_stats = {f"role/{name}": roles[k] for k, name in enumerate(self.member_names)}
+        scalars = {f"role/{name}": roles[k] for k, name in enumerate(self.member_names)}
         right = (group_correct * error).sum() if group_correct is not None else torch.zeros((), device=device)
-        self.step_stats.update({"train/error_count": error.sum().float(), "train/group_correct_on_E": right})
-
-    def make_loop(self, *args):
-        """The loop `kd_engine.trainers.loop.train` runs this method with."""
-        from kd_engine.trainers.group import GroupLoop
-
-        return GroupLoop(*args)
+        scalars.update({"train/error_count": error.sum().float(), "train/group_correct_on_E": right})
+        return scalars
 
 
 @torch.no_grad()

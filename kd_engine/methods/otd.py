@@ -120,4 +120,4 @@ class OTD(Distiller):
                    "src_energy_r10": self.src_space.energy_at(10),
                    "pseudo_rate": float(used.sum()) / n_tgt}
         return StepOutput(logits, losses, per_sample,
-                          scalars={k: torch.tensor(float(v), device=x.device) for k, v in scalars.items()})
+                          scalars={f"train/{k}": torch.tensor(float(v), device=x.device) for k, v in scalars.items()})

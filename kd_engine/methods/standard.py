@@ -65,6 +65,8 @@ def make_adapter(kind: str, s_shape: tuple, t_shape: tuple, field: str, layers: 
 
 @METHODS.register("standard")
 class Standard(Distiller):
+    bank_mode = "wrapped"  # on a soft-label bank, the teacher's logits come from the bank
+
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
         if teacher is None:
@@ -106,6 +108,11 @@ class Standard(Distiller):
             raise ConfigError("distill.terms: method 'standard' needs at least one term "
                               f"(losses: {', '.join(LOSSES.names())})")
         return terms
+
+    def feature_pairs(self) -> list[tuple[str, str]]:
+        """The distilled layer pairs, else (no feature term) the layers both models share."""
+        pairs = [(t.student_layer, t.teacher_layer) for t in self.terms if t.student_layer]
+        return pairs or super().feature_pairs()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         with torch.no_grad(), _taps(self.teacher, self.teacher_layers) as t_feats:

@@ -117,9 +117,9 @@ class ZhangMa(DetectionDistiller):
             weighted = lam["am"] * stacked["am"] + w * (raw_kd - lam["am"] * stacked["am"])
         distill = weighted.sum(1).mean()
         losses = {"task": self.task_weight * sp.loss, "distill": distill}
-        scalars = {"student_cls": sp.cls_batch, "student_box": sp.box_batch,
-                   "teacher_loss": tl.total.mean().float(), "weight_mean": w.mean()}
-        scalars.update({f"term/{t}": v.detach().sum(1).mean() for t, v in stacked.items()})
+        scalars = {"train/student_cls": sp.cls_batch, "train/student_box": sp.box_batch,
+                   "train/teacher_loss": tl.total.mean().float(), "train/weight_mean": w.mean()}
+        scalars.update({f"train/term/{t}": v.detach().sum(1).mean() for t, v in stacked.items()})
 
         def rows() -> dict:
             cols = {**teacher_columns(tl, idx), **student_columns(sp), "weight": w,

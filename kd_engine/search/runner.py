@@ -47,7 +47,7 @@ def run_trial(base: dict[str, Any], overrides: dict[str, Any], search_id: str, t
     from kd_engine.experiment import set_key
     from kd_engine.config import validate
     from kd_engine.store import open_run
-    from kd_engine.trainers.loop import train
+    from kd_engine.run import train
 
     raw = copy.deepcopy(base)
     for key, value in overrides.items():
@@ -101,7 +101,7 @@ def write_teacher_cache(cfg: ExperimentConfig, root: Path, layer: str) -> Path:
     import numpy as np
     import torch
 
-    from kd_engine.cache import build_teacher
+    from kd_engine.run import build_teacher
     from kd_engine.data import build_data
     from kd_engine.models import feature_taps
 

@@ -1,5 +1,5 @@
 """The task interface: everything that differs between kinds of run (classification, detection,
-dense prediction, ...), so one `kd_engine.trainers.trainer.Trainer` serves them all.
+dense prediction, ...), so one `kd_engine.trainer.Trainer` serves them all.
 
 The trainer owns what every run shares: the optimizer step with its non-finite-loss guard, AMP,
 gradient clipping, warm-up and schedules, per-step scalars, checkpoints, exact resume, SIGTERM,

@@ -17,12 +17,8 @@ from __future__ import annotations
 import torch
 
 from kd_engine.errors import ConfigError
-from kd_engine.weighting.base import WEIGHTINGS, WeightingStrategy
-
-
-def aid_weights(teacher_loss: torch.Tensor, alpha: float) -> torch.Tensor:
-    """exp(−α·L), detached: the teacher's loss is a signal about the teacher, not a target."""
-    return torch.exp(-alpha * teacher_loss.detach().float())
+from kd_engine.weighting.aid_detection import _check, aid_detection_weights, controlled
+from kd_engine.weighting.base import WEIGHTINGS, WeightingStrategy, aid_weights
 
 
 @WEIGHTINGS.register("aid")
@@ -50,8 +46,6 @@ class AdaptiveInstance(WeightingStrategy):
 
     def check_task(self, task: str) -> None:
         if task == "detection":
-            from kd_engine.weighting.aid_detection import _check
-
             _check(self.granularity or "per_image_level", self.alpha)
             return
         if self.granularity not in (None, "per_image"):
@@ -73,12 +67,13 @@ class AdaptiveInstance(WeightingStrategy):
         return self._control(aid_weights(batch["teacher_loss"], self.alpha))
 
     def detection_weights(self, teacher_losses):
-        from kd_engine.weighting.aid_detection import aid_detection_weights, controlled
-
         raw = aid_detection_weights(teacher_losses, self.alpha,
                                     self.granularity or "per_image_level", self.decoupled)
         mode = "shuffle" if self.shuffle else "mean" if self.batch_mean else None
         return controlled(raw, mode, self._generator), raw
+
+    def describe(self) -> dict:
+        return {"alpha": self.alpha, "granularity": self.granularity or "per_image_level"}
 
     def state_dict(self) -> dict:
         return {"generator": self._generator.get_state()}

@@ -17,7 +17,7 @@ part of the method, and the constant-mean control in §7 exists to measure it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -25,40 +25,11 @@ import torch
 from torch import Tensor
 
 from kd_engine.errors import ConfigError
-from kd_engine.weighting.aid import aid_weights
+from kd_engine.weighting.base import DetectionWeights, aid_weights
+
+AIDWeights = DetectionWeights  # the name this container had before it served every strategy
 
 GRANULARITIES = ("per_image_level", "per_level_batch", "per_image", "per_gt")
-
-
-@dataclass
-class AIDWeights:
-    """Detached AID weights. ``feature``/``cls``/``box`` are (B, L) for per_image_level, (L,) for
-    per_level_batch and (B,) for per_image/per_gt; without ``decoupled`` all three are the same
-    tensor. ``per_gt`` holds each image's (G,) feature-side GT weights (per_gt only)."""
-
-    feature: Tensor
-    cls: Tensor
-    box: Tensor
-    granularity: str
-    alpha: float
-    decoupled: bool = False
-    per_gt: list[Tensor] | None = None
-    num_gt_without_anchors: int = 0
-
-    def as_image_level(self, B: int, L: int, which: str = "feature") -> Tensor:
-        """Broadcast ``feature``/``cls``/``box`` to (B, L) for ``weighted_kd``. The granularity,
-        not the shape, decides the axis, so B == L is not ambiguous."""
-        w = getattr(self, which)
-        if self.granularity == "per_image_level":
-            expected, out = (B, L), w
-        elif self.granularity == "per_level_batch":
-            expected, out = (L,), w[None, :].expand(B, L)
-        else:
-            expected, out = (B,), w[:, None].expand(B, L)
-        if tuple(w.shape) != expected:
-            raise ValueError(f"{self.granularity} {which} weights have shape {tuple(w.shape)}, "
-                             f"expected {expected} for B={B}, L={L}")
-        return out
 
 
 def _check(granularity: str, alpha: float) -> None:
@@ -103,7 +74,7 @@ def per_gt_weights(per_gt, alpha: float) -> list[Tensor]:
 
 
 def aid_detection_weights(teacher_losses, alpha: float = 0.1, granularity: str = "per_image_level",
-                          decoupled: bool = False) -> AIDWeights:
+                          decoupled: bool = False) -> DetectionWeights:
     """AID weights from a ``TeacherLosses`` (see the module doc for the granularities)."""
     _check(granularity, alpha)
     tl = teacher_losses
@@ -116,15 +87,15 @@ def aid_detection_weights(teacher_losses, alpha: float = 0.1, granularity: str =
     feature = aid_weights(cls + box, alpha)
     w_cls, w_box = (aid_weights(cls, alpha), aid_weights(box, alpha)) if decoupled else (
         feature, feature)
-    out = AIDWeights(feature, w_cls, w_box, granularity, float(alpha), bool(decoupled))
+    out = DetectionWeights(feature, w_cls, w_box, granularity, float(alpha), bool(decoupled))
     if granularity == "per_gt":
         out.per_gt = per_gt_weights(tl.per_gt, alpha)
         out.num_gt_without_anchors = tl.num_gt_without_anchors
     return out
 
 
-def controlled(weights: AIDWeights, mode: str | None,
-               generator: torch.Generator | None = None) -> AIDWeights:
+def controlled(weights: DetectionWeights, mode: str | None,
+               generator: torch.Generator | None = None) -> DetectionWeights:
     """The card's §7 controls. "shuffle" permutes the weights within the batch (over images and
     levels together; GT weights over all the batch's GTs); "mean" gives every entry the batch
     mean. cls/box/feature weights share one permutation, so decoupled triples stay together."""
@@ -211,7 +182,7 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def aid_weight_records(weights: AIDWeights, teacher_losses,
+def aid_weight_records(weights: DetectionWeights, teacher_losses,
                        image_ids: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Per-instance record columns for the run store (card §10).
 
@@ -256,5 +227,5 @@ def aid_weight_records(weights: AIDWeights, teacher_losses,
     return {k: np.concatenate([np.asarray(x) for x in v]) for k, v in rows.items()}
 
 
-__all__ = ["AIDWeights", "GRANULARITIES", "aid_detection_weights", "aid_weight_records", "controlled",
+__all__ = ["AIDWeights", "DetectionWeights", "GRANULARITIES", "aid_detection_weights", "aid_weight_records", "controlled",
            "fpn_strides", "paint_per_gt_mask", "per_gt_weights"]

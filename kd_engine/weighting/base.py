@@ -7,12 +7,50 @@ shows is what the loss used.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from kd_engine.errors import ConfigError
 from kd_engine.registry import Registry, construct
+
+@dataclass
+class DetectionWeights:
+    """Detached per-instance weights of a detection batch (AID's, or a constant). ``feature``/``cls``/``box`` are (B, L) for per_image_level, (L,) for
+    per_level_batch and (B,) for per_image/per_gt; without ``decoupled`` all three are the same
+    tensor. ``per_gt`` holds each image's (G,) feature-side GT weights (per_gt only)."""
+
+    feature: Tensor
+    cls: Tensor
+    box: Tensor
+    granularity: str
+    alpha: float
+    decoupled: bool = False
+    per_gt: list[Tensor] | None = None
+    num_gt_without_anchors: int = 0
+
+    def as_image_level(self, B: int, L: int, which: str = "feature") -> Tensor:
+        """Broadcast ``feature``/``cls``/``box`` to (B, L) for ``weighted_kd``. The granularity,
+        not the shape, decides the axis, so B == L is not ambiguous."""
+        w = getattr(self, which)
+        if self.granularity == "per_image_level":
+            expected, out = (B, L), w
+        elif self.granularity == "per_level_batch":
+            expected, out = (L,), w[None, :].expand(B, L)
+        else:
+            expected, out = (B,), w[:, None].expand(B, L)
+        if tuple(w.shape) != expected:
+            raise ValueError(f"{self.granularity} {which} weights have shape {tuple(w.shape)}, "
+                             f"expected {expected} for B={B}, L={L}")
+        return out
+
+
+def aid_weights(teacher_loss: torch.Tensor, alpha: float) -> torch.Tensor:
+    """exp(−α·L), detached: the teacher's loss is a signal about the teacher, not a target."""
+    return torch.exp(-alpha * teacher_loss.detach().float())
+
 
 WEIGHTINGS: Registry[type["WeightingStrategy"]] = Registry("weighting strategy")
 
@@ -32,8 +70,13 @@ class WeightingStrategy:
         """Raise ConfigError for params that mean nothing for this kind of run."""
 
     def detection_weights(self, teacher_losses):
-        """(used, raw) ``AIDWeights`` for a detection batch; raw is None when there is none."""
+        """(used, raw) ``DetectionWeights`` for a detection batch; raw is None when there is none."""
         raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """The settings a run records in its metadata for the dashboard (e.g. AID's alpha and
+        granularity); empty when there is nothing to show beyond the strategy's name."""
+        return {}
 
     def state_dict(self) -> dict:
         """Random state to checkpoint (a shuffling control), so a resumed run continues it."""

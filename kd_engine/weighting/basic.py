@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from kd_engine.errors import ConfigError
-from kd_engine.weighting.base import WEIGHTINGS, WeightingStrategy
+from kd_engine.weighting.base import WEIGHTINGS, DetectionWeights, WeightingStrategy
 
 
 @WEIGHTINGS.register("uniform")
@@ -25,11 +25,9 @@ class Uniform(WeightingStrategy):
 
     def detection_weights(self, teacher_losses):
         """`value` on every (image, level): base distillation, or the constant-mean control."""
-        from kd_engine.weighting.aid_detection import AIDWeights
-
         w = torch.full(tuple(teacher_losses.cls_level.shape), self.value,
                        device=teacher_losses.cls_level.device)
-        return AIDWeights(w, w, w, "per_image_level", float("nan")), None
+        return DetectionWeights(w, w, w, "per_image_level", float("nan")), None
 
 
 @WEIGHTINGS.register("teacher_confidence")

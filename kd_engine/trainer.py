@@ -1,0 +1,380 @@
+"""The one trainer every run goes through, whatever its task (`kd_engine.tasks.Task`).
+
+The trainer owns what all runs share: the optimizer step with its non-finite-loss guard, AMP,
+gradient clipping, warm-up and schedules, per-step scalars, checkpoints every epoch (atomic),
+exact resume, a clean stop on SIGTERM, DDP, and the run store. The task owns batches, rows,
+evaluation and the dashboard's inputs; the method (a `Distiller`) owns the losses and may add
+phases before the epochs (`Distiller.phases`), evaluation metrics (`evaluation_metrics`,
+`epoch_metrics`) and the member it reports as the student (`reported_student`).
+
+The trainer imports no orchestration: `kd_engine.run` builds the task, method and teacher and
+hands them over.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from kd_engine.config import FeaturePair
+from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
+from kd_engine.models import count_parameters
+from kd_engine.store import RunWriter
+from kd_engine.tasks.base import Evaluation, Task
+from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
+from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, spatial_attention
+from kd_engine.trainers.optim import apply_warmup, build_optimizer, build_scheduler
+
+log = logging.getLogger("kdw")
+
+
+class StopRequested(KDWError):
+    """SIGTERM (e.g. the dashboard's Stop button) arrived; the last epoch checkpoint stands."""
+
+
+def _raise_stop(signum, frame):
+    raise StopRequested("stopped by request (SIGTERM)")
+
+
+def _describe(spec) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in sorted(spec.params.items()))
+    return f"{spec.name}({params})"
+
+
+class Trainer:
+    """Train ``distiller`` on ``task`` for ``cfg.epochs`` epochs, recording into a new run (or
+    continuing ``resume``, a run directory). ``teacher_source`` says where the teacher came from."""
+
+    def __init__(self, cfg, task: Task, distiller, teacher_source: str | None = None,
+                 resume: str | Path | None = None, run_id: str | None = None):
+        self.cfg, self.task, self.ctx, self.device, self.data = cfg, task, task.ctx, task.device, task.data
+        self.autocast = task.autocast
+        self.distiller = distiller
+        self.student, self.teacher = distiller.student, distiller.teacher
+        self.model = DistributedDataParallel(distiller) if self.ctx.enabled else distiller
+        self.optimizer = build_optimizer(cfg.optimizer, distiller.trainable_parameters())
+        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, cfg.epochs)
+        self.split_streams = hasattr(self.optimizer, "backward_streams")
+        if self.split_streams and (self.ctx.enabled or cfg.grad_clip):
+            raise ConfigError(f"optimizer.name: {cfg.optimizer.name} takes two backward passes a step, "
+                              "which DDP and grad_clip do not support here")
+        self.pairs = self._feature_pairs()
+        self.start_epoch, self.global_step = 0, 0
+        self.writer: RunWriter | None = None
+        self.run_dir: Path | None = Path(resume) if resume is not None else None
+        self.teacher_source = teacher_source
+        self._last_val: dict[str, float] = {}
+        self._open_store(resume, run_id)
+
+    def _feature_pairs(self) -> list[FeaturePair]:
+        """Layers whose teacher-student disparity is recorded: the configured pairs, else the
+        method's (`Distiller.feature_pairs`)."""
+        if self.teacher is None:
+            return []
+        if self.cfg.record.features:
+            return list(self.cfg.record.features)
+        return [FeaturePair(student=s, teacher=t) for s, t in sorted(set(self.distiller.feature_pairs()))]
+
+    # -- store --------------------------------------------------------------------------------
+    def _open_store(self, resume, run_id) -> None:
+        if resume is not None:
+            state = load_state(self.run_dir / "checkpoints" / "state.pt")
+            self._restore(state)
+            if self.start_epoch >= self.cfg.epochs:
+                raise KDWError(f"{self.run_dir}: the run already finished all {self.cfg.epochs} epochs")
+        if not self.ctx.is_main:
+            return
+        cfg = self.cfg
+        if resume is None:
+            meta = {"method": cfg.method, "dataset": cfg.data.name, "student": _describe(cfg.student),
+                    "teacher": _describe(cfg.teacher) if cfg.teacher else None,
+                    "weighting": cfg.weighting.strategy, "seed": cfg.seed, "epochs": cfg.epochs,
+                    "device": str(self.device), "world_size": self.ctx.world_size,
+                    "teacher_source": self.teacher_source,
+                    "student_params": count_parameters(self.student),
+                    "teacher_params": count_parameters(self.teacher) if self.teacher else None,
+                    "class_names": self.data.class_names, "input_shape": list(self.data.input_shape)}
+            self.writer = RunWriter.create(cfg.runs_dir, cfg.name, meta, cfg.to_yaml(), run_id=run_id,
+                                           tensorboard=cfg.record.tensorboard)
+            self.run_dir = self.writer.run_dir
+            self.task.save_inputs(self.writer)
+            extra = self.task.run_meta(self.distiller)
+            if extra:
+                self.writer.set_meta(**extra)
+        else:
+            self.writer = RunWriter(self.run_dir, tensorboard=cfg.record.tensorboard)
+            self.writer.truncate_from_epoch(self.start_epoch)
+            self.writer.set_status("running")
+            self.writer.event(f"resumed at epoch {self.start_epoch}")
+        if self.teacher is not None and resume is None:
+            save_weights(self.teacher, self.run_dir / "checkpoints" / "teacher.safetensors",
+                         {"model": cfg.teacher.name, "params": cfg.teacher.params})
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict:
+        state = {"epoch": epoch, "global_step": self.global_step,
+                 "distiller": {k: v for k, v in self.distiller.state_dict().items()
+                               if not k.startswith("teacher.")},
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "torch_rng": torch.get_rng_state()}
+        weighting = self.distiller.weighting_state()
+        if weighting:
+            state["weighting"] = weighting
+        return state
+
+    def _split_seed(self) -> int:
+        return self.cfg.data.split_seed if self.cfg.data.split_seed is not None else self.cfg.seed
+
+    def _restore(self, state: dict) -> None:
+        self.distiller.load_state_dict(state["distiller"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.distiller.load_weighting_state(state.get("weighting", {}))
+        torch.set_rng_state(state["torch_rng"])
+        self.start_epoch, self.global_step = state["epoch"] + 1, state["global_step"]
+
+    def _checkpoint(self, epoch: int) -> None:
+        checkpoints = self.run_dir / "checkpoints"
+        save_state(checkpoints / "state.pt", self._state(epoch))
+        name, module, spec = self.distiller.reported_student()
+        spec = spec or self.cfg.student
+        meta = {"model": spec.name, "params": spec.params, "epoch": epoch}
+        if name is not None:
+            meta["member"] = name
+        meta["data"] = {"name": self.cfg.data.name, "split_seed": self._split_seed()}
+        save_weights(module, checkpoints / "student.safetensors", meta)
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> Path:
+        previous = signal.signal(signal.SIGTERM, _raise_stop) if self.ctx.is_main else None
+        try:
+            for phase in self.distiller.phases(self.task) if self.start_epoch == 0 else ():
+                self._run_phase(phase)
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                self._train_epoch(epoch)
+                self.scheduler.step()  # on every rank: DDP replicas must share the learning rate
+                if self.ctx.is_main:
+                    self._end_of_epoch(epoch)
+                self.ctx.barrier()
+            if self.ctx.is_main:
+                self._finish()
+        except BaseException as exc:
+            if self.writer is not None:
+                status = "stopped" if isinstance(exc, (StopRequested, KeyboardInterrupt)) else "failed"
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.writer.set_status(status, error=None if status == "stopped" else message)
+                self.writer.event(message, level="error" if status == "failed" else "info")
+                self.writer.close()
+                self.writer = None
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if self.writer is not None:
+            self.writer.close()
+        return self.run_dir
+
+    def _run_phase(self, phase) -> None:
+        """A method's phase before the epochs (e.g. Cr-KD's stage 1): its own optimizer and
+        learning rates, stepped through the trainer's guard, clipping and backward."""
+        step = 0
+        for batch in phase.batches():
+            lr = phase.lr(step)
+            if lr is not None:
+                for group in phase.optimizer.param_groups:
+                    group["lr"] = lr
+            with self.autocast():
+                out = phase.step(batch)
+            self._check_finite(out, f"{phase.name} step {step}")
+            phase.optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            self._clip(phase.parameters)
+            phase.optimizer.step()
+            phase.after_step()
+            step += 1
+        report = phase.finish()
+        if self.writer is not None:
+            self.writer.log_scalars(0, 0, report.scalars)
+            for artifact in report.artifacts:
+                self.writer.save_artifact(**artifact)
+            if report.event:
+                self.writer.event(report.event)
+
+    def _train_epoch(self, epoch: int) -> None:
+        self.model.train()
+        self.distiller.begin_epoch(epoch, self.cfg.epochs)
+        rows: list[dict] = []
+        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        started, seen, last_flush = time.perf_counter(), 0, time.perf_counter()
+        for batch in self.task.batches(epoch, self.distiller.wants_ids):
+            with self.autocast():
+                out = self.model(*batch.inputs, **batch.kwargs)
+            loss = self._optimize(out, epoch)
+            if self.cfg.record.instances:
+                batch_rows = self.task.train_rows(out, batch, self.global_step, epoch)
+                if batch_rows is not None:
+                    rows.append(batch_rows)
+            if self.ctx.is_main and self.global_step % self.cfg.record.scalars_every == 0:
+                pending.append((self.global_step, self._step_scalars(out, loss)))
+            seen += batch.size
+            self.global_step += 1
+            if self.ctx.is_main and time.perf_counter() - last_flush > 1.0:
+                self._flush_scalars(pending, epoch)
+                last_flush = time.perf_counter()
+        self._write_instances(rows)  # inside the timed span: recording is part of the cost
+        if self.ctx.is_main:
+            self._flush_scalars(pending, epoch)
+            elapsed = time.perf_counter() - started
+            self.writer.log_scalars(self.global_step, epoch, {
+                "throughput": seen * self.ctx.world_size / max(elapsed, 1e-9), "epoch_time": elapsed})
+
+    # -- one optimisation step ----------------------------------------------------------------
+    def _check_finite(self, out, where: str) -> None:
+        """Refuse a non-finite loss before it touches the weights."""
+        if not torch.isfinite(out.total):
+            bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
+            raise NonFiniteLossError(f"non-finite loss ({', '.join(bad) or 'total'}) at {where}; "
+                                     "the last good checkpoint is kept")
+
+    def _clip(self, parameters) -> None:
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(parameters, self.cfg.grad_clip)
+
+    def _optimize(self, out, epoch: int) -> torch.Tensor:
+        """One optimisation step on a method's output: guard, backward, clip, warm up, step."""
+        loss = out.total
+        self._check_finite(out, f"epoch {epoch} step {self.global_step}")
+        self._backward(out, loss)
+        self._clip(self.distiller.trainable_parameters())
+        apply_warmup(self.optimizer, self.scheduler, self.cfg.schedule.warmup_iters, self.global_step)
+        self.optimizer.step()
+        self.distiller.after_step(self.global_step, epoch)
+        return loss
+
+    def _backward(self, out, loss: torch.Tensor) -> None:
+        """One backward pass, or, for an optimizer with separate gradient streams (DOT), the task
+        loss and the sum of every other loss handed over separately."""
+        if not self.split_streams:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            return
+        others = [value for name, value in out.losses.items() if name != "task"]
+        self.optimizer.backward_streams(out.losses["task"], sum(others) if others else None)
+
+    # -- recording ----------------------------------------------------------------------------
+    def _step_scalars(self, out, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = {f"train/{name}": v.detach().float() for name, v in out.losses.items()}
+        values["train/loss"] = loss.detach().float()
+        values.update(self.task.step_scalars(out))
+        values.update({key: value.detach().float() for key, value in out.scalars.items()})
+        values["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"], device=loss.device)
+        return values
+
+    def _flush_scalars(self, pending: list, epoch: int) -> None:
+        if not pending:
+            return
+        stacked = torch.stack([torch.stack(list(values.values())).float().cpu() for _, values in pending])
+        keys = list(pending[0][1])
+        for (step, _), row in zip(pending, stacked.tolist()):
+            self.writer.log_scalars(step, epoch, dict(zip(keys, row)))
+        self.writer.flush()
+        self.writer.heartbeat()
+        pending.clear()
+
+    def _write_instances(self, rows: list[dict]) -> None:
+        """This epoch's training rows: each rank's own (padding already left out), gathered once."""
+        if not self.cfg.record.instances:
+            return
+        local = self.task.merge_rows(rows)
+        if self.ctx.enabled:
+            gathered = [None] * self.ctx.world_size if self.ctx.is_main else None
+            dist.gather_object(local, gathered, dst=0)
+            if not self.ctx.is_main:
+                return
+            local = self.task.merge_rows([g for g in gathered if g])
+        if local:
+            self.writer.log_instances({"split": np.full(len(local["instance_id"]), "train"), **local})
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _evaluate(self, split: str, epoch: int, final: bool = False) -> dict[str, float]:
+        """Evaluate on a split, record its per-instance rows and artifacts, return its metrics.
+        The method's metrics come first (a group method picks its reported member on val)."""
+        extra = self.distiller.evaluation_metrics(split, self.task)
+        result: Evaluation = self.task.evaluate(split, self.student, self.teacher, final=final)
+        metrics = {**result.metrics, **extra}
+        self._log_eval_instances(split, epoch, result.columns)
+        for artifact in result.artifacts:
+            self.writer.save_artifact(artifact.name, artifact.array, kind=artifact.kind, dtype=artifact.dtype,
+                                      role=artifact.role, epoch=artifact.epoch, meta=artifact.meta)
+        return metrics
+
+    def _log_eval_instances(self, split: str, epoch: int, columns: dict) -> None:
+        """Per-instance rows of an evaluation pass (val each epoch, test at the end)."""
+        n = len(columns.get("instance_id", ()))
+        if self.cfg.record.eval_instances and n:
+            self.writer.log_instances({"split": np.full(n, split), "epoch": np.full(n, epoch),
+                                       "step": np.full(n, self.global_step), **columns})
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        """Main rank, after each epoch: validation when due, the method's epoch metrics, feature
+        disparities, the checkpoint."""
+        metrics = self.distiller.epoch_metrics(self.task)
+        if metrics:
+            self.writer.log_scalars(self.global_step, epoch, metrics)
+        due = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
+        metrics = self._evaluate("val", epoch) if len(self.data.val) and due else {}
+        self._last_val = metrics or self._last_val
+        self.writer.log_scalars(self.global_step, epoch, metrics)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(self.task.headline))
+        log.info("%s epoch %d/%d %s", self.cfg.name, epoch + 1, self.cfg.epochs, shown)
+        self._record_features(epoch)
+        self._checkpoint(epoch)
+        self.writer.flush()
+        self.writer.heartbeat()
+
+    def _record_features(self, epoch: int) -> None:
+        if not self.pairs:
+            return
+        probe = self.task.probe_inputs(self.cfg.record.feature_probe_size)
+        if probe is None:
+            return
+        x, probe_ids = probe
+        s_feats = layer_outputs(self.student, x, sorted({p.student for p in self.pairs}), self.autocast)
+        t_feats = layer_outputs(self.teacher, x, sorted({p.teacher for p in self.pairs}), self.autocast)
+        self.writer.log_features(epoch, disparity_rows(s_feats, t_feats, self.pairs))
+        shown = min(len(probe_ids), self.cfg.record.attention_maps)
+        ids = probe_ids[:shown]
+        for role, feats in (("student", s_feats), ("teacher", t_feats)):
+            for layer, value in feats.items():
+                if value.dim() != 4 or not shown:
+                    continue
+                meta = {"instance_ids": ids, "layer": layer}
+                self.writer.save_artifact(f"attention/e{epoch}/{role}/{layer}", spatial_attention(value[:shown]).numpy(),
+                                          kind="attention_map", epoch=epoch, role=role, meta=meta)
+                self.writer.save_artifact(f"feature/e{epoch}/{role}/{layer}", value[:shown].numpy(),
+                                          kind="feature_map", epoch=epoch, role=role, meta=meta)
+
+    def _final_metrics(self) -> dict[str, float]:
+        """The last validation pass's metrics and a test pass (recorded, with its artifacts)."""
+        final = dict(self._last_val)
+        if len(self.data.test):
+            test = self._evaluate("test", self.cfg.epochs - 1, final=True)
+            self.writer.log_scalars(self.global_step, self.cfg.epochs - 1,
+                                    {k: v for k, v in test.items() if k.startswith("test/")})
+            final.update(test)
+        return {k: float(v) for k, v in final.items() if math.isfinite(v)}  # undefined APs dropped
+
+    def _finish(self) -> None:
+        final = self._final_metrics()
+        name, module, _ = self.distiller.reported_student()
+        final["student_params"] = float(count_parameters(module))
+        self.writer.set_meta(final_metrics=final, **({} if name is None else {"reported_student": name}))
+        self.writer.set_status("finished")
+        self.writer.event("finished" if name is None else f"finished; the reported student is {name}")
