@@ -117,19 +117,26 @@ def test_rmse_matches_sklearn_and_hand_values():
 
 
 # -- data and model -------------------------------------------------------------------------------
-def test_scenes_labels_depths_and_occlusion():
+def test_scenes_labels_depths_and_cells():
     rng = np.random.default_rng(0)
     digits = np.zeros((2, 8, 8), dtype=np.float32)
     digits[0, 2:6, 2:6] = 1.0  # class 3: a 4x4 square of ink
     digits[1, :, 3:5] = 0.5  # class 7: a faint bar
-    x, label, depth = make_scenes(digits, np.array([3, 7]), 50, rng, size=16, max_digits=2, scale=2, noise=0.0)
+    x, label, depth = make_scenes(digits, np.array([3, 7]), 50, rng, grid=2, max_digits=4, scale=1, noise=0.0)
     assert x.shape == (50, 1, 16, 16) and label.shape == depth.shape == (50, 16, 16)
     assert set(np.unique(label)) <= {0, 4, 8}
     assert (depth[label == 0] == BACKGROUND_DEPTH).all() and (depth[label > 0] < 0.95).all()
     ink = label > 0
     assert np.allclose(x[:, 0][ink] / np.where(label[ink] == 4, 1.0, 0.5), 1.1 - depth[ink], atol=1e-6)
     assert (x[:, 0][~ink] == 0).all()
-    assert ink.any(axis=(1, 2)).all()  # every scene shows at least one digit
+    cells = label.reshape(50, 2, 8, 2, 8).transpose(0, 1, 3, 2, 4).reshape(50, 4, 64)
+    for scene in cells:  # each cell holds one whole digit (16 ink pixels for either test digit) or nothing
+        kinds = [tuple(np.unique(c)) for c in scene]
+        assert all(k in ((0,), (0, 4), (0, 8)) for k in kinds)
+        assert 1 <= sum(k != (0,) for k in kinds) <= 4
+        assert all((c > 0).sum() == 16 for c in scene if c.any())
+    big = make_scenes(digits, np.array([3, 7]), 3, rng, grid=3, scale=2)[1]
+    assert big.shape == (3, 48, 48)
 
 
 def test_digit_scenes_bundle_is_seeded_and_checked():
@@ -137,14 +144,18 @@ def test_digit_scenes_bundle_is_seeded_and_checked():
     a, b = build_data(cfg, 3), build_data(cfg, 3)
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.maps["depth"], b.test.maps["depth"])
     assert not torch.equal(a.train.y, build_data(cfg, 4).train.y)
-    assert a.num_classes == 11 and a.class_names[0] == "background" and a.input_shape == (1, 32, 32)
+    assert a.num_classes == 11 and a.class_names[0] == "background" and a.input_shape == (1, 16, 16)
     assert a.test.ids.tolist() == list(range(25, 31))
     sub = a.train.subset([2, 0])
     assert torch.equal(sub.maps["depth"][1], a.train.maps["depth"][0]) and sub.ids.tolist() == [2, 0]
     for params, field in (({"n_train": 0}, "n_train"), ({"ink": 2}, "ink"), ({"colour": 1}, "colour"),
-                          ({"scale": 5}, "scale")):
+                          ({"grid": 0}, "grid")):
         with pytest.raises(ConfigError, match=f"data.params.*{field}"):
             build_data(DataConfig(name="digit_scenes", params=params), 0)
+    with pytest.raises(ConfigError, match="data.image_size: digit scenes are .* 16 px"):
+        build_data(DataConfig(name="digit_scenes", image_size=32), 0)
+    assert build_data(DataConfig(name="digit_scenes", image_size=32, params={"n_train": 4, "n_val": 2, "n_test": 2,
+                                                                               "scale": 2}), 0).input_shape == (1, 32, 32)
 
 
 def test_fcn_outputs_per_pixel_logits_and_a_depth_tap():

@@ -1,10 +1,14 @@
-"""Digit scenes for dense prediction: scikit-learn digits pasted on a small canvas, with a label
+"""Digit scenes for dense prediction: scikit-learn digits tiled on a small canvas, with a label
 per pixel (segmentation) and a depth per pixel (a continuous map, for RMSE and multi-task runs).
 
-Each scene holds 1..``max_digits`` digits, each enlarged by an integer ``scale`` (nearest
-neighbour) and pasted at a random place with a random depth d in [0.2, 0.9]. Digits are painted
-from far to near, so a nearer digit occludes a farther one, and a digit's ink is ``1.1 - d``
-bright: depth can be read from the image, which is what makes the depth map learnable.
+The canvas is a ``grid`` x ``grid`` mosaic of cells of 8·``scale`` px (16 px by default). Each
+scene fills 1..``max_digits`` random cells with a digit (enlarged by ``scale``, nearest
+neighbour) at a random depth d in [0.2, 0.9]; the other cells stay background. A digit's ink is
+``1.1 - d`` bright: depth can be read from the image, which is what makes the depth map
+learnable. Digits sit on the grid rather than anywhere: with free placement (random offsets, or
+occluding digits) the small networks here stayed near chance on the digit classes after
+40 epochs, while on the grid the teacher passes 0.8 validation mIoU within 6 (measured while
+building this miniature), which is what a demonstration that runs in seconds needs.
 
 - label map: 0 for background, ``1 + c`` where the ink of a digit of class c is visible (ink is
   a pixel at or above ``ink`` of the digit's own maximum);
@@ -28,7 +32,7 @@ from kd_engine.data.digits import _load
 from kd_engine.errors import ConfigError
 from kd_engine.params import reject_unknown
 
-PARAMS = {"n_train": 600, "n_val": 100, "n_test": 200, "max_digits": 3, "scale": 2, "ink": 0.25,
+PARAMS = {"n_train": 600, "n_val": 100, "n_test": 200, "grid": 2, "max_digits": 4, "scale": 1, "ink": 0.25,
           "noise": 0.05}
 BACKGROUND_DEPTH = 1.0
 DEPTH_RANGE = (0.2, 0.9)
@@ -54,27 +58,27 @@ class DenseInstanceDataset(TensorInstanceDataset):
                                     {k: v[p] for k, v in self.maps.items()}, imgs)
 
 
-def make_scenes(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator, size: int = 32,
-                max_digits: int = 3, scale: int = 2, ink: float = 0.25,
+def make_scenes(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator, grid: int = 2,
+                max_digits: int = 4, scale: int = 1, ink: float = 0.25,
                 noise: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n scenes from a pool of (M, 8, 8) digit images in [0, 1]. Returns images (n, 1, size, size)
-    float32 in [0, 1], label maps (n, size, size) int64 and depth maps (n, size, size) float32."""
+    """n scenes from a pool of (M, 8, 8) digit images in [0, 1], on a grid x grid mosaic of cells of
+    8·scale px. Returns images (n, 1, S, S) float32 in [0, 1], label maps (n, S, S) int64 and depth
+    maps (n, S, S) float32, S = grid·8·scale."""
     side = images.shape[-1] * scale
-    if side > size:
-        raise ConfigError(f"data.params.scale: a digit enlarged {scale}x is {side} px, larger than the "
-                          f"{size}-px canvas")
+    size = grid * side
     x = np.zeros((n, 1, size, size), dtype=np.float32)
     label = np.zeros((n, size, size), dtype=np.int64)
     depth = np.full((n, size, size), BACKGROUND_DEPTH, dtype=np.float32)
     for i in range(n):
-        k = int(rng.integers(1, max_digits + 1))
+        k = int(rng.integers(1, min(max_digits, grid * grid) + 1))
+        cells = rng.choice(grid * grid, size=k, replace=False)
         picks = rng.integers(0, len(images), size=k)
-        depths = np.sort(rng.uniform(*DEPTH_RANGE, size=k))[::-1]  # far first: nearer digits occlude
-        for pick, d in zip(picks, depths):
+        depths = rng.uniform(*DEPTH_RANGE, size=k)
+        for cell, pick, d in zip(cells, picks, depths):
             digit = np.kron(images[pick], np.ones((scale, scale), dtype=np.float32))
             mask = digit >= ink * max(float(digit.max()), 1e-6)
-            r, c = rng.integers(0, size - side + 1, size=2)
-            window = (slice(r, r + side), slice(c, c + side))
+            r, c = divmod(int(cell), grid)
+            window = (slice(r * side, (r + 1) * side), slice(c * side, (c + 1) * side))
             x[i, 0][window][mask] = digit[mask] * (1.1 - d)
             label[i][window][mask] = 1 + int(labels[pick])
             depth[i][window][mask] = d
@@ -84,7 +88,7 @@ def make_scenes(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.G
 
 
 def _check(p: dict) -> None:
-    for key in ("n_train", "n_val", "n_test", "max_digits", "scale"):
+    for key in ("n_train", "n_val", "n_test", "grid", "max_digits", "scale"):
         value = p[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"data.params.{key}: must be a positive integer, got {value!r}")
@@ -100,13 +104,16 @@ def build_digit_scenes(data_cfg: Any, seed: int) -> DataBundle:
     reject_unknown(params, PARAMS, "data.params", "dataset digit_scenes")
     p = {**PARAMS, **params}
     _check(p)
-    size = int(cfg_get(data_cfg, "image_size", 32))
+    size = p["grid"] * 8 * p["scale"]
+    if cfg_get(data_cfg, "image_size") not in (None, size):
+        raise ConfigError(f"data.image_size: digit scenes are grid x 8 x scale = {size} px here "
+                          f"(set data.params.grid and scale instead), got {cfg_get(data_cfg, 'image_size')}")
     images, labels = _load()
     pools = stratified_split(labels, 0.15, 0.25, seed)
     rng = np.random.default_rng(seed)
     splits, start = [], 0
     for pool, n in zip(pools, (p["n_train"], p["n_val"], p["n_test"])):
-        x, label, depth = make_scenes(images[pool, 0], labels[pool], n, rng, size, p["max_digits"],
+        x, label, depth = make_scenes(images[pool, 0], labels[pool], n, rng, p["grid"], p["max_digits"],
                                       p["scale"], float(p["ink"]), float(p["noise"]))
         ids = torch.arange(start, start + n, dtype=torch.int64)
         start += n
