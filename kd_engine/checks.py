@@ -35,8 +35,9 @@ def check_teacher_cache(cfg: ExperimentConfig) -> None:
 
     if not cfg.teacher_cache:
         return
-    if dataset_task(cfg.data.name) == "detection":
-        raise ConfigError(f"teacher_cache: detection runs ({cfg.data.name}) have no crop bank; "
+    task = dataset_task(cfg.data.name)
+    if task != "classification":  # the bank stores (B, C) logits of image crops
+        raise ConfigError(f"teacher_cache: {task} runs ({cfg.data.name}) have no crop bank; "
                           "set teacher_cache: false")
     if METHODS.get(cfg.method, field="method").bank_mode is None:
         allowed = sorted(n for n in METHODS.names() if METHODS.get(n).bank_mode is not None)

@@ -80,6 +80,8 @@ class DenseStandard(Standard):
     (``pixel_kd`` / ``channel_kd`` on the logits maps, feature terms on tapped maps), each image's
     distillation weighted by the strategy (``uniform`` or ``aid``, from per-image losses)."""
 
+    bank_mode = None  # a teacher soft-label bank holds (B, C) logits of crops, not per-pixel maps
+
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(cfg, student, teacher, input_shape)
         self.weighting = build_weighting(cfg.weighting.strategy, cfg.weighting.params, task="dense")
