@@ -200,8 +200,9 @@ def test_dense_run_pages_are_screenshotted(served, browser):
     idle(page)
     for name in ("Instances", "Features", "Compare"):
         goto(page, name)
-        no_exception(page, f"{name} (dense)")
-        assert page.get_by_text(run_id).first.is_visible()  # the newest finished run is the one shown
-        assert page.get_by_text("Probe image (test split, highest disparity first)").first.is_visible()
+        page.get_by_text("Probe image (test split, highest disparity first)").first.wait_for(timeout=90_000)
+        idle(page)
         page.screenshot(path=str(SHOTS / f"dense_{name.lower()}.png"), full_page=True)
+        no_exception(page, f"{name} (dense)")
+        assert page.get_by_text(run_id).count()  # the newest finished run is the one shown
     page.close()

@@ -115,5 +115,6 @@ def paired_scatter(frame: pd.DataFrame, x: str, y: str, title: str | None = None
         lo = float(min(data[x].min(), data[y].min()))
         hi = float(max(data[x].max(), data[y].max()))
         fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"dash": "dot", "color": "grey"})
-    fig.update_layout(title=title or f"{y} vs {x}", xaxis_title=x, yaxis_title=y, template=_TEMPLATE)
+    fig.update_layout(title=title or f"{y} vs {x}", xaxis_title=x, yaxis_title=y, template=_TEMPLATE,
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.2})
     return fig

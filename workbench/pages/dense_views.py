@@ -97,7 +97,7 @@ def instances(run: Run, split: str, epoch: int, frame: pd.DataFrame, names: list
     probe_section(run, names, "dense_inst")
     st.subheader("All images of this epoch")
     sort_by = st.selectbox("Sort by", numeric or ["instance_id"], key="dense_sort")
-    data = frame.sort_values(sort_by, ascending=False, na_position="last")
+    data = frame.dropna(axis=1, how="all").sort_values(sort_by, ascending=False, na_position="last")
     st.caption(f"{len(data)} images" + (f" (showing the first {TABLE_ROWS})" if len(data) > TABLE_ROWS else ""))
     st.dataframe(data.head(TABLE_ROWS), hide_index=True, key="dense_table")
     ui.export_buttons(data, f"{run.run_id}_instances_e{epoch}", key="dense_export")
