@@ -112,8 +112,8 @@ def features(run: Run) -> None:
         curve = rows.dropna().groupby("epoch", as_index=False)["disparity"].mean()
         if len(curve):
             scalars = curve.assign(key="val/disparity", step=curve["epoch"], value=curve["disparity"])
-            st.plotly_chart(scalar_curves(scalars, "val/disparity", x="epoch", title="mean per-pixel disparity (val)"),
-                            key="dense_feat_curve")
+            fig = scalar_curves(scalars, "val/disparity", x="epoch", title="mean per-pixel disparity (val)")
+            st.plotly_chart(fig.update_xaxes(dtick=1), key="dense_feat_curve")
             st.caption("Mean over validation images of the mean per-pixel KL(teacher ‖ student), per epoch.")
     probe_section(run, names, "dense_feat")
 
