@@ -9,7 +9,7 @@ same order, with the same frozen teacher and the same loss (cross-entropy + Hint
                     (SQLite and TensorBoard) and per-instance records (``record.instances: true``).
 * ``engine_norec``  the same engine with ``record.instances: false``.
 * ``plain``         the engine training the student alone (method ``scratch``, no teacher).
-* ``kd_cache``      the engine with ``teacher_cache: true`` (FKD's soft-label bank, card §15): each
+* ``kd_cache``      the engine with ``use_teacher_bank: true`` (FKD's soft-label bank, card §15): each
                     step replays one stored crop per image with its stored teacher logits; no
                     teacher forward. The bank (8 views per image) is built once before timing.
 
@@ -68,7 +68,7 @@ COMPARISONS = (
     ("engine_vs_bare", "engine", "bare", "engine (recording on) vs bare loop", GOAL),
     ("recording_on_vs_off", "engine", "engine_norec", "record.instances true vs false", GOAL),
     ("engine_norec_vs_bare", "engine_norec", "bare", "engine (instances off) vs bare loop", None),
-    ("kd_cache_vs_plain", "kd_cache", "plain", "KD from teacher cache vs plain student", CACHE_GOAL),
+    ("kd_cache_vs_plain", "kd_cache", "plain", "KD from the teacher bank vs plain student", CACHE_GOAL),
     ("kd_online_vs_plain", "engine", "plain", "online KD vs plain student", None),
 )
 # Engine methods timed inside each sample: where the engine's extra time goes.
@@ -139,7 +139,7 @@ def _engine_arm(name, cfg, data, student, teacher, device, bank=None) -> _Arm:
     from kd_engine.trainer import Trainer
 
     method = METHODS.get(cfg.method)
-    if bank is not None:  # as `train` builds a teacher_cache run: no teacher in the process
+    if bank is not None:  # as `train` builds a teacher-bank run: no teacher in the process
         distiller = bank_distiller(cfg, method, student, data, bank).to(device)
     else:
         distiller = method(cfg, student, teacher, data.input_shape).to(device)
@@ -232,7 +232,7 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, student_
     cfg_norec = cfg.model_copy(update={"record": cfg.record.model_copy(update={"instances": False})})
     plain_raw = {k: v for k, v in raw.items() if k not in ("teacher", "distill")}
     cfg_plain = validate({**plain_raw, "method": "scratch"}, "bench plain")
-    cfg_cache = validate({**raw, "teacher_cache": True, "teacher_bank": {"views": CACHE_VIEWS}}, "bench kd_cache")
+    cfg_cache = validate({**raw, "use_teacher_bank": True, "teacher_bank": {"views": CACHE_VIEWS}}, "bench kd_cache")
     bank = _bank(cfg_cache, data, teacher, dev)
     arms = [_bare_arm(cfg, data, *copies(), dev),
             _engine_arm("engine", cfg, data, *copies(), dev),

@@ -11,7 +11,7 @@ def check_names(cfg: ExperimentConfig) -> None:
     from kd_engine.losses.terms import LOSSES
     from kd_engine.methods import METHODS
     from kd_engine.models import MODELS
-    from kd_engine.trainers.optim import OPTIMIZERS
+    from kd_engine.optim import OPTIMIZERS
     from kd_engine.weighting import WEIGHTINGS
 
     DATASETS.get(cfg.data.name, field="data.name")
@@ -24,26 +24,26 @@ def check_names(cfg: ExperimentConfig) -> None:
     OPTIMIZERS.get(cfg.optimizer.name, field="optimizer.name")
     for index, term in enumerate(cfg.distill.terms):
         LOSSES.get(term.loss, field=f"distill.terms.{index}.loss")
-    check_teacher_cache(cfg)
+    check_teacher_bank(cfg)
 
 
-def check_teacher_cache(cfg: ExperimentConfig) -> None:
-    """One-line ConfigError when `teacher_cache: true` cannot serve this config."""
+def check_teacher_bank(cfg: ExperimentConfig) -> None:
+    """One-line ConfigError when `use_teacher_bank: true` cannot serve this config."""
     from kd_engine.data.detection.builders import dataset_task
     from kd_engine.losses.terms import LOSSES
     from kd_engine.methods import METHODS
 
-    if not cfg.teacher_cache:
+    if not cfg.use_teacher_bank:
         return
     task = dataset_task(cfg.data.name)
-    if task != "classification":  # the bank stores (B, C) logits of image crops
-        raise ConfigError(f"teacher_cache: {task} runs ({cfg.data.name}) have no crop bank; "
-                          "set teacher_cache: false")
+    if task != "classification":  # the bank stores one logit vector per crop of an image
+        raise ConfigError(f"use_teacher_bank: {task} runs ({cfg.data.name}) have no crop bank; "
+                          "set use_teacher_bank: false")
     if METHODS.get(cfg.method, field="method").bank_mode is None:
         allowed = sorted(n for n in METHODS.names() if METHODS.get(n).bank_mode is not None)
-        raise ConfigError(f"teacher_cache: method {cfg.method!r} does not read a teacher bank "
+        raise ConfigError(f"use_teacher_bank: method {cfg.method!r} does not read a teacher bank "
                           f"(methods that do: {', '.join(allowed)})")
     for index, term in enumerate(cfg.distill.terms):
         if LOSSES.get(term.loss, field=f"distill.terms.{index}.loss").uses_layers:
-            raise ConfigError(f"distill.terms.{index}.loss: teacher_cache stores logits only, "
-                              f"so {term.loss!r} (a feature term) cannot use it; set teacher_cache: false")
+            raise ConfigError(f"distill.terms.{index}.loss: the teacher bank stores logits only, "
+                              f"so {term.loss!r} (a feature term) cannot use it; set use_teacher_bank: false")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,44 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kd_engine.errors import ConfigError
+
+log = logging.getLogger("kdw")
+
+# Keys renamed so that each cache has one name: (path of the mapping, old key, new key).
+RENAMED_KEYS = (((), "teacher_cache", "use_teacher_bank"),  # the teacher soft-label bank
+                (("distill", "params"), "teacher_cache", "teacher_features"),  # Auto-KD's feature file
+                (("search", "params"), "teacher_cache", "teacher_features"))
+
+
+def rename_deprecated(raw: Any) -> Any:
+    """A copy of a raw config with the old names of `RENAMED_KEYS` moved to the new ones, one
+    logged deprecation line each (old configs keep working)."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = copy.copy(raw)
+    for path, old, new in RENAMED_KEYS:
+        parent, node = None, raw
+        for key in path:
+            parent, node = node, node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old not in node:
+            continue
+        node = dict(node)
+        value = node.pop(old)
+        where = ".".join(path) + "." if path else ""
+        if new in node and node[new] != value:
+            raise ConfigError(f"{where}{old}: the old name of {where}{new}, which is set to another "
+                              f"value; keep only {where}{new}")
+        node[new] = value
+        log.warning("config: %s%s is deprecated; it is now %s%s", where, old, where, new)
+        if path:  # rebuild the path with copies, so the caller's mapping is left alone
+            chain = [raw]
+            for key in path[:-1]:
+                chain.append(dict(chain[-1][key]))
+                chain[-2][key] = chain[-1]
+            chain[-1][path[-1]] = node
+        else:
+            raw = node
+    return raw
 
 
 class _Strict(BaseModel):
@@ -34,7 +73,7 @@ class DataConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    name: str = "sgd"  # a name in kd_engine.trainers.optim.OPTIMIZERS, checked when it is built
+    name: str = "sgd"  # a name in kd_engine.optim.OPTIMIZERS, checked when it is built
     lr: float = Field(0.05, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
@@ -108,6 +147,9 @@ class RecordConfig(_Strict):
     attention_maps: int = Field(16, ge=0)
     scalars_every: int = Field(1, gt=0)
     tensorboard: bool = True
+    # every N steps, grad_norm/<loss>: the L2 norm of each named loss's gradient with respect to
+    # the student's trainable parameters (one extra backward pass per loss; 0 = off)
+    grad_norms_every: int = Field(0, ge=0)
 
 
 class SearchConfig(_Strict):
@@ -129,7 +171,7 @@ class SearchConfig(_Strict):
 
 
 class TeacherBankConfig(_Strict):
-    """The views of `teacher_cache: true` (kd_engine/teacher_bank.py): K random-resized crops
+    """The views of `use_teacher_bank: true` (kd_engine/teacher_bank.py): K random-resized crops
     (+ flip) per training image, labelled once by the teacher and replayed exactly."""
 
     views: int = Field(32, gt=0)
@@ -170,7 +212,9 @@ class ExperimentConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
-    teacher_cache: bool = False  # student epochs read a teacher soft-label bank (kd_engine/teacher_bank.py)
+    # student epochs read the teacher soft-label bank (kd_engine/teacher_bank.py), not a teacher;
+    # formerly `teacher_cache`
+    use_teacher_bank: bool = False
     teacher_bank: TeacherBankConfig | None = None  # the bank's views (None: the defaults)
     runs_dir: str = "runs"
     cache_dir: str = ".kdw_cache"
@@ -184,12 +228,17 @@ class ExperimentConfig(_Strict):
             raise ValueError("must be a plain name without slashes")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return rename_deprecated(data)
+
     @model_validator(mode="after")
     def _teacher_when_distilling(self) -> "ExperimentConfig":
         if self.distill.terms and self.teacher is None:
             raise ValueError("distill.terms need a teacher: add a 'teacher' section")
-        if self.teacher_cache and self.teacher is None:
-            raise ValueError("teacher_cache needs a teacher to label the bank: add a 'teacher' section")
+        if self.use_teacher_bank and self.teacher is None:
+            raise ValueError("use_teacher_bank needs a teacher to label the bank: add a 'teacher' section")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
         method(cfg, student, build_model(cfg.teacher, data.input_shape, data.num_classes, field="teacher"),
                data.input_shape)
     task = task_class(cfg, data, device, ctx, lambda: runtime.autocast(device, cfg.amp))
-    if cfg.teacher_cache:  # the teacher's soft labels come from a bank; the teacher is not loaded
+    if cfg.use_teacher_bank:  # the teacher's soft labels come from a bank; the teacher is not loaded
         bank = prepare_bank(cfg, data, device, lambda: build_teacher(cfg, data.input_shape, data.num_classes),
                             ctx.is_main, ctx.barrier)
         distiller, teacher_source = bank_distiller(cfg, method, student, data, bank).to(device), str(bank.directory)

@@ -3,7 +3,7 @@ random-resized crops (+ a flip bit) with the teacher's logits for exactly that v
 and stored as memory-mapped ``.npy`` files under ``<cache_dir>/teacher_bank/<key>/``.
 
 The key hashes what defines the bank: the teacher (its cache identity, or the checkpoint file's
-bytes), the data split and the view settings. A student run with ``teacher_cache: true`` opens an
+bytes), the data split and the view settings. A student run with ``use_teacher_bank: true`` opens an
 existing bank without loading the teacher at all; each epoch draws one stored view per image (the
 draw depends only on the run seed and the epoch, so a resumed run replays it) and applies exactly
 that crop and flip to the image. A bank whose files do not match their recorded checksums, or whose
@@ -289,6 +289,31 @@ class BankDistiller(nn.Module):
     def trainable_parameters(self):
         return self.inner.trainable_parameters()
 
+    # -- the trainer's other hooks go to the wrapped distiller (the teacher is the bank) ----------
+    def check_data(self, data) -> None:
+        self.inner.check_data(data)
+
+    def phases(self, task) -> list:
+        return self.inner.phases(task)
+
+    def evaluation_metrics(self, split: str, task) -> dict:
+        return self.inner.evaluation_metrics(split, task)
+
+    def epoch_metrics(self, task) -> dict:
+        return self.inner.epoch_metrics(task)
+
+    def reported_student(self):
+        return self.inner.reported_student()
+
+    def feature_pairs(self) -> list:
+        return []  # no teacher features: the bank stores logits only
+
+    def weighting_state(self) -> dict:
+        return self.inner.weighting_state()
+
+    def load_weighting_state(self, state: dict) -> None:
+        self.inner.load_weighting_state(state)
+
     def replay(self, x: torch.Tensor, ids: torch.Tensor):
         """This epoch's stored view of each image: (cropped x, stored logits, rows, views)."""
         rows = self.bank.rows(ids)
@@ -317,7 +342,7 @@ class BankDistiller(nn.Module):
 
 
 def bank_distiller(cfg: ExperimentConfig, method, student: nn.Module, data, bank: TeacherBank) -> nn.Module:
-    """The distiller of a `teacher_cache: true` run: native bank methods get the bank, logit
+    """The distiller of a `use_teacher_bank: true` run: native bank methods get the bank, logit
     methods are wrapped."""
     torch.manual_seed(cfg.seed + 1)  # as `train` does before building a distiller
     if method.bank_mode == "native":

@@ -26,11 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from kd_engine.config import FeaturePair
 from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
 from kd_engine.models import count_parameters
+from kd_engine.optim import apply_warmup, build_optimizer, build_scheduler
 from kd_engine.store import RunWriter
 from kd_engine.tasks.base import Evaluation, Task
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
-from kd_engine.trainers.evaluate import disparity_rows, layer_outputs, spatial_attention
-from kd_engine.trainers.optim import apply_warmup, build_optimizer, build_scheduler
+from kd_engine.trainers.probes import grad_norms, record_features
 
 log = logging.getLogger("kdw")
 
@@ -216,6 +216,10 @@ class Trainer:
         for batch in self.task.batches(epoch, self.distiller.wants_ids):
             with self.autocast():
                 out = self.model(*batch.inputs, **batch.kwargs)
+            every = self.cfg.record.grad_norms_every
+            if every and self.ctx.is_main and self.global_step % every == 0:
+                params = [p for p in self.student.parameters() if p.requires_grad]
+                self.writer.log_scalars(self.global_step, epoch, grad_norms(out.losses, params))
             loss = self._optimize(out, epoch)
             if self.cfg.record.instances:
                 batch_rows = self.task.train_rows(out, batch, self.global_step, epoch)
@@ -343,23 +347,9 @@ class Trainer:
         if not self.pairs:
             return
         probe = self.task.probe_inputs(self.cfg.record.feature_probe_size)
-        if probe is None:
-            return
-        x, probe_ids = probe
-        s_feats = layer_outputs(self.student, x, sorted({p.student for p in self.pairs}), self.autocast)
-        t_feats = layer_outputs(self.teacher, x, sorted({p.teacher for p in self.pairs}), self.autocast)
-        self.writer.log_features(epoch, disparity_rows(s_feats, t_feats, self.pairs))
-        shown = min(len(probe_ids), self.cfg.record.attention_maps)
-        ids = probe_ids[:shown]
-        for role, feats in (("student", s_feats), ("teacher", t_feats)):
-            for layer, value in feats.items():
-                if value.dim() != 4 or not shown:
-                    continue
-                meta = {"instance_ids": ids, "layer": layer}
-                self.writer.save_artifact(f"attention/e{epoch}/{role}/{layer}", spatial_attention(value[:shown]).numpy(),
-                                          kind="attention_map", epoch=epoch, role=role, meta=meta)
-                self.writer.save_artifact(f"feature/e{epoch}/{role}/{layer}", value[:shown].numpy(),
-                                          kind="feature_map", epoch=epoch, role=role, meta=meta)
+        if probe is not None:
+            self.pairs = record_features(self.writer, self.student, self.teacher, self.pairs, *probe, epoch,
+                                         self.cfg.record.attention_maps, self.autocast)
 
     def _final_metrics(self) -> dict[str, float]:
         """The last validation pass's metrics and a test pass (recorded, with its artifacts)."""

@@ -13,7 +13,7 @@ from kd_engine.errors import ConfigError
 from kd_engine.losses.dino import dino_cross_entropy, updated_center
 from kd_engine.params import read_params
 from kd_engine.metrics_ssl import effective_rank, embedding_std, mean_entropy
-from kd_engine.trainers.knn_memory import KNNVoteMemory, adaptive_partners
+from kd_engine.parts.knn_memory import KNNVoteMemory, adaptive_partners
 
 NEG = float("-inf")
 

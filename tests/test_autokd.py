@@ -1,4 +1,4 @@
-"""Auto-KD's distiller space (card §3, a reconstruction): transforms, distances, teacher cache."""
+"""Auto-KD's distiller space (card §3, a reconstruction): transforms, distances, teacher features file."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import torch
 
 from kd_engine.config import validate
 from kd_engine.errors import ConfigError
-from kd_engine.methods.autokd import DISTANCES, TRANSFORMS, AutoKD, TeacherCache, distance, transform
+from kd_engine.methods.autokd import DISTANCES, TRANSFORMS, AutoKD, TeacherFeatures, distance, transform
 from kd_engine.models import build_model
 
 
@@ -60,17 +60,17 @@ def _cache(tmp_path, n=6, shape=(4, 2, 2), layer="layer2"):
     return inputs, feats, logits
 
 
-def test_teacher_cache_returns_the_rows_of_the_given_inputs(tmp_path):
+def test_teacher_features_return_the_rows_of_the_given_inputs(tmp_path):
     inputs, feats, logits = _cache(tmp_path)
-    cache = TeacherCache(str(tmp_path), "layer2")
+    cache = TeacherFeatures(str(tmp_path), "layer2")
     x = torch.from_numpy(inputs[[3, 0, 5, 3]]).view(4, 1, 8, 8)
     got_logits, got_feats = cache.lookup(x)
     assert torch.equal(got_logits, torch.from_numpy(logits[[3, 0, 1, 3]]))
     assert torch.equal(got_feats, torch.from_numpy(feats[[3, 0, 1, 3]]))
-    with pytest.raises(ConfigError, match="not in the teacher cache"):
+    with pytest.raises(ConfigError, match="not in the teacher features file"):
         cache.lookup(torch.zeros(1, 1, 8, 8) + 7)
     with pytest.raises(ConfigError, match="cached layer 'layer2'"):
-        TeacherCache(str(tmp_path), "layer3")
+        TeacherFeatures(str(tmp_path), "layer3")
 
 
 def _cfg(**params):
@@ -94,7 +94,7 @@ def test_cached_teacher_gives_the_same_loss_as_the_teacher(tmp_path):
     torch.manual_seed(1)
     live = AutoKD(_cfg(**params), student, teacher, (1, 8, 8)).train()
     torch.manual_seed(1)
-    cached = AutoKD(_cfg(**params, teacher_cache=str(tmp_path)), student, None, (1, 8, 8)).train()
+    cached = AutoKD(_cfg(**params, teacher_features=str(tmp_path)), student, None, (1, 8, 8)).train()
     a, b = live(x, y), cached(x, y)
     assert torch.allclose(a.losses["distill"], b.losses["distill"], atol=1e-5)
     assert torch.allclose(a.per_sample["term_autokd"], b.per_sample["term_autokd"], atol=1e-5)

@@ -42,5 +42,5 @@ def test_quick_bench_writes_positive_finite_ratios(tmp_path):
         assert _positive_finite(results["arms"][arm]["cpu_median"]), arm
     assert results["settings"]["quick"] is True
     for line in ("engine (recording on) vs bare loop", "record.instances true vs false",
-                 "KD from teacher cache vs plain student", "online KD vs plain student"):
+                 "KD from the teacher bank vs plain student", "online KD vs plain student"):
         assert line in proc.stdout

@@ -167,7 +167,7 @@ def test_stable_hash_ignores_key_order():
 
 
 def test_unknown_optimizer_lists_the_registered_ones():
-    from kd_engine.trainers.optim import build_optimizer
+    from kd_engine.optim import build_optimizer
 
     cfg = validate(dict(raw_config_minimal(), optimizer={"name": "rmsprop"}))
     with pytest.raises(ConfigError) as info:

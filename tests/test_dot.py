@@ -8,7 +8,7 @@ from torch import nn
 from kd_engine.config import validate
 from kd_engine.errors import ConfigError
 from kd_engine.store import open_run
-from kd_engine.trainers.dot import DOT
+from kd_engine.optim.dot import DOT
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -86,7 +86,7 @@ def test_dot_from_a_config_records_both_loss_streams(make_raw):
 
 def test_multistep_schedule_decays_at_each_milestone():
     from kd_engine.config import ScheduleConfig
-    from kd_engine.trainers.optim import lr_factor
+    from kd_engine.optim import lr_factor
 
     schedule = ScheduleConfig(name="multistep", milestones=[40, 50], gamma=0.1)
     factors = [lr_factor(schedule, epoch, 60) for epoch in (0, 39, 40, 49, 50, 59)]

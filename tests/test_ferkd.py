@@ -13,7 +13,7 @@ from kd_engine.methods.ferkd import (calibration_mask, cutmix_boxes, self_mix, s
                                      soft_cross_entropy)
 from kd_engine.store import open_run
 
-FERKD = {"method": "ferkd", "teacher_cache": True, "teacher_bank.views": 4, "distill.terms": [],
+FERKD = {"method": "ferkd", "use_teacher_bank": True, "teacher_bank.views": 4, "distill.terms": [],
          "distill.task_weight": 0.0}
 
 
@@ -62,7 +62,7 @@ def test_selfmix_on_a_hand_built_batch():
 def test_ferkd_config_errors(make_raw):
     from kd_engine.run import train
 
-    cases = [({**FERKD, "teacher_cache": False}, "teacher_cache: method ferkd trains on the teacher bank"),
+    cases = [({**FERKD, "use_teacher_bank": False}, "use_teacher_bank: method ferkd trains on the teacher bank"),
              ({**FERKD, "distill.terms": [{"loss": "kd"}]}, "distill.terms: method ferkd has its own loss"),
              ({**FERKD, "distill.params": {"tau": 0.2}}, "distill.params: unknown parameter 'tau'"),
              ({**FERKD, "distill.params": {"tau_low": 1.5}}, r"distill.params.tau_low: expected a value in \[0, 1\]"),

@@ -170,7 +170,7 @@ def test_control_modes(mode):
         torch.testing.assert_close(out.losses["distill"], expected)
     out.total.backward()
     assert float(_grads(model.t0).abs().sum()) == 0.0  # T0 is refined only by ORC
-    roles = {k: float(v) for k, v in model.step_stats.items() if k.startswith("role/")}
+    roles = {k: float(v) for k, v in out.scalars.items() if k.startswith("role/")}
     assert roles["role/T0"] == float(mode == "kd")
     assert [roles[f"role/S{i}"] for i in (1, 2, 3)] == [float(mode == "dml")] * 3
 
@@ -203,9 +203,15 @@ def test_bad_member_param_names_the_member():
 
 
 def test_orc_mode_needs_a_teacher():
+    """`kd_engine.run.check_method` enforces the need, which depends on the mode."""
+    from kd_engine.run import check_method
+    from kd_engine.trainers.runtime import SINGLE
+
     cfg = validate({"method": "orc", "student": {"name": "mlp"}})
-    with pytest.raises(ConfigError, match="teacher"):
-        ORC(cfg, build_model(cfg.student, INPUT, 3), None, INPUT)
+    with pytest.raises(ConfigError, match="teacher: method orc"):
+        check_method(ORC, cfg, SINGLE)
+    check_method(ORC, validate({"method": "orc", "student": {"name": "mlp"},
+                                "distill": {"params": {"mode": "independent"}}}), SINGLE)
 
 
 # -- a short run through the group loop --------------------------------------------------------
@@ -250,7 +256,7 @@ def test_a_stopped_orc_run_resumes_to_the_uninterrupted_group(tmp_path, monkeypa
 
     from conftest import stop_after_epoch
     from kd_engine.run import train
-    from kd_engine.trainer import StopRequested
+    from kd_engine.trainer import StopRequested, Trainer
 
     def config(name):
         raw = load_raw("configs/orc_digits.yaml")

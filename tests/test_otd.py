@@ -9,7 +9,7 @@ import torch
 from kd_engine.config import DataConfig, load_config
 from kd_engine.data import build_data
 from kd_engine.errors import ConfigError
-from kd_engine.trainers.grad_subspace import GradientSubspace, energy_rank, gradient_surrogate, project
+from kd_engine.parts.grad_subspace import GradientSubspace, energy_rank, gradient_surrogate, project
 
 
 def test_energy_rank_known_answers():
@@ -100,7 +100,7 @@ def _otd(*extra):
 def test_steered_gradient_known_answer():
     """One step, stream 1 on the few-shot novel gradient (no pseudo-labels: threshold above 1):
     the group's gradient of the total is g_src + U_rU_rᵀg + α(I − U_rU_rᵀ)g."""
-    from kd_engine.trainers.grad_subspace import flat
+    from kd_engine.parts.grad_subspace import flat
 
     method, x, y, ids = _otd("distill.params.alpha=0.3", "distill.params.stream2=false")
     out = method(x, y, ids=ids)

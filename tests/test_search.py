@@ -192,7 +192,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert boss["alpha"].between(0, 1).all() and boss["teacher_trial"].notna().all()
 
 
-def test_autokd_search_trials_are_tagged_runs_reading_the_teacher_cache(tmp_path):
+def test_autokd_search_trials_are_tagged_runs_reading_the_teacher_features(tmp_path):
     from kd_engine.cli import main
     from kd_engine.store import list_runs, open_run
 
@@ -213,7 +213,7 @@ def test_autokd_search_trials_are_tagged_runs_reading_the_teacher_cache(tmp_path
         run = open_run(tmp_path / row.run_id)
         cfg = run.config()
         assert cfg["tags"] == {"search_id": "autokd_digits", "trial": row.trial, "strategy": "mcts"}
-        assert cfg["teacher"] is None and cfg["distill"]["params"]["teacher_cache"].endswith("teacher_cache")
+        assert cfg["teacher"] is None and cfg["distill"]["params"]["teacher_features"].endswith("teacher_features")
         assert cfg.get("search") is None and runs.loc[row.run_id, "status"] == "finished"
     summary = list_searches(tmp_path).iloc[0]
     assert summary["evaluations"] == 2 and summary["best_reward"] == pytest.approx(trials["reward"].max())
@@ -241,7 +241,7 @@ def test_validation_cka_is_one_for_the_teacher_itself_and_lower_for_another_net(
     teacher = build_model(cfg.student, data.input_shape, data.num_classes).eval()
     with torch.no_grad(), feature_taps(teacher, ["layer2"]) as taps:
         teacher(data.val.x.float())
-    cache = tmp_path / "teacher_cache"
+    cache = tmp_path / "teacher_features"
     cache.mkdir()
     np.save(cache / "val_features.npy", taps["layer2"].numpy())
     np.save(cache / "val_ids.npy", data.val.ids.numpy())
@@ -250,5 +250,5 @@ def test_validation_cka_is_one_for_the_teacher_itself_and_lower_for_another_net(
     assert validation_cka(cfg, tmp_path / "same", cache) == pytest.approx(1.0, abs=1e-9)
     assert validation_cka(cfg, tmp_path / "other", cache) < 0.99
     np.save(cache / "val_ids.npy", data.val.ids.numpy()[::-1])
-    with pytest.raises(ConfigError, match="val_ids.npy: the teacher cache holds another validation split"):
+    with pytest.raises(ConfigError, match="val_ids.npy: the teacher features file holds another validation split"):
         validation_cka(cfg, tmp_path / "same", cache)

@@ -10,7 +10,7 @@ from torch import nn
 from kd_engine.losses import binary_kd, relation_loss, relation_matrix
 from kd_engine.losses.terms import LOSSES
 from kd_engine.metrics_extra import auroc, ece, hungarian_accuracy, multilabel_map
-from kd_engine.trainers.ema import EMATeacher, cosine_momentum
+from kd_engine.parts.ema import EMATeacher, cosine_momentum
 
 
 def _sig(z):

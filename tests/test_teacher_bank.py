@@ -12,11 +12,11 @@ from kd_engine.config import TeacherBankConfig, validate
 from kd_engine.data.base import TensorInstanceDataset
 from kd_engine.errors import CheckpointError, ConfigError, DataError
 from kd_engine.store import open_run
-from kd_engine.checks import check_teacher_cache
+from kd_engine.checks import check_teacher_bank
 from kd_engine.teacher_bank import (TeacherBank, apply_views, bank_dir, quantize_topk,
                                     sample_views, write_bank)
 
-CACHE = {"teacher_cache": True, "teacher_bank.views": 4}
+CACHE = {"use_teacher_bank": True, "teacher_bank.views": 4}
 
 
 def test_same_seed_same_views_and_the_global_rng_is_untouched():
@@ -68,7 +68,7 @@ def _tiny_split(n=12, seed=0):
 
 def _bank(tmp_path, train=None, views=3):
     raw = {"student": {"name": "mlp"}, "teacher": {"name": "mlp", "checkpoint": None},
-           "teacher_cache": True, "teacher_bank": {"views": views, "batch_size": 5},
+           "use_teacher_bank": True, "teacher_bank": {"views": views, "batch_size": 5},
            "cache_dir": str(tmp_path / "cache")}
     cfg = validate(raw)
     torch.manual_seed(0)
@@ -170,7 +170,7 @@ def test_cached_run_never_calls_or_loads_the_teacher(make_raw, monkeypatch):
 
 
 def test_config_errors(make_raw):
-    cases = [({"teacher_cache": True, "teacher": None, "distill.terms": []}, "teacher_cache needs a teacher"),
+    cases = [({"use_teacher_bank": True, "teacher": None, "distill.terms": []}, "use_teacher_bank needs a teacher"),
              ({**CACHE, "teacher_bank.scale": [0.5, 0.2]}, "teacher_bank.scale"),
              ({**CACHE, "teacher_bank.views": 0}, "teacher_bank.views"),
              ({**CACHE, "teacher_bank.colour": 1}, "teacher_bank.colour")]
@@ -182,9 +182,9 @@ def test_config_errors(make_raw):
             validate(raw)
     feature = {**CACHE, "distill.terms": [{"loss": "attention_transfer", "student_layer": "layer1",
                                            "teacher_layer": "layer1"}]}
-    for overrides, message in ((feature, "distill.terms.0.loss: teacher_cache stores logits only"),
-                               ({**CACHE, "method": "scratch"}, "teacher_cache: method 'scratch' does not read"),
-                               ({**CACHE, "data.name": "scenes"}, "teacher_cache: detection runs")):
+    for overrides, message in ((feature, "distill.terms.0.loss: the teacher bank stores logits only"),
+                               ({**CACHE, "method": "scratch"}, "use_teacher_bank: method 'scratch' does not read"),
+                               ({**CACHE, "data.name": "scenes"}, "use_teacher_bank: detection runs")):
         with pytest.raises(ConfigError, match=message) as err:
-            check_teacher_cache(validate(make_raw(overrides)))
+            check_teacher_bank(validate(make_raw(overrides)))
         assert "\n" not in str(err.value)

@@ -33,8 +33,8 @@ from kd_engine.methods.two_view import TwoViewDistiller
 from kd_engine.metrics_ssl import effective_rank, embedding_std, mean_entropy
 from kd_engine.models import feature_taps, layer_shapes
 from kd_engine.params import read_params
-from kd_engine.trainers.ema import EMATeacher, cosine_momentum
-from kd_engine.trainers.knn_memory import KNNVoteMemory, adaptive_partners
+from kd_engine.parts.ema import EMATeacher, cosine_momentum
+from kd_engine.parts.knn_memory import KNNVoteMemory, adaptive_partners
 
 DEFAULTS = {"partner": "adaptive", "k": 5, "history": 5, "zeta": 0.01, "hidden": 256, "bottleneck": 64,
             "out_dim": 256, "student_temp": 0.1, "teacher_temp": 0.04, "center_momentum": 0.9,

@@ -2,8 +2,8 @@
 
 One point of the space is `distill.params = {transform, distance, temperature, weight}` plus the
 feature layers; `kd_engine.search` searches over it. The teacher's features and logits come either
-from the teacher itself or from a teacher cache (`teacher_cache`: a directory written once per
-search by `kd_engine.search.teacher_cache`, memory-mapped, keyed by input content), so proxy runs
+from the teacher itself or from a teacher features file (`teacher_features`: a directory written once per
+search by `kd_engine.search.runner.write_teacher_features`, memory-mapped, keyed by input content), so proxy runs
 of a search never run the teacher.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from kd_engine.params import reject_unknown
 TRANSFORMS = ("identity", "gap", "attention", "channel_softmax", "mask", "pool124")
 DISTANCES = ("mse", "l1", "cosine", "kl", "pearson", "cs")
 PARAMS = {"transform": "identity", "distance": "mse", "temperature": 1.0, "weight": 1.0,
-          "student_layer": "layer2", "teacher_layer": "layer2", "teacher_cache": None}
+          "student_layer": "layer2", "teacher_layer": "layer2", "teacher_features": None}
 
 
 def transform(f: torch.Tensor, name: str, temperature: float = 1.0,
@@ -66,7 +66,7 @@ def distance(s: torch.Tensor, t: torch.Tensor, name: str, temperature: float = 1
     raise ValueError(f"unknown distance {name!r} (allowed: {', '.join(DISTANCES)})")
 
 
-class TeacherCache:
+class TeacherFeatures:
     """Teacher logits and features of the proxy training set, memory-mapped, looked up by the
     input's bytes (the teacher is a function of its input, so duplicates share one entry; valid
     only without augmentation, which the digits loop does not use)."""
@@ -80,10 +80,10 @@ class TeacherCache:
         root = Path(directory)
         meta_path = root / "meta.json"
         if not meta_path.is_file():
-            raise ConfigError(f"distill.params.teacher_cache: {root} holds no teacher cache (no meta.json)")
+            raise ConfigError(f"distill.params.teacher_features: {root} holds no teacher features file (no meta.json)")
         meta = json.loads(meta_path.read_text())
         if meta.get("layer") != layer:
-            raise ConfigError(f"distill.params.teacher_cache: cached layer {meta.get('layer')!r}, "
+            raise ConfigError(f"distill.params.teacher_features: cached layer {meta.get('layer')!r}, "
                               f"but teacher_layer is {layer!r}")
         inputs = np.load(root / "inputs.npy", mmap_mode="r")
         self.logits = np.load(root / "logits.npy", mmap_mode="r")
@@ -96,8 +96,8 @@ class TeacherCache:
         try:
             where = [self.index[row.tobytes()] for row in rows]
         except KeyError:
-            raise ConfigError("distill.params.teacher_cache: an input is not in the teacher cache "
-                              "(was the cache made for another split or dataset?)") from None
+            raise ConfigError("distill.params.teacher_features: an input is not in the teacher features file "
+                              "(was it written for another split or dataset?)") from None
         take = lambda array: torch.from_numpy(array[sorted(set(where))]).to(x.device)  # noqa: E731
         order = {j: n for n, j in enumerate(sorted(set(where)))}
         pick = torch.tensor([order[j] for j in where], device=x.device)
@@ -107,6 +107,13 @@ class TeacherCache:
 @METHODS.register("autokd")
 class AutoKD(Distiller):
     needs_teacher = True
+    # a search over this method writes the teacher's features once and its trials read them
+    # (distill.params.teacher_features) instead of running the teacher
+    uses_teacher_features = True
+
+    @classmethod
+    def requires_teacher(cls, cfg) -> bool:
+        return not (cfg.distill.params or {}).get("teacher_features")
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
@@ -121,9 +128,7 @@ class AutoKD(Distiller):
         self.transform_name, self.distance_name = p["transform"], p["distance"]
         self.temperature, self.weight = float(p["temperature"]), float(p["weight"])
         self.s_layer, self.t_layer = p["student_layer"], p["teacher_layer"]
-        self.cache = TeacherCache(p["teacher_cache"], self.t_layer) if p["teacher_cache"] else None
-        if self.cache is None and teacher is None:
-            raise ConfigError("teacher: method autokd needs a teacher section or distill.params.teacher_cache")
+        self.cache = TeacherFeatures(p["teacher_features"], self.t_layer) if p["teacher_features"] else None
         s_shape = layer_shapes(student, input_shape, [self.s_layer])[self.s_layer]
         t_shape = (self.cache.feature_shape if self.cache is not None
                    else layer_shapes(teacher, input_shape, [self.t_layer])[self.t_layer])

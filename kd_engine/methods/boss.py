@@ -40,8 +40,6 @@ class BOSS(Distiller):
         alpha = params.get("alpha", 0.5)
         if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"distill.params.alpha: must be a number in [0, 1], got {alpha!r}")
-        if teacher is None:
-            raise ConfigError("teacher: method boss self-distils from a checkpoint; add a teacher section")
         self.alpha = float(alpha)
         self.init_from = params.get("init_from")
         if self.init_from:

@@ -94,8 +94,8 @@ class FerKD(Distiller):
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, None)
-        if not cfg.teacher_cache:
-            raise ConfigError("teacher_cache: method ferkd trains on the teacher bank; set teacher_cache: true")
+        if not cfg.use_teacher_bank:
+            raise ConfigError("use_teacher_bank: method ferkd trains on the teacher bank; set use_teacher_bank: true")
         if cfg.distill.terms:
             raise ConfigError("distill.terms: method ferkd has its own loss (soft CE to the crop labels); "
                               "remove the terms")

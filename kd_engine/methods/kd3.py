@@ -48,8 +48,6 @@ class KD3(TwoViewDistiller):
     def __init__(self, cfg, student, teacher, input_shape):
         p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method kd3")
         super().__init__(student, teacher, {}, cfg.seed)  # the (original, perturbed) pair of card 12
-        if teacher is None:
-            raise ConfigError("teacher: method 'kd3' distils from a teacher; add a teacher section")
         if p["selection"] not in SELECTIONS:
             raise ConfigError(f"distill.params.selection: expected one of {', '.join(SELECTIONS)}, "
                               f"got {p['selection']!r}")

@@ -31,7 +31,7 @@ from kd_engine.losses.multilabel import bce_sum, class_structure, instance_struc
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.params import check, read_params
 from kd_engine.methods.registry import METHODS
-from kd_engine.trainers.multilabel import cached_multilabel_teacher
+from kd_engine.parts.multilabel import cached_multilabel_teacher
 
 DEFAULTS = {"mld_weight": 10.0, "cd_weight": 100.0, "id_weight": 1000.0, "softmax_kd_weight": 0.0,
             "temperature": 4.0, "teacher_width": 32, "teacher_dim": 32, "teacher_heads": 1,

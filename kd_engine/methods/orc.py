@@ -111,9 +111,6 @@ class ORC(Distiller):
 
     def __init__(self, cfg, student, teacher, input_shape):
         p = orc_settings(dict(cfg.distill.params))
-        if teacher is None and p["mode"] in ("orc", "kd"):
-            raise ConfigError(f"teacher: method orc (mode {p['mode']}) needs a pretrained teacher T0; "
-                              "add a teacher section")
         specs, members, classes = [], [], _num_classes(student, input_shape)
         for i, override in enumerate(p["students"]):
             spec = ModelSpec(name=cfg.student.name, params={**cfg.student.params, **override})
@@ -129,6 +126,11 @@ class ORC(Distiller):
                 parameter.requires_grad_(self.mode == "orc")
         self.member_names = (["T0"] if self.t0 is not None else []) + self.student.names
         self.train()
+
+    @classmethod
+    def requires_teacher(cls, cfg) -> bool:
+        """Modes orc and kd distil from the pretrained T0; independent and dml train without one."""
+        return orc_settings(dict(cfg.distill.params))["mode"] in ("orc", "kd")
 
     def train(self, mode: bool = True) -> "ORC":
         """T0 trains (BatchNorm statistics included) only when ORC refines it; else it stays frozen."""

@@ -27,7 +27,7 @@ from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
 from kd_engine.params import read_params
-from kd_engine.trainers.grad_subspace import GradientSubspace, flat, gradient_surrogate, project, unflat
+from kd_engine.parts.grad_subspace import GradientSubspace, flat, gradient_surrogate, project, unflat
 
 DEFAULTS = {"mode": "self_train", "stream1": False, "stream2": False, "alpha": 0.3, "threshold": 0.9,
             "buffer": 30, "refresh": 10, "energy": 0.9, "group": ["layer3", "fc"]}

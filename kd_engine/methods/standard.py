@@ -69,8 +69,6 @@ class Standard(Distiller):
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
-        if teacher is None:
-            raise ConfigError("teacher: method 'standard' distils from a teacher; add a teacher section")
         self.task_weight = cfg.distill.task_weight
         self.weighting = build_weighting(cfg.weighting.strategy, cfg.weighting.params)
         self.terms = nn.ModuleList(self._build_terms(cfg, input_shape))

@@ -30,7 +30,7 @@ from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.params import check, read_params
 from kd_engine.methods.registry import METHODS
-from kd_engine.trainers.simclr import SIMCLR_DEFAULTS, cached_simclr, shifted_features
+from kd_engine.parts.simclr import SIMCLR_DEFAULTS, cached_simclr, shifted_features
 
 DEFAULTS = {"weighting": "wad", "rounds": 1, "alpha": 0.1, "power": 2.0, "labelled_batch": 32,
             "unlabelled_weight": 1.0, **{f"simclr_{k}": v for k, v in SIMCLR_DEFAULTS.items()}}

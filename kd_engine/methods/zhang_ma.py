@@ -69,8 +69,6 @@ def zhang_ma_settings(params: dict, kind: str, all_levels: list[str]) -> dict:
 class ZhangMa(DetectionDistiller):
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(cfg, student, teacher, "zhang_ma")
-        if teacher is None:
-            raise ConfigError("teacher: method zhang_ma distils from a teacher; add a teacher section")
         if student.kd_kind != teacher.kd_kind:
             raise ConfigError(f"teacher.name: Zhang & Ma pairs the FPN levels of one detector kind; "
                               f"the student is {student.kd_kind}, the teacher {teacher.kd_kind}")

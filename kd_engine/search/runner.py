@@ -18,7 +18,7 @@ from kd_engine.errors import ConfigError, NonFiniteLossError
 from kd_engine.search.base import STRATEGIES, Space, atomic_write_json, read_json, search_dir, write_description
 
 log = logging.getLogger("kdw")
-RUNNER_PARAMS = ("reward", "teacher_cache", "cka_beta")
+RUNNER_PARAMS = ("reward", "teacher_features", "cka_beta")
 # Rewards from a trial's validation metrics and the search params. val_loss_cka is the card's
 # R = -(L_val + beta * (1 - CKA_linear(F_S, F_T))) on the validation split (beta: cka_beta, 1).
 REWARDS = {"val_loss": lambda m, p: -m["val/student_loss"], "val_acc": lambda m, p: m["val/student_acc"],
@@ -85,7 +85,7 @@ def validation_cka(cfg: ExperimentConfig, run_dir: Path, cache: Path) -> float:
 
     data = build_data(cfg.data, cfg.seed)
     if not np.array_equal(np.load(cache / "val_ids.npy"), data.val.ids.numpy()):
-        raise ConfigError(f"{cache / 'val_ids.npy'}: the teacher cache holds another validation split")
+        raise ConfigError(f"{cache / 'val_ids.npy'}: the teacher features file holds another validation split")
     student = build_model(cfg.student, data.input_shape, data.num_classes, field="student")
     load_weights(student, run_dir / "checkpoints" / "student.safetensors")
     layer = (cfg.distill.params or {}).get("student_layer", "layer2")
@@ -95,9 +95,9 @@ def validation_cka(cfg: ExperimentConfig, run_dir: Path, cache: Path) -> float:
     return linear_cka(taps[layer].flatten(1).double(), teacher.flatten(1).double())
 
 
-def write_teacher_cache(cfg: ExperimentConfig, root: Path, layer: str) -> Path:
+def write_teacher_features(cfg: ExperimentConfig, root: Path, layer: str) -> Path:
     """Teacher logits and `layer` features on the training split, computed once per search and
-    stored as .npy (memory-mappable) under `root/teacher_cache`; reused on resume."""
+    stored as .npy (memory-mappable) under `root/teacher_features`; reused on resume."""
     import numpy as np
     import torch
 
@@ -105,7 +105,7 @@ def write_teacher_cache(cfg: ExperimentConfig, root: Path, layer: str) -> Path:
     from kd_engine.data import build_data
     from kd_engine.models import feature_taps
 
-    out = root / "teacher_cache"
+    out = root / "teacher_features"
     if (out / "meta.json").is_file() and (out / "val_features.npy").is_file():
         return out
     if cfg.threads:
@@ -159,13 +159,16 @@ def run_sequential(cfg: ExperimentConfig, max_evals: int | None = None,
     write_description(root, sid, search.strategy, search.budget, cfg.to_dict(), reward=reward_name)
     overrides_all: dict[str, Any] = {}
     cache = None
-    if evaluate is None and search.params.get("teacher_cache", cfg.method == "autokd"):
+    from kd_engine.methods import METHODS
+
+    reads_features = getattr(METHODS.get(cfg.method, field="method"), "uses_teacher_features", False)
+    if evaluate is None and search.params.get("teacher_features", reads_features):
         layer = (cfg.distill.params or {}).get("teacher_layer", "layer2")
-        cache = write_teacher_cache(cfg, root, layer)
-        overrides_all = {"distill.params.teacher_cache": str(cache), "teacher": None}
+        cache = write_teacher_features(cfg, root, layer)
+        overrides_all = {"distill.params.teacher_features": str(cache), "teacher": None}
     if reward_name == "val_loss_cka" and evaluate is None and cache is None:
         raise ConfigError("search.params.reward: val_loss_cka reads the teacher's cached validation "
-                          "features; set search.params.teacher_cache: true (method autokd)")
+                          "features; set search.params.teacher_features: true (method autokd)")
     done_now = 0
     while len(state["evaluations"]) < search.budget and (max_evals is None or done_now < max_evals):
         trial = len(state["evaluations"])

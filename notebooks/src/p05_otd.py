@@ -16,7 +16,7 @@
 # (few-shot CE plus novel pseudo-labels). Pseudo-labels need confidence ≥ 0.9.
 #
 # **In the engine**: `method: otd` (`kd_engine/methods/otd.py`), the projector
-# `kd_engine/trainers/grad_subspace.py` (its change of gradient enters through a zero-valued surrogate
+# `kd_engine/parts/grad_subspace.py` (its change of gradient enters through a zero-valued surrogate
 # term, so it acts after backward and before the optimizer step), the data `digits_shift`
 # (`kd_engine/data/domain_shift.py`).
 #

@@ -12,7 +12,7 @@
 #
 # **In the engine** (`method: crkd`, `kd_engine/methods/crkd.py`; loss and gate in
 # `kd_engine/losses/class_relation.py`; Sinkhorn-Knopp in `kd_engine/losses/sinkhorn.py`; the
-# two-stage loop in `kd_engine/trainers/ncd.py`; data `digits_ncd`; model `ncd_resnet`):
+# stage 1 and NCD metrics in `kd_engine/methods/ncd_stage.py`; data `digits_ncd`; model `ncd_resnet`):
 # stage 1 trains the network supervised on the known classes and freezes a copy as the teacher;
 # stage 2 is UNO (two augmented views, swapped prediction, Sinkhorn-Knopp pseudo-labels with
 # ε = 0.05 and 3 iterations, 4 novel heads, τ = 0.1) plus α·L_kd with stacked temperatures

@@ -13,8 +13,8 @@
 #
 # **In the engine**: `method: adasim` (`kd_engine/methods/adasim.py`) on the shared two-view base
 # (`kd_engine/methods/two_view.py`, seeded views in `kd_engine/data/views.py`), the EMA teacher
-# (`kd_engine/trainers/ema.py`), the kNN vote memory and partner rules
-# (`kd_engine/trainers/knn_memory.py`), the DINO loss (`kd_engine/losses/dino.py`).
+# (`kd_engine/parts/ema.py`), the kNN vote memory and partner rules
+# (`kd_engine/parts/knn_memory.py`), the DINO loss (`kd_engine/losses/dino.py`).
 # `distill.params.partner` selects the arm: `self` (DINO), `nearest` (naive bootstrapping) or
 # `adaptive` (AdaSim). Labels never reach the representation: the model's own classifier is an
 # online linear probe on detached embeddings; labels also score neighbours for the record.

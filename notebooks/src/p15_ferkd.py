@@ -14,7 +14,7 @@
 # to half of the images of each batch here (λ ~ Beta(1, 1)), also a reconstruction of an unspecified
 # setting. The FKD base (crop bank, exact replay, soft CE) follows the public code.
 #
-# **In the engine.** `teacher_cache: true` (any logit-distillation config) builds the bank under
+# **In the engine.** `use_teacher_bank: true` (any logit-distillation config) builds the bank under
 # `cache_dir/teacher_bank/<hash of teacher + split + view settings>/` as memory-mapped `.npy` files
 # (`kd_engine/teacher_bank.py`); student runs open it read-only and never load the teacher. Method
 # `ferkd` (`kd_engine/methods/ferkd.py`) adds the calibration and SelfMix and records per instance the
@@ -33,7 +33,7 @@
 #
 # * `kd_online`: Hinton KD (T = 1) with the teacher run on every batch of **full** images: no crops,
 #   no cache. A contrast only: it sees other inputs than the crop arms.
-# * `kd_cache`: the same KD term (T = 1), method `standard` with `teacher_cache: true`: the stored
+# * `kd_cache`: the same KD term (T = 1), method `standard` with `use_teacher_bank: true`: the stored
 #   crops and logits. With T = 1 and no task loss its gradient is the soft CE's, so it should match
 #   `fkd` up to floating-point differences.
 # * `hard`: the same crops with hard labels (one-hot y).
@@ -90,11 +90,11 @@ print(f"runs: {runs_dir}  (browse them with: kdw dashboard --runs-dir {runs_dir}
 # ## 1. The config and the arms
 
 # %%
-print(yaml.safe_dump({k: base[k] for k in ("teacher", "student", "teacher_cache", "teacher_bank", "method",
+print(yaml.safe_dump({k: base[k] for k in ("teacher", "student", "use_teacher_bank", "teacher_bank", "method",
                                            "distill", "optimizer", "epochs")}, sort_keys=False))
 KD = {"method": "standard", "distill": {"task_weight": 0.0, "terms": [{"loss": "kd", "params": {"temperature": 1.0}}]}}
 TAU = base["distill"]["params"]["tau_low"]
-arms = {"kd_online": {**KD, "teacher_cache": False},
+arms = {"kd_online": {**KD, "use_teacher_bank": False},
         "kd_cache": KD,
         "hard": {"distill.params.labels": "hard"},
         "fkd": {"distill.params.calibrate": False},

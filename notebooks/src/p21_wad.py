@@ -11,7 +11,7 @@
 # with the lowest student CE are promoted into the labelled set. The paper frames w as pointwise
 # mutual information; that equivalence is *inferred* on the card (a reconstruction, not used
 # here). In the engine: `method: wad` (`kd_engine/methods/wad.py`), the SimCLR trainer
-# `kd_engine/trainers/simclr.py` and the dataset `digits_mismatch`.
+# `kd_engine/parts/simclr.py` and the dataset `digits_mismatch`.
 #
 # **The miniature** (`configs/wad_digits.yaml`): digits; known classes 0–4 with 10 labels each;
 # the unlabelled pool holds 300 other known-class training images plus

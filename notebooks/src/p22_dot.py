@@ -5,7 +5,7 @@
 # (cross-entropy) loss because the KD loss is *under-optimised*. It keeps two momentum buffers,
 # one for the task gradient and one for the KD gradient, and gives distillation the larger
 # momentum: m_task = β − Δ, m_kd = β + Δ (β = 0.9). Weight decay acts on the task stream only. In
-# the engine this is `optimizer: {name: dot, params: {delta: Δ}}` (`kd_engine/trainers/dot.py`);
+# the engine this is `optimizer: {name: dot, params: {delta: Δ}}` (`kd_engine/optim/dot.py`);
 # the trainer hands the optimizer the two losses separately and the KD gradient is *copied*
 # before the task backward pass.
 #

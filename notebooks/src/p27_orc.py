@@ -8,8 +8,8 @@
 # algorithm here is a reconstruction** (card: "inferred"): this notebook tests an *ORC-style*
 # trainer, not the paper's.
 #
-# **The reconstruction** (`method: orc`, `kd_engine/methods/orc.py`, run by the group trainer
-# `kd_engine/trainers/group.py`). Networks: T0 (pretrained) and students S1…S4. Each step:
+# **The reconstruction** (`method: orc`, `kd_engine/methods/orc.py`, whose evaluation hook
+# reports the validation-selected member). Networks: T0 (pretrained) and students S1…S4. Each step:
 # 1. rank the students by batch CE; the best (r = 1) joins T0 in the teacher group G for this step;
 # 2. the error set E = the batch samples the student ensemble (mean softmax) misclassifies;
 # 3. every member of G trains with CE on E; T0's term is scaled by 0.1 (≈ a 0.1× learning rate);

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from kd_engine.errors import ConfigError
-from kd_engine.trainers.optim import OPTIMIZERS
+from kd_engine.optim.registry import OPTIMIZERS
 
 
 class DOT(torch.optim.Optimizer):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from importlib import import_module
 
 import torch
 
 from kd_engine.config import OptimizerConfig, ScheduleConfig
-from kd_engine.registry import Registry, construct
-
-OPTIMIZERS = Registry("optimizer")
+from kd_engine.optim import dot  # noqa: F401  (registers "dot")
+from kd_engine.optim.registry import OPTIMIZERS
+from kd_engine.registry import construct
 
 
 @OPTIMIZERS.register("sgd")
@@ -27,9 +26,6 @@ def _adam(parameters, cfg: OptimizerConfig) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("adamw")
 def _adamw(parameters, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-import_module("kd_engine.trainers.dot")  # registers "dot"
 
 
 def build_optimizer(cfg: OptimizerConfig, parameters) -> torch.optim.Optimizer:
