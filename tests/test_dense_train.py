@@ -59,7 +59,7 @@ def test_bad_dense_values_are_one_line_errors(tmp_path, capsys):
     for override, expected in (("data.params.grid=0", "data.params.grid: must be a positive integer, got 0"),
                                ("distill.terms.0.loss=kd", "distill.terms.0.loss: kd takes (B, C) logits"),
                                ("data.image_size=20", "data.image_size: digit scenes are"),
-                               ("teacher_cache=true", "teacher_cache: dense runs (digit_scenes) have no crop bank")):
+                               ("use_teacher_bank=true", "use_teacher_bank: dense runs (digit_scenes) have no crop bank")):
         code = main(["train", str(REPO / "configs" / "seg_digits_kd.yaml"), "--set", f"runs_dir={tmp_path / 'runs'}",
                      "--set", f"cache_dir={tmp_path / 'cache'}", "--set", override])
         err = capsys.readouterr().err
