@@ -182,3 +182,27 @@ def test_launch_watch_live_curve_and_stop(served, browser):
         time.sleep(0.5)
     assert open_run(run_id, served["runs"]).status() == "stopped"
     page.close()
+
+
+def test_dense_run_pages_are_screenshotted(served, browser):
+    """A tiny dense run (seg_digits_kd) on Instances, Features and Compare: its probe image with
+    true, teacher and student masks and the disparity map."""
+    from kd_engine.config import load_config
+    from kd_engine.run import train
+
+    cfg = load_config(REPO / "configs" / "seg_digits_kd.yaml", [
+        f"runs_dir={served['runs']}", "epochs=2", "data.params={n_train: 60, n_val: 10, n_test: 10}",
+        "teacher.params.width=8", "student.params.width=4", "record.tensorboard=false",
+        *_teacher_overrides(served["cache"])])
+    run_id = train(cfg).name
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page.goto(served["url"])
+    idle(page)
+    for name in ("Instances", "Features", "Compare"):
+        goto(page, name)
+        page.get_by_text("Probe image (test split, highest disparity first)").first.wait_for(timeout=90_000)
+        idle(page)
+        page.screenshot(path=str(SHOTS / f"dense_{name.lower()}.png"), full_page=True)
+        no_exception(page, f"{name} (dense)")
+        assert page.get_by_text(run_id).count()  # the newest finished run is the one shown
+    page.close()

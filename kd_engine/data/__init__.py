@@ -26,6 +26,7 @@ from kd_engine.data import digits_longtail, digits_mismatch, mosaics  # noqa: E4
 from kd_engine.data import domain_shift, web_pool  # noqa: E402,F401
 from kd_engine.data import torchvision_sets  # noqa: E402,F401
 from kd_engine.data import digits_oneclass  # noqa: E402,F401
+from kd_engine.data import segmentation  # noqa: E402,F401
 from kd_engine.data.detection import builders as _detection_builders  # noqa: E402,F401
 from kd_engine.data.generators import GENERATORS  # noqa: E402
 

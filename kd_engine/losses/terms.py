@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kd_engine.errors import ConfigError
-from kd_engine.losses import (attention_transfer, binary_kd, cc, cs_divergence, dist, dkd, fitnet, kd,
-                              nst, pkt, relation_loss, rkd, similarity_preserving)
+from kd_engine.losses import (attention_transfer, binary_kd, cc, channel_kd, cs_divergence, dist, dkd, fitnet,
+                              kd, nst, pixel_kd, pkt, relation_loss, rkd, similarity_preserving)
 from kd_engine.losses.crd_memory import CRDTerm
 from kd_engine.losses.standardize import with_standardize
 from kd_engine.losses.term_modules import KDSVDTerm, OFDTerm, ReviewKDTerm, TermBatch, TermSetup, VIDTerm
@@ -89,6 +89,8 @@ register_term("fitnet", fitnet, "adapted_features")
 register_term("rkd", rkd, "embedding")
 register_term("binary_kd", binary_kd, "logits")
 register_term("relation", relation_loss, "embedding")
+register_term("pixel_kd", pixel_kd, "logits")  # dense logits (B, C, H, W)
+register_term("channel_kd", channel_kd, "logits")  # dense logits (B, C, H, W)
 register_term("pkt", pkt, "embedding")
 register_term("similarity_preserving", similarity_preserving, "embedding")
 register_term("cc", cc, "embedding")

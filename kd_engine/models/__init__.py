@@ -36,6 +36,7 @@ from kd_engine.models import detectors  # noqa: E402,F401
 from kd_engine.models import experts, query_head  # noqa: E402,F401
 from kd_engine.models import external  # noqa: E402,F401
 from kd_engine.models import cifar_resnet, cifar_compact  # noqa: E402,F401
+from kd_engine.models import fcn  # noqa: E402,F401
 from kd_engine.models.taps import count_parameters, feature_taps, layer_shapes  # noqa: E402
 
 

@@ -27,7 +27,7 @@ from kd_engine.weighting.base import WEIGHTINGS, WeightingStrategy, aid_weights
 @WEIGHTINGS.register("aid")
 class AdaptiveInstance(WeightingStrategy):
     requires = ("teacher_loss",)
-    tasks = ("classification", "detection")
+    tasks = ("classification", "detection", "dense")
 
     def __init__(self, alpha: Annotated[float, Ge(0)] = 0.1, shuffle: bool = False, seed: int = 0,
                  batch_mean: bool = False, granularity: str | None = None,

@@ -16,7 +16,7 @@ class Uniform(WeightingStrategy):
     the control arm "base distillation scaled by another strategy's mean weight"."""
 
     requires = ("distill_loss",)
-    tasks = ("classification", "detection")
+    tasks = ("classification", "detection", "dense")
 
     def __init__(self, value: Annotated[float, Ge(0)] = 1.0):
         if value < 0:

@@ -11,6 +11,7 @@ import streamlit as st
 from kd_engine.store import Run, StoreError, open_run
 from workbench import components as ui
 from workbench.figures import confusion_matrix, image_gallery, per_class_accuracy, tradeoff
+from workbench.pages import dense_views
 
 COLUMNS = ("instance_id", "label", "teacher_pred", "student_pred", "teacher_conf", "student_conf")
 GALLERY = 16
@@ -55,6 +56,9 @@ def disagreements(run: Run, frame: pd.DataFrame, a: str, b: str, names: list[str
 
 
 def teacher_vs_student(run: Run) -> None:
+    if run.meta().get("task") == "dense":  # IoU per class and label maps instead of a confusion matrix
+        dense_views.compare(run)
+        return
     names = [str(c) for c in run.meta().get("class_names") or []]
     splits = eval_splits(run)
     if not splits:
@@ -88,6 +92,9 @@ def run_vs_run(runs: pd.DataFrame) -> None:
     a_id = cols[0].selectbox("Run A", options, index=0, format_func=ui.run_label(runs), key="cmp_a")
     b_id = cols[1].selectbox("Run B", options, index=1, format_func=ui.run_label(runs), key="cmp_b")
     a, b = open_run(a_id, ui.runs_dir()), open_run(b_id, ui.runs_dir())
+    if "dense" in (a.meta().get("task"), b.meta().get("task")):
+        dense_views.compare_runs(a, b)
+        return
     splits = [s for s in eval_splits(a) if s in eval_splits(b)]
     if not splits:
         st.info("The two runs have no split recorded in common.")

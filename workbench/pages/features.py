@@ -11,6 +11,7 @@ from kd_engine.store import Run
 from workbench import components as ui
 from workbench.pages import features_layers
 from workbench.figures import disparity_curves, disparity_heatmap, map_panels
+from workbench.pages import dense_views
 
 
 def channel_map(array: np.ndarray) -> np.ndarray:
@@ -83,6 +84,8 @@ def main() -> None:
     if run is None:
         return
     ui.run_banner(run)
+    if run.meta().get("task") == "dense":  # per-pixel disparity maps of probe images
+        dense_views.features(run)
     features = run.features()
     if features.empty:
         st.info("This run recorded no teacher–student feature comparisons: add "

@@ -11,7 +11,7 @@ import streamlit as st
 
 from kd_engine.store import Run
 from workbench import components as ui
-from workbench.pages import instances_anomaly, instances_detection, instances_diagnosis
+from workbench.pages import dense_views, instances_anomaly, instances_detection, instances_diagnosis
 from workbench.figures import image_gallery, weight_histogram, weight_scatter, weight_trajectories
 
 TABLE_ROWS = 2000
@@ -184,6 +184,9 @@ def main() -> None:
         return
     if run.meta().get("task") == "anomaly":  # anomaly scores, kinds and maps instead of weights
         instances_anomaly.render(run, split, epoch, frame, names)
+        return
+    if run.meta().get("task") == "dense":  # rows per image; label maps of probe images
+        dense_views.instances(run, split, epoch, frame, names)
         return
     if not names:
         names = [str(k) for k in range(int(np.nanmax(frame["label"])) + 1)] if len(frame) else []
