@@ -17,27 +17,16 @@ from torch import nn
 
 from kd_engine.errors import ConfigError
 from kd_engine.params import reject_unknown
-from kd_engine.registry import Registry
 
-# Defined before the model modules are imported: they register themselves into it.
-MODELS: Registry = Registry("model")
-
-
-def check_positive_int(**values: Any) -> None:
-    """Raise ValueError (turned into ConfigError by build_model) for a non-positive int param."""
-    for key, v in values.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{key} must be a positive integer, got {v!r}")
-
-
-from kd_engine.models import cnn, mlp, vit  # noqa: E402,F401
-from kd_engine.models import ncd  # noqa: E402,F401
-from kd_engine.models import detectors  # noqa: E402,F401
-from kd_engine.models import experts, query_head  # noqa: E402,F401
-from kd_engine.models import external  # noqa: E402,F401
-from kd_engine.models import cifar_resnet, cifar_compact  # noqa: E402,F401
-from kd_engine.models import fcn  # noqa: E402,F401
-from kd_engine.models.taps import count_parameters, feature_taps, layer_shapes  # noqa: E402
+from kd_engine.models.registry import MODELS, check_positive_int  # noqa: F401 (re-exported)
+from kd_engine.models import cnn, mlp, vit  # noqa: F401
+from kd_engine.models import ncd  # noqa: F401
+from kd_engine.models import detectors  # noqa: F401
+from kd_engine.models import experts, query_head  # noqa: F401
+from kd_engine.models import external  # noqa: F401
+from kd_engine.models import cifar_resnet, cifar_compact  # noqa: F401
+from kd_engine.models import fcn  # noqa: F401
+from kd_engine.models.taps import count_parameters, feature_taps, layer_shapes
 
 
 def model_params(name: str) -> list[str]:

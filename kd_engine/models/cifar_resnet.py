@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from kd_engine.models import MODELS
+from kd_engine.models.registry import MODELS
 from kd_engine.models.cnn import BasicBlock, GlobalAvgPool
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kd_engine.models import MODELS
+from kd_engine.models.registry import MODELS
 from kd_engine.models.detection import DETECTOR_KINDS, build_detector
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from kd_engine.models import MODELS
+from kd_engine.models.registry import MODELS
 
 # Names under which libraries keep the pooled features that feed the classifier.
 _EMBEDDING_NAMES = ("avgpool", "global_pool", "head.global_pool", "fc_norm", "pre_logits", "pool")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_engine.models import MODELS, check_positive_int
+from kd_engine.models.registry import MODELS, check_positive_int
 from kd_engine.models.cnn import BasicBlock
 
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from kd_engine.models import MODELS, check_positive_int
+from kd_engine.models.registry import MODELS, check_positive_int
 
 
 @MODELS.register("mlp")

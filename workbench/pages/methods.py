@@ -1,4 +1,4 @@
-"""Methods: the catalogue of AID and the 28 ICCV-2023 papers of the method cards.
+"""Methods: the catalogue of AID and the 28 ICCV 2023 distillation papers the workbench reproduces.
 
 A status is never written down: it is computed from what exists — a registered method, weighting
 or loss (implemented), a notebook under notebooks/ (notebook), a row in docs/results.md
@@ -18,7 +18,7 @@ from workbench import components as ui
 from workbench import launcher
 
 ROOT = launcher.REPO
-# (card number, short name, core mechanism) from /work/shared/METHOD_CARDS.md and AID_CARD.md.
+# (paper number in the ICCV 2023 list, short name, core mechanism in one line).
 CATALOGUE = [
     ("AID", "AID", "per-instance distillation weights from the teacher's own task loss"),
     (1, "SSD-Det", "self-regress jittered proposals onto noisy box; IoU-weighted MIL merge"),
