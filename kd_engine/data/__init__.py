@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kd_engine.registry import Registry
+from kd_engine.data.registry import DATASETS
 
-# Defined before the builder modules are imported: they register themselves into it.
-DATASETS: Registry = Registry("dataset")
-
-from kd_engine.data.base import (  # noqa: E402
+from kd_engine.data.base import (
     DataBundle,
     InstanceDataset,
     ItemInstanceDataset,
@@ -20,15 +17,15 @@ from kd_engine.data.base import (  # noqa: E402
     cfg_get,
     stratified_split,
 )
-from kd_engine.data import digits, imagefolder, generators  # noqa: E402,F401
-from kd_engine.data import digits_ncd  # noqa: E402,F401
-from kd_engine.data import digits_longtail, digits_mismatch, mosaics  # noqa: E402,F401
-from kd_engine.data import domain_shift, web_pool  # noqa: E402,F401
-from kd_engine.data import torchvision_sets  # noqa: E402,F401
-from kd_engine.data import digits_oneclass  # noqa: E402,F401
-from kd_engine.data import segmentation  # noqa: E402,F401
-from kd_engine.data.detection import builders as _detection_builders  # noqa: E402,F401
-from kd_engine.data.generators import GENERATORS  # noqa: E402
+from kd_engine.data import digits, imagefolder, generators  # noqa: F401
+from kd_engine.data import digits_ncd  # noqa: F401
+from kd_engine.data import digits_longtail, digits_mismatch, mosaics  # noqa: F401
+from kd_engine.data import domain_shift, web_pool  # noqa: F401
+from kd_engine.data import torchvision_sets  # noqa: F401
+from kd_engine.data import digits_oneclass  # noqa: F401
+from kd_engine.data import segmentation  # noqa: F401
+from kd_engine.data.detection import builders as _detection_builders  # noqa: F401
+from kd_engine.data.generators import GENERATORS
 
 
 def build_data(data_cfg: Any, seed: int) -> DataBundle:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kd_engine.data import DATASETS
+from kd_engine.data.registry import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get, split_bundle
 from kd_engine.errors import ConfigError
 from kd_engine.params import reject_unknown

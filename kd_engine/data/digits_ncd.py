@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kd_engine.data import DATASETS
+from kd_engine.data.registry import DATASETS
 from kd_engine.data.base import TensorInstanceDataset, cfg_get, split_bundle
 from kd_engine.data.digits import _load
 from kd_engine.errors import ConfigError

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from kd_engine.data import DATASETS
+from kd_engine.data.registry import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get, split_bundle
 from kd_engine.data.digits import _load
 from kd_engine.errors import ConfigError

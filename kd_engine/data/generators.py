@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kd_engine.data import DATASETS
+from kd_engine.data.registry import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get, split_bundle
 from kd_engine.errors import ConfigError
 from kd_engine.registry import Registry

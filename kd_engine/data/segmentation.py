@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from kd_engine.data import DATASETS
+from kd_engine.data.registry import DATASETS
 from kd_engine.data.base import DataBundle, TensorInstanceDataset, cfg_get, stratified_split
 from kd_engine.data.digits import _load
 from kd_engine.errors import ConfigError

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kd_engine.data import DATASETS
+from kd_engine.data.registry import DATASETS
 from kd_engine.data.augment import make_preset
 from kd_engine.data.base import DataBundle, ItemInstanceDataset, cfg_get, stratified_split
 from kd_engine.errors import ConfigError, DataError

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from kd_engine.config import stable_hash
-from kd_engine.data import DATASETS
+from kd_engine.data.registry import DATASETS
 from kd_engine.data.base import DataBundle, cfg_get
 from kd_engine.data.detection.coco import DetectionDataset, load_coco, write_scenes
 from kd_engine.data.detection.scenes import generate_scenes
