@@ -91,7 +91,9 @@ def catalogue_terms(method: str, stages, models) -> tuple[float, list[dict], dic
 def _last_bn(model_name: str, stage: str) -> str:
     """The last BatchNorm2d inside a stage, off the shortcut: its output is the map a ReLU reads
     (a post-activation block's bn2/bn3, a VGG stage's last conv BN, a pre-activation WRN
-    block's bn2), so the teacher's BN gives OFD's margin exactly for the map that is tapped."""
+    block's bn2), so the teacher's BN gives OFD's margin exactly for the map that is tapped.
+    Variant: in a post-activation residual block the paper distils the sum before the block's
+    last ReLU (bn2 + shortcut); the zoo offers no tap on that sum, so bn2's output is used."""
     from torch import nn
 
     from kd_engine.config import ModelSpec
