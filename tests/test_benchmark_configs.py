@@ -1,6 +1,10 @@
-"""The paper-scale configs under configs/cifar100: each validates, and each runs two optimisation
-steps (teacher and student) on FakeData of CIFAR-100's shape, so a typo or a shape mismatch in a
-benchmark config never waits for a GPU to show up. DKD's warm-up is checked on its config."""
+"""The paper-scale configs under configs/cifar100 and configs/imagenet: each validates, and each
+runs two optimisation steps (teacher and student) through the real engine on FakeData of its
+dataset's shape, so a typo, a wrong layer name or a shape mismatch in a benchmark config never
+waits for a GPU to show up. DKD's warm-up is checked on its config.
+
+The two-step runs are kept cheap: 8 fake images in batches of 4, one thread, no per-instance or
+feature recording, and each teacher trained once for one epoch into a cache shared by all runs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,20 +15,41 @@ import torch
 from kd_engine.checks import check_names
 from kd_engine.config import load_config, load_raw, validate
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs" / "cifar100").rglob("*.yaml"))
-SMOKE = {  # FakeData of CIFAR-100's shape, 16 training images in batches of 8: two steps an epoch
-    "data": {"name": "fakedata", "image_size": 32, "val_fraction": 0.0, "batch_size": 8, "eval_batch_size": 8,
-             "augment": "cifar", "params": {"train_size": 16, "test_size": 4, "num_classes": 100}},
-    "epochs": 1, "device": "cpu", "threads": 1,
-    "record": {"feature_probe_size": 4, "attention_maps": 2, "tensorboard": False},
-}
+ROOT = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = sorted((ROOT / "cifar100").rglob("*.yaml"))
+IMAGENET = sorted((ROOT / "imagenet").rglob("*.yaml"))
+NO_RECORDING = {"instances": False, "eval_instances": False, "feature_probe_size": 2, "attention_maps": 0,
+                "tensorboard": False}
+
+
+def smoke(image_size: int, num_classes: int, augment: str) -> dict:
+    """FakeData of the benchmark's shape: 8 training images in batches of 4 (two steps), 2 test images."""
+    return {"data": {"name": "fakedata", "image_size": image_size, "val_fraction": 0.0, "batch_size": 4,
+                     "eval_batch_size": 4, "augment": augment,
+                     "params": {"train_size": 8, "test_size": 2, "num_classes": num_classes}},
+            "epochs": 1, "device": "cpu", "threads": 1, "record": NO_RECORDING}
 
 
 def test_every_method_and_pair_is_there():
     names = {(p.parent.name, p.stem) for p in CONFIGS}
-    methods = {"kd", "dkd", "dist", "dot", "fitnet", "at", "rkd"}
+    methods = {"kd", "dkd", "dist", "dot", "fitnet", "at", "rkd", "pkt", "sp", "nst", "cc", "vid", "ofd", "crd",
+               "reviewkd"}
     pairs = {"resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2", "vgg13_vgg8", "resnet50_cifar_mobilenetv2_cifar"}
-    assert names == {(m, p) for m in methods for p in pairs}
+    # KDSVD compares maps channel for channel: only the pairs of equal widths
+    kdsvd = {("kdsvd", p) for p in pairs if p != "resnet50_cifar_mobilenetv2_cifar"}
+    assert names == {(m, p) for m in methods for p in pairs} | kdsvd
+    assert {(p.parent.name, p.stem) for p in IMAGENET} == {
+        (m, p) for m in ("kd", "dkd", "dist") for p in ("resnet34_resnet18", "resnet50_mobilenet_v2")}
+
+
+@pytest.mark.parametrize("path", IMAGENET, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_imagenet_config_follows_torchvisions_recipe(path):
+    cfg = load_config(path)
+    check_names(cfg)
+    assert (cfg.epochs, cfg.data.batch_size, cfg.data.name, cfg.data.augment) == (100, 256, "imagefolder", "imagenet")
+    assert cfg.schedule.name == "multistep" and cfg.schedule.milestones == [30, 60, 90]
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.1, 0.9, 1e-4)
+    assert cfg.teacher.name == cfg.student.name == "torchvision" and cfg.teacher.checkpoint is None
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -45,13 +70,14 @@ def shared_dirs(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", CONFIGS + IMAGENET, ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}/{p.stem}")
 def test_config_runs_two_steps_on_fakedata(path, shared_dirs):
     from kd_engine.store import open_run
     from kd_engine.run import train
 
     raw = load_raw(path)
-    raw.update({k: v for k, v in SMOKE.items()})
+    imagenet = path in IMAGENET
+    raw.update(smoke(224 if imagenet else 32, 1000 if imagenet else 100, raw["data"]["augment"]))
     raw["teacher"]["train"]["epochs"] = 1  # an untrained-but-real teacher: shapes, not accuracy
     raw["runs_dir"], raw["cache_dir"] = str(shared_dirs[0]), str(shared_dirs[1])
     run = open_run(train(validate(raw, str(path)), distributed=False))
