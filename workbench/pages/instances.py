@@ -11,7 +11,7 @@ import streamlit as st
 
 from kd_engine.store import Run
 from workbench import components as ui
-from workbench.pages import instances_detection, instances_diagnosis
+from workbench.pages import instances_detection, instances_diagnosis, instances_generation
 from workbench.figures import image_gallery, weight_histogram, weight_scatter, weight_trajectories
 
 TABLE_ROWS = 2000
@@ -173,6 +173,9 @@ def main() -> None:
     frame = epoch_frame(run, split, epoch)
     if run.meta().get("task") == "detection":  # rows per image x FPN level and per GT box
         instances_detection.render(run, split, epoch, frame, names)
+        return
+    if run.meta().get("task") == "generation":  # edits: source, target class, timestep, entropy
+        instances_generation.render(run, split, epoch, frame, names)
         return
     if not names:
         names = [str(k) for k in range(int(np.nanmax(frame["label"])) + 1)] if len(frame) else []
