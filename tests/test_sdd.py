@@ -143,3 +143,28 @@ def test_sdd_refuses_bad_pairings(tmp_path):
         train(validate(raw, "sdd"), distributed=False)
     with pytest.raises(ConfigError, match="distill.params.t"):
         train(validate(_raw(tmp_path, t=500), "sdd"), distributed=False)
+
+
+def test_entropy_indicator_known_answer_with_an_identity_denoiser():
+    """A stub denoiser that returns its input: at x_0 = 0, x_t = √(1−ᾱ_t)ε, so
+    g_t = (1−ᾱ_t)(√(1−ᾱ_t) − 1)ε and H(t) is the pixel-softmax entropy of |g_t|, computed here
+    with numpy from the same noise draws."""
+    from kd_engine.methods.sdd import entropy_indicator
+
+    class Identity:
+        def guided(self, x_t, t, c, scale):
+            return x_t
+
+    abar = alpha_bar(200)
+    grid = [10, 100, 190]
+    x = torch.zeros(6, 64)
+    got = entropy_indicator(Identity(), x, torch.zeros(6, dtype=torch.long), grid, abar, 3.0,
+                            torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    a = np.cumprod(1 - np.linspace(1e-4, 0.02, 200))
+    for t, h in zip(grid, got):
+        eps = torch.randn(6, 64, generator=gen).numpy().astype(np.float64)
+        g = np.abs((1 - a[t]) * (np.sqrt(1 - a[t]) - 1) * eps)
+        q = np.exp(g) / np.exp(g).sum(1, keepdims=True)
+        assert h == pytest.approx(float((-(q * np.log(q)).sum(1)).mean()), rel=1e-5)
+    assert got[0] > got[-1]  # a larger |g| (later t here) concentrates the softmax: lower entropy
