@@ -81,3 +81,14 @@ def test_instances_page_test_split_shows_success_vs_identity(gen_run, monkeypatc
     test_rows = run.instances(split="test")
     assert len(values(scatter["data"][0]["x"])) == len(test_rows)
     assert sorted(values(scatter["data"][0]["y"]).tolist()) == pytest.approx(sorted(test_rows["student_p_target"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("page", ["curves", "compare", "features", "runs"])
+def test_other_pages_open_on_a_generation_run(gen_run, monkeypatch, page):
+    runs_dir, run = gen_run
+    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.session_state["kdw_run"] = run.run_id
+    at.run()
+    at.switch_page(f"workbench/pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
