@@ -92,3 +92,33 @@ def test_other_pages_open_on_a_generation_run(gen_run, monkeypatch, page):
     at.run()
     at.switch_page(f"workbench/pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
+
+
+def test_compare_run_vs_run_shows_both_runs_edits(gen_run, monkeypatch, tmp_path_factory):
+    from kd_engine.run import train
+
+    runs_dir, run = gen_run
+    raw = load_raw(REPO / "configs/sdd_digits.yaml")
+    raw.update(epochs=1, eval_every=1, runs_dir=str(runs_dir), cache_dir=str(tmp_path_factory.mktemp("c2")),
+               device="cpu", name="sdd_b")
+    raw["distill"]["params"].update(ddpm_train_steps=30, ddpm_hidden=32, indicator_samples=8, timestep="random")
+    other = open_run(train(validate(raw, "sdd"), distributed=False))
+    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("workbench/pages/compare.py").run()
+    at.radio(key="cmp_mode").set_value("Run vs run").run()
+    at.selectbox(key="cmp_a").set_value(run.run_id).run()
+    at.selectbox(key="cmp_b").set_value(other.run_id).run()
+    at.radio(key="cmp_rr_split").set_value("test").run()
+    assert not at.exception, [e.value for e in at.exception]
+    scatter = titled(at, "per-instance edit success, A vs B")
+    a_rows = run.instances(split="test").set_index("instance_id")["student_p_target"]
+    ids = values(scatter["data"][0]["customdata"]).reshape(-1).astype(int) if isinstance(
+        scatter["data"][0]["customdata"], dict) else np.asarray(scatter["data"][0]["customdata"]).reshape(-1)
+    assert values(scatter["data"][0]["x"]) == pytest.approx(a_rows.loc[ids].to_numpy(), abs=1e-6)
+    grid = titled(at, "test edits: source | A | B")
+    heatmaps = [t for t in grid["data"] if t["type"] == "heatmap"]
+    ea, eb = run.load_artifact("edits/test"), other.load_artifact("edits/test")
+    assert np.allclose(np.asarray(heatmaps[1]["z"])[::-1], ea[0, 1], atol=1e-3)
+    assert np.allclose(np.asarray(heatmaps[2]["z"])[::-1], eb[0, 1], atol=1e-3)
