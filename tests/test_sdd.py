@@ -141,8 +141,12 @@ def test_sdd_refuses_bad_pairings(tmp_path):
     raw["method"] = "standard"
     with pytest.raises(ConfigError, match="method"):
         train(validate(raw, "sdd"), distributed=False)
-    with pytest.raises(ConfigError, match="distill.params.t"):
+    with pytest.raises(ConfigError, match="distill.params.t: a timestep in"):
         train(validate(_raw(tmp_path, t=500), "sdd"), distributed=False)
+    with pytest.raises(ConfigError, match=r"distill.params.grid.1: a timestep in \[0, 199\], got 300"):
+        train(validate(_raw(tmp_path, grid=[10, 300]), "sdd"), distributed=False)
+    with pytest.raises(ConfigError, match="distill.params.timestep"):
+        train(validate(_raw(tmp_path, timestep="sometimes"), "sdd"), distributed=False)
 
 
 def test_entropy_indicator_known_answer_with_an_identity_denoiser():

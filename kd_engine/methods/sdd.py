@@ -61,14 +61,16 @@ def entropy_indicator(denoiser, x: torch.Tensor, target: torch.Tensor, grid: lis
 @METHODS.register("sdd")
 class SDD(Distiller):
     needs_teacher = False
+    single_process = True  # the generation task shards no batches across processes
 
     def __init__(self, cfg, student, teacher, input_shape):
         if teacher is not None:
             raise ConfigError("teacher: method 'sdd' trains its own diffusion teacher; remove the teacher section")
         p = self.p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method sdd")
         steps = p["ddpm_steps"]
-        for key in ("t", "t_min", "t_max", *(f"grid.{i}" for i in range(len(p["grid"])))):
-            value = p["grid"][int(key[5:])] if key.startswith("grid.") else p[key]
+        timesteps = {"t": p["t"], "t_min": p["t_min"], "t_max": p["t_max"],
+                     **{f"grid.{i}": v for i, v in enumerate(p["grid"])}}
+        for key, value in timesteps.items():
             if not 0 <= value < steps:
                 raise ConfigError(f"distill.params.{key}: a timestep in [0, {steps - 1}], got {value}")
         if p["t_min"] > p["t_max"] or not p["grid"]:
