@@ -159,7 +159,8 @@ def run_jobs(jobs: Iterable[tuple[Mapping[str, Any], str, Mapping[str, Any], int
 
     def report(row: dict[str, Any]) -> dict[str, Any]:
         if verbose:
-            shown = row.get("test/student_acc", row.get("test/student_mAP", float("nan")))
+            shown = next((row[k] for k in ("test/student_acc", "test/student_mAP", "test/student_edit_success")
+                          if k in row), float("nan"))
             print(f"seed {row['seed']} {row['arm']:<12} {shown:.4f}  ({row['wall_s']:.1f} s)", flush=True)
         return row
 

@@ -162,7 +162,7 @@ class Trainer:
             self.writer.set_status("running")
             self.writer.event("resumed for the final evaluation" if finishing
                               else f"resumed at epoch {self.start_epoch}")
-        if self.teacher is not None and resume is None:
+        if self.teacher is not None and cfg.teacher is not None and resume is None:  # a teacher a method builds itself is its own to cache
             save_weights(self.teacher, self.run_dir / "checkpoints" / "teacher.safetensors",
                          {"model": cfg.teacher.name, "params": cfg.teacher.params})
 

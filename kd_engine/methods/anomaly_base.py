@@ -21,7 +21,7 @@ from contextlib import ExitStack
 import torch
 import torch.nn.functional as F
 
-from kd_engine.data import DATASETS
+from kd_engine.data.registry import DATASETS
 from kd_engine.errors import ConfigError
 from kd_engine.losses.anomaly import cosine_distance_map, cosine_feature_kd
 from kd_engine.methods.base import Distiller, StepOutput

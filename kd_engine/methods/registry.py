@@ -2,3 +2,7 @@
 from kd_engine.registry import Registry
 
 METHODS = Registry("method")
+
+# Methods of generation (editing) runs; a method that only makes sense there is also listed in
+# METHODS so name checks and listings see it.
+GENERATION_METHODS = Registry("generation method")

@@ -14,7 +14,7 @@ import re
 import numpy as np
 import torch
 
-from kd_engine.data import DATASETS
+from kd_engine.data.registry import DATASETS
 from kd_engine.data.detection.coco import detection_collate
 from kd_engine.detection_metrics import coco_map, per_image_detection_records, predict_detections
 from kd_engine.methods.detection_base import DETECTION_METHODS

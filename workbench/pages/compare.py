@@ -11,7 +11,7 @@ import streamlit as st
 from kd_engine.store import Run, StoreError, open_run
 from workbench import components as ui
 from workbench.figures import confusion_matrix, image_gallery, per_class_accuracy, tradeoff
-from workbench.pages import dense_views
+from workbench.pages import compare_generation, dense_views
 
 COLUMNS = ("instance_id", "label", "teacher_pred", "student_pred", "teacher_conf", "student_conf")
 GALLERY = 16
@@ -100,6 +100,9 @@ def run_vs_run(runs: pd.DataFrame) -> None:
         st.info("The two runs have no split recorded in common.")
         return
     split = st.radio("Split", splits, horizontal=True, key="cmp_rr_split")
+    if a.meta().get("task") == "generation" and b.meta().get("task") == "generation":  # edits, not labels
+        compare_generation.render(a, b, split)
+        return
     fa, fb = last_epoch(a, split), last_epoch(b, split)
     frame = fa[["instance_id", "label", "student_pred"]].merge(
         fb[["instance_id", "student_pred"]], on="instance_id", suffixes=("_a", "_b"))

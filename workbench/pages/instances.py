@@ -11,7 +11,8 @@ import streamlit as st
 
 from kd_engine.store import Run
 from workbench import components as ui
-from workbench.pages import dense_views, instances_anomaly, instances_detection, instances_diagnosis
+from workbench.pages import (dense_views, instances_anomaly, instances_detection, instances_diagnosis,
+                             instances_generation)
 from workbench.figures import image_gallery, weight_histogram, weight_scatter, weight_trajectories
 
 TABLE_ROWS = 2000
@@ -162,6 +163,15 @@ def gallery_section(run: Run, frame: pd.DataFrame, names: list[str]) -> None:
                                       titles, ncols=k, title=title), key=f"inst_gallery_{title}", width="content")
 
 
+# The Instances view of each task whose rows are not classification's (keyed by the run's `task` meta).
+TASK_VIEWS = {
+    "detection": instances_detection.render,  # rows per image x FPN level and per GT box
+    "anomaly": instances_anomaly.render,  # anomaly scores, kinds and maps instead of weights
+    "dense": dense_views.instances,  # rows per image; label maps of probe images
+    "generation": instances_generation.render,  # edits: source, target class, timestep, entropy
+}
+
+
 def main() -> None:
     st.title("Instances")
     run = ui.open_selected(ui.load_runs())
@@ -179,14 +189,9 @@ def main() -> None:
     epoch = epochs[-1] if len(epochs) == 1 else st.select_slider("Epoch", epochs, value=epochs[-1],
                                                                  key=f"inst_epoch_{split}")
     frame = epoch_frame(run, split, epoch)
-    if run.meta().get("task") == "detection":  # rows per image x FPN level and per GT box
-        instances_detection.render(run, split, epoch, frame, names)
-        return
-    if run.meta().get("task") == "anomaly":  # anomaly scores, kinds and maps instead of weights
-        instances_anomaly.render(run, split, epoch, frame, names)
-        return
-    if run.meta().get("task") == "dense":  # rows per image; label maps of probe images
-        dense_views.instances(run, split, epoch, frame, names)
+    view = TASK_VIEWS.get(run.meta().get("task"))
+    if view is not None:  # a task with its own rows (per image x level, per pixel map, per edit...)
+        view(run, split, epoch, frame, names)
         return
     if not names:
         names = [str(k) for k in range(int(np.nanmax(frame["label"])) + 1)] if len(frame) else []
