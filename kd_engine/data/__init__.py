@@ -23,6 +23,7 @@ from kd_engine.data import digits, imagefolder, generators  # noqa: E402,F401
 from kd_engine.data import digits_ncd  # noqa: E402,F401
 from kd_engine.data import digits_longtail, digits_mismatch, mosaics  # noqa: E402,F401
 from kd_engine.data import domain_shift, web_pool  # noqa: E402,F401
+from kd_engine.data import clips  # noqa: E402,F401
 from kd_engine.data.detection import builders as _detection_builders  # noqa: E402,F401
 from kd_engine.data.generators import GENERATORS  # noqa: E402
 

@@ -30,6 +30,7 @@ from kd_engine.models import cnn, mlp, vit  # noqa: E402,F401
 from kd_engine.models import ncd  # noqa: E402,F401
 from kd_engine.models import detectors  # noqa: E402,F401
 from kd_engine.models import experts, query_head  # noqa: E402,F401
+from kd_engine.models import clip_cnn  # noqa: E402,F401
 from kd_engine.models.taps import count_parameters, feature_taps, layer_shapes  # noqa: E402
 
 
