@@ -11,7 +11,8 @@ from kd_engine.config import load_raw, validate
 from kd_engine.data import build_data
 from kd_engine.data.clips import STUDENT_FRAMES, generate_clips
 from kd_engine.errors import ConfigError
-from kd_engine.methods.mmego import MODALITIES, MMEgoKD, ensemble_logits, modality_weights, softmin_weights
+from kd_engine.methods.mmego import MODALITIES, MMEgoKD
+from kd_engine.parts.ensemble import ensemble_logits, modality_weights, softmin_weights
 from kd_engine.metrics_extra import ece
 from kd_engine.models import build_model
 
@@ -39,10 +40,10 @@ def test_ensemble_and_weight_rules():
     manual = sum(w[:, k:k + 1] * logits[k] for k in range(3))
     torch.testing.assert_close(ensemble_logits(logits, w), manual)
     losses = torch.tensor([[1.0, 0.2, 3.0], [1.0, 0.6, 3.0]])
-    torch.testing.assert_close(modality_weights("uniform", losses, 1.0), torch.full((2, 3), 1 / 3))
-    assert modality_weights("best", losses, 1.0).tolist() == [[0.0, 1.0, 0.0]] * 2
-    assert modality_weights("audio", losses, 1.0).tolist() == [[0.0, 0.0, 1.0]] * 2
-    data = modality_weights("dataset_softmin", losses, 1.0)
+    torch.testing.assert_close(modality_weights("uniform", losses, 1.0, MODALITIES), torch.full((2, 3), 1 / 3))
+    assert modality_weights("best", losses, 1.0, MODALITIES).tolist() == [[0.0, 1.0, 0.0]] * 2
+    assert modality_weights("audio", losses, 1.0, MODALITIES).tolist() == [[0.0, 0.0, 1.0]] * 2
+    data = modality_weights("dataset_softmin", losses, 1.0, MODALITIES)
     torch.testing.assert_close(data[0], softmin_weights(torch.tensor([[1.0, 0.4, 3.0]]))[0])
     assert torch.equal(data[0], data[1])
 
@@ -90,7 +91,7 @@ def test_mmego_config_errors(tmp_path):
     raw["data"] = {"name": "digits"}
     cfg = validate(raw)
     with pytest.raises(ConfigError, match="data.name"):
-        MMEgoKD(cfg, build_model(cfg.student, (1, 8, 8), 10), None, (1, 8, 8)).check_data(build_data(cfg.data, 0))
+        MMEgoKD(cfg, build_model(cfg.student, (1, 8, 8), 10), None, (1, 8, 8))
 
 
 def test_mmego_trains_from_its_config_records_weights_and_caches_teachers(tmp_path):
@@ -116,3 +117,32 @@ def test_mmego_trains_from_its_config_records_weights_and_caches_teachers(tmp_pa
     second = again.instances(split="train").sort_values(["epoch", "instance_id"])
     np.testing.assert_allclose(first["loss_rgb"].to_numpy(), second["loss_rgb"].to_numpy(), rtol=1e-5)
     np.testing.assert_allclose(second["weight_rgb"], 1 / 3, rtol=1e-6)
+
+
+def test_a_stopped_mmego_run_resumes_with_its_teachers_from_the_checkpoint(tmp_path, monkeypatch):
+    """Stopped after epoch 0 and resumed with the teacher cache gone, the run ends with exactly
+    the student of an uninterrupted run: the modality teachers travel in the checkpoint."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from conftest import stop_after_epoch
+    from kd_engine.run import train
+    from kd_engine.trainer import StopRequested, Trainer
+
+    def raw(sub):
+        r = _raw(tmp_path / sub)
+        r["epochs"] = 2
+        return validate(r)
+
+    reference = train(raw("a"), distributed=False)
+    resume_normally = stop_after_epoch(monkeypatch, Trainer, "_checkpoint", 0)
+    with pytest.raises(StopRequested):
+        train(raw("b"), distributed=False)
+    resume_normally()
+    shutil.rmtree(tmp_path / "b" / "c")
+    (stopped,) = (tmp_path / "b" / "runs").iterdir()
+    resumed = train(None, resume=stopped, distributed=False)
+    a = load_file(str(reference / "checkpoints" / "student.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "student.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

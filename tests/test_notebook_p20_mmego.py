@@ -11,6 +11,6 @@ def test_p20_mmego_smoke(smoke_results):
         assert row["n"] == 1 and row["mean"] is not None and math.isfinite(row["mean"])
         assert 0.0 <= row["mean"] <= 1.0
         by_metric.setdefault(row["metric"], set()).add(row["arm"])
-    arms = {"ce", "best_teacher", "uniform", "softmin", "softmin_gt"}
+    arms = {"ce", "best_teacher", "uniform", "mmego_softmin", "mmego_softmin_gt"}
     assert by_metric["test/student_acc"] == arms and by_metric["test/student_ece"] == arms
     assert "one seed" in payload["notes"] or "no verdict" in payload["notes"]

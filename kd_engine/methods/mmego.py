@@ -4,7 +4,8 @@ trusted by how well it does on clips it never trained on.
 One frozen teacher per modality m (RGB frames, frame differences, audio; data ``ego_clips``)
 trains on the dataset's teacher clips, in a trainer phase before the epochs, and is cached by
 the hash of what defines it. Its loss on the student's clips (held out from every teacher) is
-ℓ_m(x) = CE(z_m(x), y). The ensemble is z_T = Σ_m w_m z_m with, per ``ensemble``:
+ℓ_m(x) = CE(z_m(x), y). The ensemble is z_T = Σ_m w_m z_m with, per ``ensemble``
+(`kd_engine.parts.ensemble`):
 
 * ``softmin``: per instance, w(x) = softmax(−ℓ(x)/tau_w) over the teachers (a lower loss on
   this clip, a larger share);
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Literal
+from typing import Literal
 
 from annotated_types import Ge, Gt
 import torch
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_engine.config import stable_hash
+from kd_engine.data import build_data
 from kd_engine.errors import ConfigError
 from kd_engine.losses.logit import kd
 from kd_engine.methods.base import Distiller, Phase, PhaseReport, StepOutput
@@ -38,6 +40,7 @@ from kd_engine.methods.registry import METHODS
 from kd_engine.metrics_extra import ece
 from kd_engine.models import build_model
 from kd_engine.params import Param, read_params
+from kd_engine.parts.ensemble import ensemble_logits, modality_weights
 from kd_engine.trainers.checkpoint import load_weights, save_weights
 
 MODALITIES = ("rgb", "flow", "audio")
@@ -46,32 +49,6 @@ DEFAULTS = {"ensemble": Param("softmin", kind=Literal[ENSEMBLES]), "tau_w": Para
             "temperature": Param(1.0, Gt(0)), "kd_weight": Param(1.0, Ge(0)), "ce_weight": Param(0.0, Ge(0)),
             "teacher_epochs": Param(15, Ge(1)), "teacher_lr": Param(1e-3, Gt(0)),
             "teacher_width": Param(16, Ge(1)), "audio_hidden": Param(64, Ge(1))}
-
-
-def softmin_weights(losses: torch.Tensor, tau: Annotated[float, Gt(0)] = 1.0) -> torch.Tensor:
-    """(N, K) losses of K teachers -> (N, K) weights softmax(−ℓ/τ) per row: positive, summing to
-    one, ordered like the losses reversed (lower loss, higher weight)."""
-    if losses.dim() != 2:
-        raise ValueError(f"softmin_weights: expected (N, K) losses, got shape {tuple(losses.shape)}")
-    return torch.softmax(-losses / float(tau), dim=1)
-
-
-def ensemble_logits(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(K, N, C) teacher logits and (N, K) weights -> (N, C) Σ_k w_k z_k."""
-    return torch.einsum("knc,nk->nc", logits, weights)
-
-
-def modality_weights(ensemble: str, losses: torch.Tensor, tau: float) -> torch.Tensor:
-    """The (N, K) teacher weights of an ``ensemble`` rule, from (N, K) held-out teacher losses."""
-    n, k = losses.shape
-    if ensemble == "softmin":
-        return softmin_weights(losses, tau)
-    if ensemble == "dataset_softmin":
-        return softmin_weights(losses.mean(0, keepdim=True), tau).expand(n, k).clone()
-    if ensemble == "uniform":
-        return losses.new_full((n, k), 1.0 / k)
-    chosen = int(losses.mean(0).argmin()) if ensemble == "best" else MODALITIES.index(ensemble)
-    return F.one_hot(torch.full((n,), chosen), k).to(losses.dtype)
 
 
 @METHODS.register("mmego")
@@ -83,39 +60,40 @@ class MMEgoKD(Distiller):
         super().__init__(student, None)
         if teacher is not None:
             raise ConfigError("teacher: method 'mmego' trains its own modality teachers; remove the teacher section")
-        self.p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method mmego")
-        self.cfg = cfg
+        self.p = p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method mmego")
+        self.data = build_data(cfg.data, cfg.seed)
+        if "modalities" not in self.data.meta:
+            raise ConfigError(f"data.name: method 'mmego' needs clips with modalities (ego_clips), "
+                              f"got {cfg.data.name!r}")
         self.modality_teachers = nn.ModuleDict()
         self.cache_paths: dict[str, Path] = {}
         self.ready = False
-
-    def check_data(self, data) -> None:
-        if "modalities" not in data.meta:
-            raise ConfigError(f"data.name: method 'mmego' needs clips with modalities (ego_clips), got {data.name!r}")
+        for k, m in enumerate(MODALITIES):
+            x = self.data.meta["modalities"][m]
+            spec = (SimpleNamespace(name="mlp", params={"hidden": p["audio_hidden"], "layers": 1}) if x.dim() == 3
+                    else SimpleNamespace(name="clip_cnn", params={"width": p["teacher_width"]}))
+            with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+                torch.manual_seed(cfg.seed * 31 + k)
+                self.modality_teachers[m] = build_model(spec, tuple(x.shape[1:]), self.data.num_classes)
+            key = stable_hash({"modality": m, "model": vars(spec), "data": cfg.data.model_dump(mode="json"),
+                               "seed": cfg.seed, "epochs": p["teacher_epochs"], "lr": p["teacher_lr"], "v": 1})
+            self.cache_paths[m] = Path(cfg.cache_dir) / "mmego" / f"{key}.safetensors"
+        self.seed = cfg.seed
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]
 
     def phases(self, task) -> list[Phase]:
-        meta, p = task.data.meta, self.p
-        phases = []
+        """Train each modality teacher the cache lacks (on the teacher clips); load the others."""
+        meta, phases = self.data.meta, []
         for m in MODALITIES:
-            x = meta["modalities"][m]
-            spec = (SimpleNamespace(name="mlp", params={"hidden": p["audio_hidden"], "layers": 1}) if x.dim() == 3
-                    else SimpleNamespace(name="clip_cnn", params={"width": p["teacher_width"]}))
-            torch.manual_seed(self.cfg.seed * 31 + MODALITIES.index(m))
-            net = build_model(spec, tuple(x.shape[1:]), task.data.num_classes)
-            self.modality_teachers[m] = net
-            key = stable_hash({"modality": m, "model": vars(spec), "data": task.cfg.data.model_dump(mode="json"),
-                               "seed": self.cfg.seed, "epochs": p["teacher_epochs"], "lr": p["teacher_lr"], "v": 1})
-            self.cache_paths[m] = Path(self.cfg.cache_dir) / "mmego" / f"{key}.safetensors"
+            net = self.modality_teachers[m]
             if self.cache_paths[m].is_file():
                 load_weights(net, self.cache_paths[m], field="mmego teacher cache")
                 net.requires_grad_(False).eval()
             else:
-                phases.append(self._teacher_phase(m, net, x[meta["teacher_ids"]], meta["teacher_y"], task))
-        if not phases:
-            self._prepare(task)
+                x = meta["modalities"][m][meta["teacher_ids"]]
+                phases.append(self._teacher_phase(m, net, x, meta["teacher_y"], task))
         return phases
 
     def _teacher_phase(self, m, net, x, y, task) -> Phase:
@@ -123,7 +101,7 @@ class MMEgoKD(Distiller):
         tally = {"loss": 0.0, "seen": 0}
 
         def batches():
-            generator = torch.Generator().manual_seed(self.cfg.seed * 7919 + MODALITIES.index(m))
+            generator = torch.Generator().manual_seed(self.seed * 7919 + MODALITIES.index(m))
             net.train()
             for _ in range(self.p["teacher_epochs"]):
                 tally.update(loss=0.0, seen=0)
@@ -140,9 +118,7 @@ class MMEgoKD(Distiller):
         def finish() -> PhaseReport:
             net.requires_grad_(False).eval()
             self.cache_paths[m].parent.mkdir(parents=True, exist_ok=True)
-            save_weights(net, self.cache_paths[m], {"modality": m, "seed": self.cfg.seed})
-            if m == MODALITIES[-1]:
-                self._prepare(task)
+            save_weights(net, self.cache_paths[m], {"modality": m, "seed": self.seed})
             return PhaseReport(scalars={f"teachers/{m}_train_loss": tally["loss"] / max(tally["seen"], 1)},
                                event=f"modality teacher {m}: {self.p['teacher_epochs']} epochs on {len(y)} clips")
 
@@ -150,24 +126,27 @@ class MMEgoKD(Distiller):
                      batches, step, finish)
 
     @torch.no_grad()
-    def _prepare(self, task) -> None:
+    def _prepare(self) -> None:
         """Every teacher's logits on every clip; held-out losses and weights on the student's."""
-        mods, train = task.data.meta["modalities"], task.data.train
-        logits = torch.stack([self.modality_teachers[m](mods[m].to(task.device)).float() for m in MODALITIES])
+        mods, train = self.data.meta["modalities"], self.data.train
+        device = next(self.student.parameters()).device
+        self.modality_teachers.eval()
+        logits = torch.stack([self.modality_teachers[m](mods[m].to(device)).float() for m in MODALITIES])
         index = torch.full((len(mods["rgb"]),), -1, dtype=torch.long)
         index[train.ids] = torch.arange(len(train))
-        losses = torch.stack([F.cross_entropy(z[train.ids], train.y.to(task.device), reduction="none")
+        losses = torch.stack([F.cross_entropy(z[train.ids], train.y.to(device), reduction="none")
                               for z in logits], dim=1)
         self.register_buffer("teacher_logits", logits, persistent=False)
-        self.register_buffer("index", index.to(task.device), persistent=False)
+        self.register_buffer("index", index.to(device), persistent=False)
         self.register_buffer("losses", losses, persistent=False)
-        self.register_buffer("weights", modality_weights(self.p["ensemble"], losses, self.p["tau_w"]),
+        self.register_buffer("weights", modality_weights(self.p["ensemble"], losses, self.p["tau_w"], MODALITIES),
                              persistent=False)
         self.ready = True
 
     def begin_epoch(self, epoch: int, total_epochs: int) -> None:
-        if not self.ready:  # resumed: no phases ran
-            raise ConfigError("mmego: the modality teachers were not prepared; resume is not supported")
+        if not self.ready:  # after the phases, or on resume (the teachers came with the checkpoint)
+            self.modality_teachers.requires_grad_(False)
+            self._prepare()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> StepOutput:
         pos = self.index[ids]
