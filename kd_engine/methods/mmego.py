@@ -55,6 +55,7 @@ DEFAULTS = {"ensemble": Param("softmin", kind=Literal[ENSEMBLES]), "tau_w": Para
 class MMEgoKD(Distiller):
     needs_teacher = False
     wants_ids = True
+    single_process = True  # the teacher phases write one shared cache file per modality
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, None)

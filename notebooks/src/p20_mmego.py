@@ -46,6 +46,7 @@ results_path = None   # where `kdw reproduce` wants the results JSON (None: noth
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
 # %%
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -203,7 +204,9 @@ verdict_text = (f"Over {n} seed(s): " + "; ".join(lines) + ". " + claim
                 + ". Teachers (test accuracy, mean softmin weight): "
                 + ", ".join(f"{m} {teachers.loc[m, 'test acc']:.3f}, {teachers.loc[m, 'mean softmin weight']:.3f}"
                             for m in MODS)
-                + f". The test split has {n_test} clips (one clip is {1 / n_test:.4f} of accuracy).")
+                + f". The test split has {n_test} clips (one clip is {1 / n_test:.4f} of accuracy)."
+                + " Load average (1/5/15 min) when the runs ended: "
+                + "/".join(f"{v:.1f}" for v in os.getloadavg()) + " (the CPU may be shared; wall times scale with it).")
 display(Markdown(verdict_text))
 
 # %% [markdown]
