@@ -52,6 +52,10 @@ CATALOGUE = [
 ]
 
 
+# Engine and notebook names that spell a catalogued method differently from its short name.
+ALIASES = {"MM-Ego-KD": {"mmego"}}
+
+
 def _fold(text: str) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
 
@@ -105,7 +109,7 @@ def catalogue(root: Path = ROOT, registered: list[str] | None = None) -> pd.Data
     results = result_rows(root)
     rows = []
     for number, name, mechanism in CATALOGUE:
-        keys = keys_of(name)
+        keys = keys_of(name) | ALIASES.get(name, set())
         implemented = [r for r in registered if mentions(r, keys)]
         notebook = next((p for p in notebooks if mentions(p.stem, keys)), None)
         measured = [r for r in results if any(mentions(cell, keys) for cell in r.strip("|").split("|")[:2])]
