@@ -2,8 +2,9 @@
 
 Each call trains one detector alone (no teacher, no distillation) through the engine
 (``kd_engine.run.train``, the same path the notebook's arms take) for a given number of steps
-and prints one markdown row: the setting, steps, wall time, test mAP / AP50 and the load
-average before and after (the CPU is shared, so wall times are only comparable at similar load).
+and prints one markdown row: the setting, steps, wall time, the process's CPU time, test mAP /
+AP50 and the load average before and after (the CPU is shared: wall times are only comparable at
+similar load; CPU time is what one otherwise idle core would need).
 ``--step-bench`` instead times forward + backward steps of the model on one batch, with and
 without channels_last, at the given thread count (no training, no mAP).
 
@@ -103,13 +104,13 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     cfg = config(a)
     runs = tempfile.mkdtemp(prefix="kdw-levers-")
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), time.process_time()
     run_dir = train(arm_config(cfg, {}, a.seed, runs, a.cache), distributed=False)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
     m = open_run(run_dir).final_metrics()
     steps = cfg["epochs"] * math.ceil(a.n_train / a.batch)
     row = (f"| {a.kind} {a.role} {a.size}px obj×{a.object_scale:g} scales={a.anchor_scales if a.kind == 'retinanet' else '-'} "
-           f"fpn={a.fpn} {a.opt} lr={a.lr:g} n_train={a.n_train} threads={a.threads} | {steps} | {wall:.0f} s | "
+           f"fpn={a.fpn} {a.opt} lr={a.lr:g} n_train={a.n_train} threads={a.threads} | {steps} | {wall:.0f} s | {cpu:.0f} s | "
            f"{m.get('test/student_mAP', float('nan')):.3f} | {m.get('test/student_AP50', float('nan')):.3f} | "
            f"{load0:.1f} → {os.getloadavg()[0]:.1f} |")
     print(row, flush=True)
