@@ -59,17 +59,19 @@ def step_bench(a) -> None:
             model = model.to(memory_format=torch.channels_last)
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-        times = []
+        times, cpu = [], []
         for i in range(a.steps + 3):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             loss = sum(model(images, targets).values())
             opt.zero_grad()
             loss.backward()
             opt.step()
             if i >= 3:
                 times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
         print(f"| step bench {a.kind} {a.role} {a.size}px scales={a.anchor_scales} fpn={a.fpn} "
-              f"threads={a.threads} {fmt} | {a.steps} | {sum(times) / len(times):.3f} s/step | "
+              f"threads={a.threads} {fmt} | {a.steps} | {sum(times) / len(times):.3f} s/step wall | "
+              f"{sum(cpu) / len(cpu):.3f} s/step CPU | "
               f"load {os.getloadavg()[0]:.1f} |", flush=True)
 
 
