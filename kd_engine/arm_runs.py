@@ -56,8 +56,12 @@ def train_or_reuse(cfg: ExperimentConfig, train) -> tuple[Path, str]:
 
 def describe_reuse(rows: list[dict[str, Any]]) -> str:
     """One line for a notebook: which arms were reused or resumed instead of trained."""
-    reused = [f"{r['arm']}/s{r['seed']}" for r in rows if r.get("source") == "reused"]
-    resumed = [f"{r['arm']}/s{r['seed']}" for r in rows if r.get("source") == "resumed"]
+    def name(r: dict[str, Any]) -> str:
+        pair = f"{r['pair']}_" if isinstance(r.get("pair"), str) else ""
+        return f"{pair}{r['arm']}/s{r['seed']}"
+
+    reused = [name(r) for r in rows if r.get("source") == "reused"]
+    resumed = [name(r) for r in rows if r.get("source") == "resumed"]
     parts = []
     if reused:
         parts.append(f"reused {len(reused)} finished run(s): {', '.join(reused)}")
