@@ -38,7 +38,7 @@ def render_noise(run: Run, split: str, epoch: int, boxes: pd.DataFrame | None, n
     cols = tuple(c for c in COLUMNS if c in known)
     rows = ui.cached_instances(str(run.run_dir), ui.data_token(run), split, None, cols)
     rows = rows.dropna(subset=["weight"])
-    if rows.empty:
+    if rows.empty or not (rows["label_noise"] > 0).any():  # clean labels: nothing to find
         return
     st.subheader("Does AID find the corrupted labels?")
     curve = noise_auroc(rows)
