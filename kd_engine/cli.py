@@ -172,7 +172,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from kd_engine.reproduce import reproduce
 
-    reproduce(args.names, budget=args.budget, output=args.output)
+    reproduce(args.names, budget=args.budget, output=args.output, fresh=args.fresh)
     return 0
 
 
@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoke: CI plumbing check; full: the measured CPU budget; gpu: larger, where a "
                         "notebook defines it (results stay in --output)")
     p.add_argument("--output", default="artifacts/notebooks")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard earlier runs in --output/work (by default a finished arm with the same "
+                        "config is reused and an interrupted one resumes)")
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("demo", help="(re)build the shipped demo checkpoints and demo runs")

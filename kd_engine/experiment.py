@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from kd_engine.arm_runs import train_or_reuse
 from kd_engine.errors import KDWError
 
 BUDGETS = ("smoke", "full")
@@ -129,10 +130,10 @@ def _run_one(base: Mapping[str, Any], arm: str, overrides: Mapping[str, Any], se
 
     cfg = arm_config(base, overrides, seed, runs_dir, cache_dir, name=f"{base.get('name', 'exp')}-{arm}-s{seed}")
     started = time.perf_counter()
-    run_dir = train(cfg, distributed=False)
+    run_dir, source = train_or_reuse(cfg, train)  # a finished run with this config is reused
     wall = time.perf_counter() - started
     return {"arm": arm, "seed": int(seed), "run_id": Path(run_dir).name, "run_dir": str(run_dir),
-            "wall_s": wall, **open_run(run_dir).final_metrics()}
+            "wall_s": wall, "source": source, **open_run(run_dir).final_metrics()}
 
 
 def run_arms(base: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]], seeds: Iterable[int],

@@ -54,14 +54,20 @@ def _first_line(text: Any) -> str:
     return lines[0] if lines else ""
 
 
-def execute(name: str, source: Path, budget: str, output: Path) -> Path:
-    """Run one notebook; return its results JSON path. A failing cell raises a one-line KDWError."""
+def execute(name: str, source: Path, budget: str, output: Path, fresh: bool = False) -> Path:
+    """Run one notebook; return its results JSON path. A failing cell raises a one-line KDWError.
+
+    The work folder (runs, teacher cache) is kept between calls unless ``fresh``: a notebook's
+    arms whose run already finished with the same config are reused, an interrupted one resumes
+    (`kd_engine.arm_runs`), so a killed reproduction loses only the epoch in progress and a full
+    budget can span sittings. ``fresh`` starts from nothing, when the wall time must be measured."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     work = output / "work" / name
-    shutil.rmtree(work, ignore_errors=True)  # a fresh store and teacher cache: time is measured
-    work.mkdir(parents=True)
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)  # a fresh store and teacher cache: time is measured
+    work.mkdir(parents=True, exist_ok=True)
     results = output / f"{name}.results.json"
     results.unlink(missing_ok=True)
     logging.getLogger("papermill").setLevel(logging.WARNING)  # kdw prints its own progress lines
@@ -134,8 +140,9 @@ def write_results_md(results_dir: Path, target: Path) -> Path:
 
 def reproduce(names: list[str] | None = None, budget: str = "smoke", output: str | Path = "artifacts/notebooks",
               update_docs: bool | None = None, notebooks_dir: str | Path = NOTEBOOKS,
-              docs_dir: str | Path = DOCS) -> dict[str, Path]:
+              docs_dir: str | Path = DOCS, fresh: bool = False) -> dict[str, Path]:
     """Execute the named notebooks (all when empty) at `budget`; return {name: results JSON}.
+    Finished arms of an earlier (interrupted) call in the same `output` are reused unless `fresh`.
 
     `update_docs` (default: only for the full budget) copies results into docs/results/ and
     regenerates docs/results.md, so a smoke run never overwrites a full-budget result."""
@@ -149,7 +156,7 @@ def reproduce(names: list[str] | None = None, budget: str = "smoke", output: str
     for name, source in selected.items():
         started = time.perf_counter()
         print(f"reproduce {name} ({budget}) ...", flush=True)
-        done[name] = execute(name, source, budget, output)
+        done[name] = execute(name, source, budget, output, fresh=fresh)
         print(f"reproduce {name}: done in {time.perf_counter() - started:.0f} s -> {output / (name + '.ipynb')}",
               flush=True)
     smoke_dir = output / "results"

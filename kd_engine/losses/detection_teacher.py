@@ -109,9 +109,12 @@ def _decompose(cls_a: Tensor, box_a: Tensor, matched: Tensor, tags: Tensor, num_
             cls_fg.to(dtype))
 
 
-def _prepare(model: nn.Module, images, targets):
-    """Transform (normalise, batch; no resize at min=max=image size) and run backbone+FPN."""
+def _prepare(model: nn.Module, images, targets, features=None):
+    """Transform (normalise, batch; no resize at min=max=image size) and run backbone+FPN, or take
+    ``features`` (an FPN dict from elsewhere, e.g. the student's) in place of the model's own."""
     images_t, targets_t = model.transform(list(images), [dict(t) for t in targets])
+    if features is not None:
+        return images_t, targets_t, OrderedDict(features)
     feats = model.backbone(images_t.tensors)
     if isinstance(feats, Tensor):
         feats = OrderedDict([("0", feats)])
@@ -129,11 +132,19 @@ def _per_anchor_box(kind: str, coder, deltas: Tensor, anchors: Tensor, gt: Tenso
     raise ValueError(f"unsupported RetinaNet box loss {kind!r} (l1, smooth_l1, giou)")
 
 
+def _top_background(logits: Tensor, background: Tensor) -> Tensor:
+    """The highest class probability on anchors matched to no object: a confident false positive
+    on clutter shows up here, where no per-GT loss can see it."""
+    scores = torch.sigmoid(logits.detach()).amax(-1)
+    return torch.where(background, scores, torch.zeros_like(scores)).amax(-1)
+
+
 def retinanet_teacher_losses(model: RetinaNet, images, targets,
-                             grad: bool = False) -> TeacherLosses:
-    """Per-instance focal + box losses of a torchvision RetinaNet on its own features (card §6)."""
+                             grad: bool = False, features=None) -> TeacherLosses:
+    """Per-instance focal + box losses of a torchvision RetinaNet on its own features (card §6),
+    or on ``features`` given (the ``student_features`` ablation)."""
     with nullcontext() if grad else torch.no_grad():
-        images_t, targets_t, feats = _prepare(model, images, targets)
+        images_t, targets_t, feats = _prepare(model, images, targets, features)
         flist = list(feats.values())
         head = model.head(flist)
         anchors = model.anchor_generator(images_t, flist)
@@ -158,11 +169,12 @@ def retinanet_teacher_losses(model: RetinaNet, images, targets,
                                           anchors[b][fg], t["boxes"][m[fg]])
             box_a.append(box)
             matched.append(m)
-        out = _decompose(torch.stack(cls_a), torch.stack(box_a), torch.stack(matched), tags, L,
-                         targets_t)
+        matched = torch.stack(matched)
+        top_bg = _top_background(logits, matched == model.proposal_matcher.BELOW_LOW_THRESHOLD)
+        out = _decompose(torch.stack(cls_a), torch.stack(box_a), matched, tags, L, targets_t)
     cls, box, cls_level, box_level, nfg, per_gt, cls_fg = out
     return TeacherLosses(cls, box, cls_level, box_level, nfg, per_gt, feats, list(feats),
-                         parts={"cls_foreground": cls_fg})
+                         parts={"cls_foreground": cls_fg, "top_background_score": top_bg})
 
 
 def _fcos_match(model: FCOS, anchors: Tensor, boxes: Tensor, level_sizes: list[int]) -> Tensor:
@@ -188,12 +200,13 @@ def _fcos_match(model: FCOS, anchors: Tensor, boxes: Tensor, level_sizes: list[i
     return torch.where(ok.any(1), best, torch.full_like(best, -1))
 
 
-def fcos_teacher_losses(model: FCOS, images, targets, grad: bool = False) -> TeacherLosses:
+def fcos_teacher_losses(model: FCOS, images, targets, grad: bool = False,
+                        features=None) -> TeacherLosses:
     """Per-instance FCOS losses: focal over all locations (cls); GIoU + centerness BCE on
     foreground (box side, since both grade localisation). torchvision divides by the batch-wide
     foreground count; per image here divides by the image's count (see ``parts``)."""
     with nullcontext() if grad else torch.no_grad():
-        images_t, targets_t, feats = _prepare(model, images, targets)
+        images_t, targets_t, feats = _prepare(model, images, targets, features)
         flist = list(feats.values())
         head = model.head(flist)
         anchors = model.anchor_generator(images_t, flist)
@@ -223,16 +236,18 @@ def fcos_teacher_losses(model: FCOS, images, targets, grad: bool = False) -> Tea
             giou_a.append(giou)
             ctr_a.append(cness)
         matched = torch.stack(matched)
+        top_bg = _top_background(logits, matched < 0)
         giou_a, ctr_a = torch.stack(giou_a), torch.stack(ctr_a)
         out = _decompose(torch.stack(cls_a), giou_a + ctr_a, matched, tags, L, targets_t)
     cls, box, cls_level, box_level, nfg, per_gt, cls_fg = out
     norm = nfg.clamp_min(1).to(cls.dtype)
-    parts = {"giou": giou_a.sum(1) / norm, "ctrness": ctr_a.sum(1) / norm, "cls_foreground": cls_fg}
+    parts = {"giou": giou_a.sum(1) / norm, "ctrness": ctr_a.sum(1) / norm, "cls_foreground": cls_fg,
+             "top_background_score": top_bg}
     return TeacherLosses(cls, box, cls_level, box_level, nfg, per_gt, feats, list(feats), parts)
 
 
 def fasterrcnn_teacher_losses(model: FasterRCNN, images, targets,
-                              grad: bool = False) -> TeacherLosses:
+                              grad: bool = False, features=None) -> TeacherLosses:
     """Deterministic Faster R-CNN teacher losses (card §6 option (a), plus the RPN).
 
     RoI part: the GT boxes themselves are the RoIs (RoI-aligned from the teacher's FPN, through the
@@ -246,7 +261,7 @@ def fasterrcnn_teacher_losses(model: FasterRCNN, images, targets,
     box = RoI box + RPN box; levels add up to the image. ``parts`` holds each component.
     """
     with nullcontext() if grad else torch.no_grad():
-        images_t, targets_t, feats = _prepare(model, images, targets)
+        images_t, targets_t, feats = _prepare(model, images, targets, features)
         flist, levels = list(feats.values()), list(feats)
         L, B = len(levels), len(targets_t)
         # RoI head on GT boxes.
@@ -281,7 +296,7 @@ def fasterrcnn_teacher_losses(model: FasterRCNN, images, targets,
         tags, _ = _level_tags(flist, N, obj.device)
         S, frac = rpn.fg_bg_sampler.batch_size_per_image, rpn.fg_bg_sampler.positive_fraction
         rpn_cls, rpn_box = obj.new_zeros(B, L), obj.new_zeros(B, L)
-        nfg, count, per_gt, off = [], [], [], 0
+        nfg, count, per_gt, off, top_bg = [], [], [], 0, []
         for b, t in enumerate(targets_t):
             g = t["boxes"].shape[0]
             m = (rpn.proposal_matcher(box_iou(t["boxes"], anchors[b])) if g else
@@ -298,25 +313,35 @@ def fasterrcnn_teacher_losses(model: FasterRCNN, images, targets,
                 sl1 = F.smooth_l1_loss(rdel[b][fg], tgt, beta=1 / 9, reduction="none").sum(-1)
                 rpn_box[b].index_add_(0, tags[fg], sl1 * wfg)
             nfg.append(nf)
+            top_bg.append(torch.where(bg, torch.sigmoid(obj[b].detach()), torch.zeros_like(obj[b])).amax())
             count.append(p + n)
             per_gt.append(GTLosses(t["boxes"], t["labels"], gt_cls[off:off + g],
                                    gt_box[off:off + g], torch.bincount(m[fg], minlength=g)))
             off += g
     cls_level, box_level = roi_cls + rpn_cls, roi_box + rpn_box
     parts = {"roi_cls": roi_cls.sum(1), "roi_box": roi_box.sum(1), "rpn_cls_level": rpn_cls,
-             "rpn_box_level": rpn_box, "rpn_sampled": torch.tensor(count, device=obj.device)}
+             "rpn_box_level": rpn_box, "rpn_sampled": torch.tensor(count, device=obj.device),
+             "top_background_score": torch.stack(top_bg)}
     return TeacherLosses(cls_level.sum(1), box_level.sum(1), cls_level, box_level,
                          torch.tensor(nfg, device=obj.device), per_gt, feats, levels, parts)
 
 
-def teacher_losses(model: nn.Module, images, targets, grad: bool = False) -> TeacherLosses:
-    """Dispatch on the torchvision detector type (RetinaNet, FCOS or Faster R-CNN)."""
+def teacher_losses(model: nn.Module, images, targets, grad: bool = False,
+                   features=None) -> TeacherLosses:
+    """Dispatch on the torchvision detector type (RetinaNet, FCOS or Faster R-CNN).
+
+    ``features`` replaces the model's own FPN maps (same levels and channels): the model's heads
+    then grade someone else's features, which is how the official AID code scores its teacher
+    (on the student's features); kept as a labelled ablation.
+    ``parts["top_background_score"]`` (B,) is the highest score on anchors matched to no object
+    (the RPN's objectness for Faster R-CNN).
+    """
     if isinstance(model, RetinaNet):
-        return retinanet_teacher_losses(model, images, targets, grad)
+        return retinanet_teacher_losses(model, images, targets, grad, features)
     if isinstance(model, FCOS):
-        return fcos_teacher_losses(model, images, targets, grad)
+        return fcos_teacher_losses(model, images, targets, grad, features)
     if isinstance(model, FasterRCNN):
-        return fasterrcnn_teacher_losses(model, images, targets, grad)
+        return fasterrcnn_teacher_losses(model, images, targets, grad, features)
     raise TypeError(f"no per-instance teacher loss for {type(model).__name__}")
 
 

@@ -132,8 +132,11 @@ def student_columns(sp: StudentPass) -> dict[str, Tensor | None]:
 
 def teacher_columns(tl: TeacherLosses, index: list[int]) -> dict[str, Tensor]:
     cls, box = tl.cls_level[:, index], tl.box_level[:, index]
-    return {"teacher_cls": cls, "teacher_box": box, "teacher_loss": cls + box,
-            "num_foreground": tl.num_foreground}
+    out = {"teacher_cls": cls, "teacher_box": box, "teacher_loss": cls + box,
+           "num_foreground": tl.num_foreground}
+    if "top_background_score" in tl.parts:  # flags the teacher's clutter false positives
+        out["teacher_top_bg"] = tl.parts["top_background_score"]
+    return out
 
 
 class DetectionDistiller(Distiller):

@@ -15,7 +15,7 @@ The terms run in float32 even under bf16 autocast: softmax(G/τ) with τ = 0.1 i
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from kd_engine.losses.detection_teacher import teacher_losses
 from kd_engine.methods.detection_base import (DETECTION_METHODS, DetectionDistiller, DetectionOutput,
                                               gt_rows, level_rows, student_columns, student_pass,
                                               teacher_columns)
+from kd_engine.methods.detection_cache import TeacherPassCache
 from kd_engine.methods.registry import METHODS
 from kd_engine.params import check_value, reject_unknown
 from kd_engine.weighting import build_weighting
@@ -38,7 +39,8 @@ DEFAULT_PRESET = {"retinanet": "single_stage_baseline", "fcos": "single_stage_ba
 # each setting's kind and range (kd_engine.params); nl_pool / nl_inter_channels: one value or one per level
 PARAMS = {"preset": str, "tau": Annotated[float, Gt(0)], "weights": dict[str, float] | None,
           "channel_mask": bool, "nonlocal": bool, "nl_pool": Any, "nl_inter_channels": Any,
-          "levels": list[str] | None}
+          "levels": list[str] | None, "teacher_pass_cache": bool,
+          "teacher_loss_source": Literal["teacher", "student_features"]}
 TERM_WEIGHT = Annotated[float, Ge(0)]
 
 
@@ -66,7 +68,10 @@ def zhang_ma_settings(params: dict, kind: str, all_levels: list[str]) -> dict:
                           f"levels ({', '.join(all_levels)})")
     if min(row.values()) < 0 or tau <= 0:
         raise ConfigError("distill.params: term weights must be >= 0 and tau > 0")
+    source = params.get("teacher_loss_source", "teacher")
+    cache = params.get("teacher_pass_cache", False)
     return {"preset": preset, "tau": tau, "weights": row, "nonlocal": use_nl, "levels": levels,
+            "teacher_pass_cache": cache, "teacher_loss_source": source,
             "channel_mask": bool(params.get("channel_mask", True)),
             "nl_pool": params.get("nl_pool"), "nl_inter_channels": params.get("nl_inter_channels")}
 
@@ -95,11 +100,32 @@ class ZhangMa(DetectionDistiller):
         except (TypeError, ValueError) as e:
             raise ConfigError(f"distill.params: {e}") from None
         self.weighting = build_weighting(cfg.weighting.strategy, cfg.weighting.params, task="detection")
+        # Offline KD: the frozen teacher's pass is stored per image and replayed (no augmentation).
+        self.teacher_cache = TeacherPassCache() if s["teacher_pass_cache"] else None
+        self.loss_source = s["teacher_loss_source"]
+        if self.loss_source == "student_features" and (
+                student.backbone.out_channels != teacher.backbone.out_channels):
+            raise ConfigError("distill.params.teacher_loss_source: student_features runs the "
+                              "teacher's heads on the student's FPN maps, so both need the same "
+                              f"fpn_channels (student {student.backbone.out_channels}, teacher "
+                              f"{teacher.backbone.out_channels})")
+
+    def teacher_pass(self, images, targets):
+        """The teacher's FPN maps and own losses (no grad: a signal and a target), from the
+        cache when ``distill.params.teacher_pass_cache`` is on."""
+        live = lambda ims, tgs: teacher_losses(self.teacher, ims, tgs)  # noqa: E731
+        return live(images, targets) if self.teacher_cache is None else self.teacher_cache(live, images, targets)
 
     def forward(self, images, targets) -> DetectionOutput:
-        tl = teacher_losses(self.teacher, images, targets)  # no grad: a signal and a target
+        tl = self.teacher_pass(images, targets)
         sp = student_pass(self.student, images, targets)
-        used, raw = self.weighting.detection_weights(tl)
+        if self.loss_source == "student_features":  # the official code's form, as an ablation:
+            # the teacher's heads grade the student's (detached) FPN maps
+            scored = teacher_losses(self.teacher, images, targets,
+                                    features={k: v.detach() for k, v in sp.features.items()})
+        else:
+            scored = tl
+        used, raw = self.weighting.detection_weights(scored)
         B, L = tl.cls_level.shape
         idx = self.level_index
         w = used.as_image_level(B, L)[:, idx].float()
@@ -107,7 +133,7 @@ class ZhangMa(DetectionDistiller):
         am_mask = None
         if used.per_gt is not None:
             shapes = {lv: tuple(tl.features[lv].shape[-2:]) for lv in levels}
-            am_mask = paint_per_gt_mask(tl.per_gt, shapes, self.strides, used.feature,
+            am_mask = paint_per_gt_mask(scored.per_gt, shapes, self.strides, used.feature,
                                         self.weighting.background, gt_weights=used.per_gt)
         device_type = next(iter(sp.features.values())).device.type
         with torch.autocast(device_type, enabled=False):
@@ -123,11 +149,11 @@ class ZhangMa(DetectionDistiller):
         distill = weighted.sum(1).mean()
         losses = {"task": self.task_weight * sp.loss, "distill": distill}
         scalars = {"train/student_cls": sp.cls_batch, "train/student_box": sp.box_batch,
-                   "train/teacher_loss": tl.total.mean().float(), "train/weight_mean": w.mean()}
+                   "train/teacher_loss": scored.total.mean().float(), "train/weight_mean": w.mean()}
         scalars.update({f"train/term/{t}": v.detach().sum(1).mean() for t, v in stacked.items()})
 
         def rows() -> dict:
-            cols = {**teacher_columns(tl, idx), **student_columns(sp), "weight": w,
+            cols = {**teacher_columns(scored, idx), **student_columns(sp), "weight": w,
                     **{f"term_{t}": v for t, v in stacked.items()}, "distill_loss": raw_kd}
             if raw is not None:
                 cols["aid_weight"] = raw.as_image_level(B, L)[:, idx]
@@ -138,7 +164,7 @@ class ZhangMa(DetectionDistiller):
             out = level_rows(ids, idx, cols)
             if used.per_gt is None:
                 return out
-            extra = gt_rows(ids, tl, used.per_gt, raw.per_gt if raw is not None else None)
+            extra = gt_rows(ids, scored, used.per_gt, raw.per_gt if raw is not None else None)
             return {k: _concat(out.get(k), extra.get(k), len(out["level"]), len(extra["level"]))
                     for k in {*out, *extra}}
 

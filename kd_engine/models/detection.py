@@ -110,13 +110,16 @@ def build_detector(kind: str, image_size: int | Sequence[int], num_classes: int,
                    width: int | Sequence[int] = 8, depth: int | Sequence[int] = 1,
                    fpn_channels: int = 64, in_channels: int = 3, norm: str = "bn",
                    anchor_base: float = 8.0, image_mean: float = 0.5, image_std: float = 0.25,
+                   anchor_scales: int = 3, anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0),
                    **overrides) -> nn.Module:
     """A from-scratch torchvision detector for images of ``image_size`` (int or (H, W)).
 
     ``num_classes`` includes background (index 0), as torchvision expects. ``width``/``depth``
     are per-stage (an int width doubles per stage). Anchors: ``anchor_base * 2**l`` at level l
-    (8..128 by default); RetinaNet adds the usual 3 scales x 3 ratios, Faster R-CNN's RPN uses
-    one size x 3 ratios, FCOS one square anchor. Extra keyword ``overrides`` go to the
+    (8..128 by default); RetinaNet adds ``anchor_scales`` octave scales (2**(k/3), the usual 3)
+    x ``anchor_ratios`` (the usual 0.5, 1, 2), Faster R-CNN's RPN uses one size x those ratios,
+    FCOS one square anchor. Fewer RetinaNet anchors (1 scale) shrink the head's outputs and the
+    per-anchor loss work, which matters on a CPU. Extra keyword ``overrides`` go to the
     torchvision constructor (e.g. ``rpn_batch_size_per_image``).
     """
     _check_kind(kind)
@@ -130,20 +133,24 @@ def build_detector(kind: str, image_size: int | Sequence[int], num_classes: int,
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must count background too (>= 2), got {num_classes!r}")
     backbone = build_backbone(kind, width, depth, fpn_channels, in_channels, norm)
+    if not 1 <= int(anchor_scales) <= 3:
+        raise ValueError(f"anchor_scales must be 1, 2 or 3, got {anchor_scales!r}")
+    ratios = tuple(float(r) for r in anchor_ratios)
+    if not ratios or min(ratios) <= 0:
+        raise ValueError(f"anchor_ratios must be positive numbers, got {anchor_ratios!r}")
     sizes = [anchor_base * 2 ** i for i in range(5)]
     common = dict(min_size=min(hw), max_size=max(hw), image_mean=[image_mean] * in_channels,
                   image_std=[image_std] * in_channels)
     if kind == "retinanet":
-        scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-        anchors = AnchorGenerator(tuple(tuple(s * k for k in scales) for s in sizes),
-                                  ((0.5, 1.0, 2.0),) * 5)
+        scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))[: int(anchor_scales)]
+        anchors = AnchorGenerator(tuple(tuple(s * k for k in scales) for s in sizes), (ratios,) * 5)
         model = RetinaNet(backbone, num_classes, anchor_generator=anchors,
                           **{**common, **overrides})
     elif kind == "fcos":
         anchors = AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * 5)
         model = FCOS(backbone, num_classes, anchor_generator=anchors, **{**common, **overrides})
     else:
-        anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * 5)
+        anchors = AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * 5)
         roi_levels = ["p2", "p3", "p4", "p5"]
         # canonical_scale 56: a 56-px box pools from P4, 14-px boxes from P2 (224 assumes 800-px).
         pool = MultiScaleRoIAlign(roi_levels, output_size=7, sampling_ratio=2, canonical_scale=56)

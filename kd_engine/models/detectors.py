@@ -17,13 +17,15 @@ from kd_engine.models.detection import DETECTOR_KINDS, build_detector
 def _factory(kind: str):
     def build(input_shape, num_classes: int, width: Any = 8, depth: Any = 1, fpn_channels: int = 64,
               norm: str = "bn", anchor_base: float = 8.0, image_mean: float = 0.5,
-              image_std: float = 0.25, options: dict | None = None):
+              image_std: float = 0.25, anchor_scales: int = 3,
+              anchor_ratios: tuple = (0.5, 1.0, 2.0), options: dict | None = None):
         if options is not None and not isinstance(options, dict):
             raise ValueError(f"options must be a mapping of torchvision keywords, got {options!r}")
         c, h, w = input_shape
         return build_detector(kind, (h, w), num_classes, width=width, depth=depth,
                               fpn_channels=fpn_channels, in_channels=c, norm=norm,
                               anchor_base=anchor_base, image_mean=image_mean, image_std=image_std,
+                              anchor_scales=anchor_scales, anchor_ratios=anchor_ratios,
                               **(options or {}))
 
     build.__name__ = build.__qualname__ = kind

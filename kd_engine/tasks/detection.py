@@ -23,7 +23,8 @@ from kd_engine.tasks.base import TASKS, Artifact, Batch, Evaluation, Task
 from kd_engine.trainers import runtime
 
 IMAGE_BANK_LIMIT = 16_000_000  # floats in the dashboard's image bank (~32 MB; 325 128-px scenes)
-_INT_COLUMNS = {k for k, v in CORE_INSTANCE_COLUMNS.items() if v == "INTEGER"} | {"level", "gt"}
+_INT_COLUMNS = ({k for k, v in CORE_INSTANCE_COLUMNS.items() if v == "INTEGER"}
+                | {"level", "gt", "label_noise", "noisy"})
 _BOX_COLUMNS = ["image_id", "label", "score", "x0", "y0", "x1", "y1"]
 
 
@@ -94,7 +95,24 @@ class DetectionTask(Task):
             mask = ~np.isin(rows["instance_id"], padded)
             rows = {k: np.asarray(v)[mask] for k, v in rows.items()}
         n = len(rows["instance_id"])
-        return {**rows, "epoch": np.full(n, epoch), "step": np.full(n, step)}
+        return {**rows, **self._noise_columns(rows), "epoch": np.full(n, epoch), "step": np.full(n, step)}
+
+    def _noise_columns(self, rows: dict) -> dict[str, np.ndarray]:
+        """Where the generator corrupted labels: ``label_noise`` (the image's corrupted
+        annotations, dropped ones included) on every row, and on per-GT rows ``noisy`` (1 if that
+        box's written label is corrupted), so AID's weights can be scored against the truth."""
+        train = self.data.train
+        if getattr(train, "noise", None) is None:
+            return {}
+        ids = np.asarray(rows["instance_id"]).astype(np.int64)
+        out = {"label_noise": np.asarray([train.noise.get(int(i), 0) for i in ids], dtype=np.int64)}
+        if "gt" in rows:
+            gt = np.asarray(rows["gt"]).astype(np.int64)
+            noisy = np.full(len(ids), -1, dtype=np.int64)
+            for k in np.flatnonzero(gt >= 0):
+                noisy[k] = int(train.target(int(ids[k]))["noisy"][gt[k]])
+            out["noisy"] = noisy
+        return out
 
     def merge_rows(self, rows: list[dict]) -> dict[str, np.ndarray]:
         """All batches' rows; a column some rows lack is -1 (ints) or NaN."""

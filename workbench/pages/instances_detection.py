@@ -13,6 +13,7 @@ import streamlit as st
 
 from kd_engine.store import Run, StoreError
 from workbench import components as ui
+from workbench.pages.instances_detection_noise import render_noise
 from workbench.figures import (boxes_frame, class_label, detection_gallery, image_weights, weight_histogram,
                                weight_scatter, weight_trajectories)
 
@@ -171,6 +172,7 @@ def render(run: Run, split: str, epoch: int, frame: pd.DataFrame, names: list[st
     st.caption(f"Image weight: the mean over {level_label(level)}; "
                + ("each box coloured by its own (per-GT) weight." if len(gt_rows) else "boxes coloured by it."))
     gallery_section(run, ranked, gt_boxes(run, gt_rows), names)
+    render_noise(run, split, epoch, gt_boxes(run, gt_rows), names)
     st.subheader("Weight trajectories across epochs")
     trajectories_section(run, split, level, ranked)
     st.subheader(f"Rows of this epoch ({level_label(level)})")

@@ -8,6 +8,7 @@ before a run exists. Builders carry ``task = "detection"``; the trainer dispatch
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import secrets
 import shutil
@@ -133,6 +134,17 @@ def scenes_dir(data_cfg: Any, seed: int, cache_dir: str | Path = ".kdw_cache") -
     return Path(cache_dir) / "scenes" / key
 
 
+def _noise_counts(clean_file: Path, ids: Sequence[int]) -> dict[int, int]:
+    """Image id -> annotations the generator corrupted (wrong class, jittered or dropped), read
+    from the clean file's ``noise`` field; what records use to ask whether AID finds them."""
+    counts = dict.fromkeys((int(i) for i in ids), 0)
+    if clean_file.is_file():
+        for a in json.loads(clean_file.read_text()).get("annotations", []):
+            if a.get("noise", "none") != "none" and int(a["image_id"]) in counts:
+                counts[int(a["image_id"])] += 1
+    return counts
+
+
 @DATASETS.register("scenes")
 @_detection
 def build_scenes(data_cfg: Any, seed: int, cache_dir: str | Path = ".kdw_cache") -> DetectionBundle:
@@ -153,6 +165,8 @@ def build_scenes(data_cfg: Any, seed: int, cache_dir: str | Path = ".kdw_cache")
             shutil.rmtree(tmp, ignore_errors=True)
     splits = {split: load_coco(target / split / "annotations.json", target / split / "images")
               for split in SPLITS}
+    for split, ds in splits.items():
+        ds.noise = _noise_counts(target / split / "annotations_clean.json", ds.ids)
     return _bundle(splits, s["image_size"], "scenes", {"split_seed": seed, "root": str(target)})
 
 

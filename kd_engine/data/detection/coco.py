@@ -163,7 +163,8 @@ class DetectionDataset(Dataset):
     """Items are ``(image float CxHxW in [0,1], target, image_id)`` for torchvision detectors.
 
     ``target = {"boxes": FloatTensor[N,4] xyxy, "labels": Int64Tensor[N] in 1..K,
-    "image_id": int, "ann_ids": Int64Tensor[N]}``; ``ann_ids`` lets per-box records name the GT.
+    "image_id": int, "ann_ids": Int64Tensor[N], "noisy": BoolTensor[N]}``; ``ann_ids`` lets
+    per-box records name the GT, ``noisy`` marks labels the scene generator corrupted.
     ``.coco`` is the pycocotools index of the whole file, for COCOeval.
     """
 
@@ -177,6 +178,9 @@ class DetectionDataset(Dataset):
         self.ids = [int(i) for i in (sorted(coco.imgs) if ids is None else ids)]
         self._pos = {iid: k for k, iid in enumerate(self.ids)}
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        # image id -> corrupted annotations (dropped ones included), when the labels' truth is
+        # known (procedural scenes with label noise); None for user data.
+        self.noise: dict[int, int] | None = None
 
     @property
     def num_categories(self) -> int:
@@ -195,7 +199,9 @@ class DetectionDataset(Dataset):
                 "labels": torch.tensor([self.cat_to_label[a["category_id"]] for a in anns],
                                        dtype=torch.int64),
                 "image_id": int(image_id),
-                "ann_ids": torch.tensor([a["id"] for a in anns], dtype=torch.int64)}
+                "ann_ids": torch.tensor([a["id"] for a in anns], dtype=torch.int64),
+                "noisy": torch.tensor([a.get("noise", "none") != "none" for a in anns],
+                                      dtype=torch.bool)}
 
     def pixels(self, image_id: int) -> np.ndarray:
         """The image as (H, W, 3) uint8, cached after the first read (scenes are small)."""
@@ -231,7 +237,7 @@ class DetectionDataset(Dataset):
             raise DataError(f"image id {missing[0]} is not in {self.annotation_file}")
         sub = DetectionDataset(self.coco, self.image_dir, self.annotation_file, image_ids,
                                cache=self._cache is not None)
-        sub._cache = self._cache
+        sub._cache, sub.noise = self._cache, self.noise
         return sub
 
     @staticmethod

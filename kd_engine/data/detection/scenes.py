@@ -187,7 +187,7 @@ def _clutter(pen, rng, n, yh, rx, k, count):
                 pen("ellipse", [cx - r, y - 2 * r, cx + r, y], outline=(20, 20, 20), width=.8 * k)
 
 
-def _objects(rng, n, yh, rx, k, count, probs, occlusion):
+def _objects(rng, n, yh, rx, k, count, probs, occlusion, scale=1.0):
     """(class, [x0,y0,x1,y1]) far to near; off-image centres and, with occlusion off,
     overlapping placements are redrawn (up to 30 tries, then the object is left out)."""
     out = []
@@ -195,7 +195,7 @@ def _objects(rng, n, yh, rx, k, count, probs, occlusion):
         cls = int(rng.choice(3, p=probs)) + 1
         for _try in range(30):
             t = rng.uniform(0.08, 1.0)
-            yb, s = yh + t * (n - yh), 0.25 + 0.75 * t
+            yb, s = yh + t * (n - yh), (0.25 + 0.75 * t) * scale
             if cls == CAR:
                 u, w = rng.uniform(-.8, .8), s * rng.uniform(28, 48) * k
                 h = w * rng.uniform(.45, .6)
@@ -216,7 +216,7 @@ def _objects(rng, n, yh, rx, k, count, probs, occlusion):
     return sorted(out, key=lambda o: o[1][3])
 
 
-def _scene(rng, n, objects, clutter, probs, occlusion, pixel_noise):
+def _scene(rng, n, objects, clutter, probs, occlusion, pixel_noise, object_scale=1.0):
     """One image (3,H,W) and its visible objects as (class, xyxy, occluded fraction)."""
     k = n / 128.0
     yh, vx = rng.uniform(.30, .45) * n, rng.uniform(.35, .65) * n
@@ -224,7 +224,7 @@ def _scene(rng, n, objects, clutter, probs, occlusion, pixel_noise):
     canvas, pen, rx = _background(rng, n, yh, vx, hwb, k)
     _clutter(pen, rng, n, yh, rx, k, int(rng.integers(clutter[0], clutter[1] + 1)))
     placed = _objects(rng, n, yh, rx, k, int(rng.integers(objects[0], objects[1] + 1)), probs,
-                      occlusion)
+                      occlusion, object_scale)
     owner, area = np.full((n * _SS, n * _SS), -1, dtype=np.int32), []
     for j, (cls, box) in enumerate(placed):
         pen.begin()
@@ -267,13 +267,18 @@ def generate_scenes(n_images: int, seed: int = 0, image_size: int = 128,
                     occlusion: bool = True, max_occluded: float = 0.8, min_box_size: float = 3.0,
                     pixel_noise: float = 0.03, wrong_class_rate: float = 0.0,
                     box_jitter: float = 0.0, jitter_rate: float | None = None,
-                    drop_box_rate: float = 0.0, first_image_id: int = 1) -> SceneSet:
+                    drop_box_rate: float = 0.0, first_image_id: int = 1,
+                    object_scale: float = 1.0) -> SceneSet:
     """Generate ``n_images`` scenes; the same arguments always give identical output.
 
     ``box_jitter`` moves each edge by up to that fraction of the box's width/height, on a
     ``jitter_rate`` share of boxes (default: every box not dropped or relabelled).
     ``first_image_id`` lets train and validation sets from different seeds keep distinct ids.
+    ``object_scale`` multiplies every object's size (not the clutter's): on small images it keeps
+    far objects above a few pixels, where a small detector can still find them.
     """
+    if not object_scale > 0:
+        raise ValueError(f"object_scale must be > 0, got {object_scale!r}")
     if n_images < 1 or image_size < 32:
         raise ValueError("need n_images >= 1 and image_size >= 32")
     if not (0 <= objects[0] <= objects[1] and 0 <= clutter[0] <= clutter[1]):
@@ -290,7 +295,7 @@ def generate_scenes(n_images: int, seed: int = 0, image_size: int = 128,
     for i in range(n_images):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0, i]))
         nrng = np.random.default_rng(np.random.SeedSequence([seed, 1, i]))
-        img, objs = _scene(rng, n, objects, clutter, probs, occlusion, pixel_noise)
+        img, objs = _scene(rng, n, objects, clutter, probs, occlusion, pixel_noise, object_scale)
         image_id = first_image_id + i
         imgs.append(img)
         images.append({"id": image_id, "file_name": f"{image_id:06d}.png", "width": n, "height": n})
