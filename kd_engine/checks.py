@@ -30,8 +30,13 @@ def check_names(cfg: ExperimentConfig) -> None:
         LOSSES.get(term.loss, field=f"distill.terms.{index}.loss").check_params(
             term.params, f"distill.terms.{index}.params")
         ADAPTERS.get(term.adapter, field=f"distill.terms.{index}.adapter")
-    check_call(WEIGHTINGS.get(cfg.weighting.strategy), cfg.weighting.params, "weighting.params",
-               owner=f"strategy {cfg.weighting.strategy}")
+    strategy = WEIGHTINGS.get(cfg.weighting.strategy)
+    task = getattr(DATASETS.get(cfg.data.name), "task", "classification")
+    if task not in strategy.tasks:  # say so before judging params the strategy would never take
+        allowed = [n for n in WEIGHTINGS.names() if task in WEIGHTINGS.get(n).tasks]
+        raise ConfigError(f"weighting.strategy: {cfg.weighting.strategy!r} does not weight {task} runs "
+                          f"(allowed: {', '.join(allowed)})")
+    check_call(strategy, cfg.weighting.params, "weighting.params", owner=f"strategy {cfg.weighting.strategy}")
     optimizers = [("optimizer", cfg.optimizer)]
     if cfg.teacher is not None:
         optimizers.append(("teacher.train.optimizer", cfg.teacher.train.optimizer))

@@ -73,7 +73,8 @@ def test_dense_losses_reduce_and_check_shapes_and_train_only_the_student():
             loss(s[:, :, :4], t)
         with pytest.raises(ValueError, match="reduction"):
             loss(s, t, reduction="avg")
-    assert LOSSES.get("pixel_kd").fn is pixel_kd and LOSSES.get("channel_kd").fn is channel_kd
+    # registered wrapped for the `standardize` option of every logit term (functools.wraps keeps the original)
+    assert LOSSES.get("pixel_kd").fn.__wrapped__ is pixel_kd and LOSSES.get("channel_kd").fn.__wrapped__ is channel_kd
 
 
 # -- metrics --------------------------------------------------------------------------------------

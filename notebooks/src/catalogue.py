@@ -134,8 +134,8 @@ lines = [reporting.describe(summary, arm, f"{arm} − kd test accuracy", words=(
 if n < 2:
     head = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
-    better = [a for a in others if reporting.resolved_gain(summary, a)]
-    worse = [a for a in others if reporting.resolved_loss(summary, a)]
+    better = [a for a in others if reporting.claim(summary, a) == "holds"]
+    worse = [a for a in others if reporting.claim(summary, a) == "contradicted"]
     head = (f"Over {n} seeds, paired against KD: resolved better: {', '.join(better) or 'none'}; "
             f"resolved worse: {', '.join(worse) or 'none'}; every other arm is within noise of KD. "
             "On digits this ranks nothing beyond this pair and budget.")

@@ -70,7 +70,7 @@ from kd_engine import reporting
 from kd_engine.config import load_raw
 from kd_engine.experiment import (apply_budget, budget_settings, format_summary, prepare_teachers, repo_file,
                                   run_jobs, save_results, summarize, work_dirs)
-from kd_engine.reporting import resolved_gain, resolved_loss
+from kd_engine.reporting import claim
 from kd_engine.store import open_run
 from workbench.figures import anomaly_map_grid, arm_comparison, paired_differences, score_histogram
 
@@ -219,11 +219,10 @@ if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
     noisy = [k for k in CLASSES if per_digit[k].set_index("arm").loc[f"memkd@{k}", "verdict"] != "resolved"]
-    at_least = "contradicted" if resolved_loss(averaged["image AUROC"], "memkd") else "holds"
-    detail = ("a resolved loss" if resolved_loss(averaged["image AUROC"], "memkd")
-              else "a resolved gain" if resolved_gain(averaged["image AUROC"], "memkd") else "no resolved difference")
-    clearer = ("holds" if resolved_gain(gap_summary, "gain on pasted patches")
-               else "contradicted" if resolved_loss(gap_summary, "gain on pasted patches") else "not shown")
+    auroc_claim = claim(averaged["image AUROC"], "memkd")
+    at_least = "contradicted" if auroc_claim == "contradicted" else "holds"
+    detail = {"contradicted": "a resolved loss", "holds": "a resolved gain"}.get(auroc_claim, "no resolved difference")
+    clearer = claim(gap_summary, "gain on pasted patches")
     claim = (f"Claim 'MemKD ≥ the baseline (mean image AUROC)': {at_least} ({detail}). "
              f"Claim 'most clearly where anomalies resemble normality (pasted patches)': {clearer}. "
              f"Digits where memkd − stpm is within noise: {', '.join(map(str, noisy)) or 'none'}.")
