@@ -9,7 +9,7 @@ same order, with the same frozen teacher and the same loss (cross-entropy + Hint
                     (SQLite and TensorBoard) and per-instance records (``record.instances: true``).
 * ``engine_norec``  the same engine with ``record.instances: false``.
 * ``plain``         the engine training the student alone (method ``scratch``, no teacher).
-* ``kd_cache``      the engine with ``use_teacher_bank: true`` (FKD's soft-label bank, card §15): each
+* ``kd_cache``      the engine with ``use_teacher_bank: true`` (FKD's soft-label bank, used by FerKD, paper 15): each
                     step replays one stored crop per image with its stored teacher logits; no
                     teacher forward. The bank (8 views per image) is built once before timing.
 

@@ -1,5 +1,5 @@
 """Representation-learning diagnostics: collapse indicators and kNN / linear-probe accuracy on
-frozen embeddings (card 14; scikit-learn does the classifiers)."""
+frozen embeddings (AdaSim, paper 14; scikit-learn does the classifiers)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""The teacher soft-label bank (FKD's cache; method card §15): for each training image, K
+"""The teacher soft-label bank (FKD's cache, used by FerKD, paper 15): for each training image, K
 random-resized crops (+ a flip bit) with the teacher's logits for exactly that view, computed once
 and stored as memory-mapped ``.npy`` files under ``<cache_dir>/teacher_bank/<key>/``.
 

@@ -72,13 +72,13 @@ def pixel_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def weak_view(x: torch.Tensor, shift: int = 1) -> torch.Tensor:
-    """MDCS card: weak = ±shift px translation."""
+    """MDCS (paper 16): weak = ±shift px translation."""
     return random_shift(x, shift)
 
 
 def strong_view(x: torch.Tensor, shift: int = 1, noise: float = 0.15, cutout_size: int = 3,
                 contrast: tuple[float, float] = (0.5, 1.5)) -> torch.Tensor:
-    """MDCS card: strong = shift, Gaussian noise σ, a cutout square and random contrast."""
+    """MDCS (paper 16): strong = shift, Gaussian noise σ, a cutout square and random contrast."""
     x = random_contrast(random_shift(x, shift), *contrast)
     return cutout(gaussian_noise(x, noise), cutout_size)
 

@@ -1,4 +1,4 @@
-"""Long-tailed digits (MDCS card §16): class c keeps n_c = max_per_class · imbalance^(−c/(C−1))
+"""Long-tailed digits (MDCS, paper 16): class c keeps n_c = max_per_class · imbalance^(−c/(C−1))
 training images (100 down to 5 at imbalance 20); validation and test are exactly balanced
 (``val_per_class`` each, then the same count per class for test, as many as every class can
 give). Instance ids are sklearn's row indices, as for ``digits``."""
@@ -25,7 +25,7 @@ def longtail_counts(num_classes: int, max_per_class: int, imbalance: float) -> l
 
 
 def shot_groups(num_classes: int = 10) -> dict[str, list[int]]:
-    """The card's many / medium / few split of classes: 0–2 / 3–6 / 7–9 (for 10 classes)."""
+    """The many / medium / few split of classes: 0–2 / 3–6 / 7–9 (for 10 classes)."""
     a, b = round(num_classes * 0.3), round(num_classes * 0.7)
     return {"many": list(range(a)), "medium": list(range(a, b)), "few": list(range(b, num_classes))}
 

@@ -1,4 +1,4 @@
-"""Digits with a class-distribution mismatch for semi-supervised learning (WAD card §21).
+"""Digits with a class-distribution mismatch for semi-supervised learning (WAD, paper 21).
 
 The known classes 0..K−1 (K = ``known_classes``) are the task: ``labels_per_class`` training
 images per known class carry their label; up to ``unlabelled_known`` other known-class training

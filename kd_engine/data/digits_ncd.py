@@ -1,4 +1,4 @@
-"""Digits for novel class discovery (NCD, card §10): some digit classes are *known* (labelled),
+"""Digits for novel class discovery (NCD, Cr-KD, paper 10): some digit classes are *known* (labelled),
 the others *novel* (their training labels are never used for training, only for evaluation).
 
 Labels are renumbered so the known classes come first: label k < len(known_classes) is a known

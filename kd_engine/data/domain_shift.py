@@ -1,4 +1,4 @@
-"""Digits under a domain shift with new classes, for taxonomy-adaptive adaptation (card 5, OTD).
+"""Digits under a domain shift with new classes, for taxonomy-adaptive adaptation (OTD, paper 5).
 
 Digits are halved (stratified, by the split seed). The *source* half keeps only the known
 classes (< ``known_classes``), clean and labelled. The *target* half is "stained" (inversion,
@@ -7,7 +7,7 @@ target-train (unlabelled, label −1, except ``shots`` labelled images per novel
 target-test (all classes, labelled). The train split is source + target-train; the test split is
 target-test; there is no val split. Ground truth kept for measurement only, in ``bundle.meta``
 (aligned with the train split): ``domain`` (0 source, 1 target), ``true_label``, ``fewshot``.
-The few-label convention is *inferred* (card 5).
+The few-label convention is *inferred* (our reconstruction of OTD).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Digit mosaics for multi-label learning (L2D card §25): 16×16 images made of 2×2 digit tiles
+"""Digit mosaics for multi-label learning (L2D, paper 25): 16×16 images made of 2×2 digit tiles
 with 1–4 distinct classes; the label is the set of classes present (multi-hot over 10).
 
 Train, validation and test mosaics are built from disjoint pools of sklearn digits (a

@@ -1,4 +1,4 @@
-"""A "webly collected" transfer pool for data-free KD (card 12, KD³), made from digits.
+"""A "webly collected" transfer pool for data-free KD (KD³, paper 12), made from digits.
 
 Digits are split (stratified, by the split seed) into three disjoint parts: the teacher's
 training images (~800), the pool *source* (~500) and the test images (~497). The pool (default

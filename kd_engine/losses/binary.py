@@ -20,7 +20,7 @@ def binary_kd(student_logits, teacher_logits, temperature: Annotated[float, Gt(0
     entropy makes identical logits give exactly 0 while the student gradient equals the soft
     BCE's. Log-probabilities come from ``logsigmoid`` (no clipping needed, stable for large |z|).
     ``weight_power`` β > 0 multiplies each logit's term by |σ(t/T) − σ(s/T)|^β (detached, a
-    focus factor as in the card's variant); β = 0 leaves it unweighted. Inputs (B, C, ...).
+    focus factor as in L2D's variant); β = 0 leaves it unweighted. Inputs (B, C, ...).
     """
     check_reduction(reduction)
     if student_logits.shape != teacher_logits.shape or student_logits.dim() < 2:

@@ -1,4 +1,4 @@
-"""Class-relation distillation for novel class discovery (Cr-KD, card §10).
+"""Class-relation distillation for novel class discovery (Cr-KD, paper 10).
 
 On *unlabelled* (novel) samples, the frozen known-class model's distribution over the known
 classes is a class-relation target for the new model's known head, weighted per sample by a
@@ -29,7 +29,7 @@ def class_relation_kd(student_known: torch.Tensor, teacher_known: torch.Tensor, 
                       tau: Annotated[float, Gt(0)] = 0.1, temperature: Annotated[float, Gt(0)] = 4.0,
                       reduction: str = "mean") -> torch.Tensor:
     """Per sample: −T² · u_i · Σ_c p_ic log q_ic with p = sg(softmax(z_T/(τT))), q = softmax(z_S/(τT))
-    over the known classes (soft cross-entropy, as in the card); ``gate`` None means u ≡ 1."""
+    over the known classes (soft cross-entropy, as in Cr-KD's public code); ``gate`` None means u ≡ 1."""
     scale = tau * temperature
     p = F.softmax(teacher_known.detach() / scale, dim=1)
     soft_ce = -(p * F.log_softmax(student_known / scale, dim=1)).sum(1)

@@ -2,7 +2,7 @@
 
 The official code reduces each term over the whole batch (a root or L2 norm of a batch sum), so
 no per-image weight can multiply it. AID needs one value per (image, level), so every term here
-is computed per image: shape (B,) per level (AID card §4, "per-image form"). For B similar
+is computed per image: shape (B,) per level (AID's "per-image form"). For B similar
 images this is about 1/sqrt(B) of the batch form; every arm must therefore use this same form.
 
 Pure functions hold the attention/mask math; ``FeatureDistillHead`` holds the trainable parts
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 TERMS = ("am", "at_ch", "at_sp", "nl")
 
-# AID card §4 table (tau and per-term weights; "at" applies to both the channel and spatial
+# AID's table of base settings (tau and per-term weights; "at" applies to both the channel and spatial
 # attention-transfer terms). "miniature_measured" is the prototype's setting (NL omitted).
 def _row(tau: float, am: float, at: float, nl: float) -> dict[str, float]:
     return {"tau": tau, "am": am, "at_ch": at, "at_sp": at, "nl": nl}
@@ -148,7 +148,7 @@ class FeatureDistillHead(nn.Module):
 
     Per level: f (1x1 conv C_s->C_t) for L_AM, g (Linear C_s->C_t) and k (3x3 conv 1->1) for
     L_AT, and, with ``use_nonlocal``, NL_T, NL_S and h (1x1 conv C_s->C_t) for L_NL. Defaults
-    follow the card's miniature: NL inner channels C/4, max-pool 2 on the finest level only.
+    follow this miniature's design: NL inner channels C/4, max-pool 2 on the finest level only.
     If C_s != C_t the student's channel mask is taken from f(A^S) (the masks are averaged in
     the teacher's channel space). ``forward`` returns ``{term: {level: (B,)}}``.
     """
@@ -223,7 +223,7 @@ def weighted_kd(terms: Mapping[str, Mapping[str, Tensor]], weights: Mapping[str,
 
     ``instance_weights`` is None (all 1), (B,) (one per image) or (B, L) over ``levels``
     (default: the order of the first term's levels). Terms missing from ``weights`` or with
-    weight 0 are skipped. The batch loss is the mean of the result (card §4).
+    weight 0 are skipped. The batch loss is the mean of the result (AID's per-image form).
     """
     first = next(iter(terms.values()))
     levels = list(levels or first)

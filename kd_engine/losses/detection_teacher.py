@@ -1,4 +1,4 @@
-"""Per-instance teacher detection losses on the teacher's own features (AID card §3, §6).
+"""Per-instance teacher detection losses on the teacher's own features (AID).
 
 torchvision reports detection losses only in train mode and only reduced over the batch, while
 AID needs the frozen teacher's loss per image, per image x FPN level and per ground-truth box.
@@ -141,7 +141,7 @@ def _top_background(logits: Tensor, background: Tensor) -> Tensor:
 
 def retinanet_teacher_losses(model: RetinaNet, images, targets,
                              grad: bool = False, features=None) -> TeacherLosses:
-    """Per-instance focal + box losses of a torchvision RetinaNet on its own features (card §6),
+    """Per-instance focal + box losses of a torchvision RetinaNet on its own features (AID),
     or on ``features`` given (the ``student_features`` ablation)."""
     with nullcontext() if grad else torch.no_grad():
         images_t, targets_t, feats = _prepare(model, images, targets, features)
@@ -248,7 +248,7 @@ def fcos_teacher_losses(model: FCOS, images, targets, grad: bool = False,
 
 def fasterrcnn_teacher_losses(model: FasterRCNN, images, targets,
                               grad: bool = False, features=None) -> TeacherLosses:
-    """Deterministic Faster R-CNN teacher losses (card §6 option (a), plus the RPN).
+    """Deterministic Faster R-CNN teacher losses (AID, with the GT boxes as RoIs, plus the RPN).
 
     RoI part: the GT boxes themselves are the RoIs (RoI-aligned from the teacher's FPN, through the
     box head and predictor); per GT = cross-entropy to its label (cls) + smooth-L1 (beta 1/9) of

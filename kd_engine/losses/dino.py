@@ -1,5 +1,5 @@
 """DINO's self-distillation target: a centred, sharpened teacher distribution and the student's
-cross-entropy to it (card 14; the "centred, sharpened teacher" variant of soft CE)."""
+cross-entropy to it (AdaSim, paper 14; the "centred, sharpened teacher" variant of soft CE)."""
 from __future__ import annotations
 
 from typing import Annotated

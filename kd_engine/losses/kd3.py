@@ -1,4 +1,4 @@
-"""KD³'s loss pieces (card 12; every formula here is a *reconstruction* from the abstract):
+"""KD³'s loss pieces (paper 12; every formula here is a *reconstruction* from the abstract):
 dynamic selection scores, classifier alignment, MixDistribution and instance InfoNCE."""
 from __future__ import annotations
 

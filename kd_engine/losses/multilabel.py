@@ -1,4 +1,4 @@
-"""Multi-label losses (L2D card §25): summed BCE and the label-wise embedding structure losses.
+"""Multi-label losses (L2D, paper 25): summed BCE and the label-wise embedding structure losses.
 
 Structure losses compare normalised Euclidean distance matrices of embeddings within groups:
 across the positive instances of a class (class-aware, CD) and across the positive labels of an
@@ -15,7 +15,7 @@ from ._reduce import check_reduction, reduce
 
 
 def bce_sum(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Per sample Σ_c BCE(σ(z_c), y_c) (the card's summed hard loss)."""
+    """Per sample Σ_c BCE(σ(z_c), y_c) (L2D's summed hard loss)."""
     check_reduction(reduction)
     return reduce(F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none").sum(1), reduction)
 

@@ -1,4 +1,4 @@
-"""AdaSim (card 14): DINO self-distillation with adaptive nearest-neighbour bootstrapping.
+"""AdaSim (paper 14): DINO self-distillation with adaptive nearest-neighbour bootstrapping.
 
 The student (any model with an ``embedding_layer`` and a final ``fc``/``head``) learns without
 labels: backbone -> DINO head, against an EMA teacher (``EMATeacher``, cosine momentum, updated

@@ -1,4 +1,4 @@
-"""Auto-KD's distiller space (card §3, a reconstruction): L = CE + λ·d(φ(A(F_S)), φ(F_T)).
+"""Auto-KD's distiller space (paper 3, a reconstruction): L = CE + λ·d(φ(A(F_S)), φ(F_T)).
 
 One point of the space is `distill.params = {transform, distance, temperature, weight}` plus the
 feature layers; `kd_engine.search` searches over it. The teacher's features and logits come either

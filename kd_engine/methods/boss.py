@@ -1,4 +1,4 @@
-"""BOSS's self-distillation step (card §23): L = α·CE(z_S, y) + (1 − α)·MSE(z_S, z_T).
+"""BOSS's self-distillation step (paper 23): L = α·CE(z_S, y) + (1 − α)·MSE(z_S, z_T).
 
 The teacher is a checkpoint of an earlier trial (`teacher.checkpoint`, same architecture as the
 student) and the student starts from another one (`distill.params.init_from`); the pool they are

@@ -1,5 +1,5 @@
-"""Cr-KD: class-relation knowledge distillation for novel class discovery (ICCV 2023, card §10;
-basis: the public code, as summarised on the card).
+"""Cr-KD: class-relation knowledge distillation for novel class discovery (ICCV 2023, paper 10;
+basis: the paper's public code).
 
 The student is an ``ncd_resnet`` (known head of cosine prototypes + H novel heads). Labels
 below ``known`` are labelled (known) classes; samples of the other classes are unlabelled: their
@@ -7,7 +7,7 @@ labels are used for nothing but evaluation (the mask y >= known says which sampl
 unlabelled set, as in NCD). Before the first epoch the trainer runs stage 1
 (`kd_engine.methods.ncd_stage.stage1_phase`): the student trains supervised on the known classes
 and a frozen copy becomes the teacher. Evaluations add the NCD metrics (``student_acc`` is
-``all_acc``: raw argmax indices of novel clusters are arbitrary), and the card's headline metric
+``all_acc``: raw argmax indices of novel clusters are arbitrary), and the paper's headline metric
 ``train/novel_acc`` (clustering accuracy on the novel training samples, clean images, eval mode)
 is logged each epoch and in the final metrics.
 
@@ -171,7 +171,7 @@ class CrKD(Distiller):
     @torch.no_grad()
     def _stats(self, outs, unl, gate) -> dict[str, torch.Tensor]:
         """Per step: the entropy of the known-head distribution at τT on unlabelled samples (the
-        card's 'fading relation'), and the mean raw (un-normalised) gate."""
+        paper's 'fading relation'), and the mean raw (un-normalised) gate."""
         known_logits, novel = outs[0]
         zero = torch.zeros((), device=unl.device)
         if not unl.any():

@@ -1,4 +1,4 @@
-"""FerKD (method card §15) on FKD's teacher soft-label bank (kd_engine/teacher_bank.py).
+"""FerKD (paper 15) on FKD's teacher soft-label bank (kd_engine/teacher_bank.py).
 
 Each step draws one stored crop per image (two for SelfMix), replays exactly its box and flip,
 and minimises the soft cross-entropy -Σ_c t_c log softmax(z_S)_c (T = 1) to the crop's target t:

@@ -1,4 +1,4 @@
-"""KD³ (card 12): knowledge distillation from a shifted "web" pool. Every part is a
+"""KD³ (paper 12): knowledge distillation from a shifted "web" pool. Every part is a
 *reconstruction* from the paper's abstract (no public code):
 
 1. dynamic selection: per batch, keep the top ρ(e) of the pool images by the combined score
@@ -51,7 +51,7 @@ class KD3(TwoViewDistiller):
 
     def __init__(self, cfg, student, teacher, input_shape):
         p = read_params(cfg.distill.params, DEFAULTS, "distill.params", "method kd3")
-        super().__init__(student, teacher, {}, cfg.seed)  # the (original, perturbed) pair of card 12
+        super().__init__(student, teacher, {}, cfg.seed)  # KD³'s (original, perturbed) pair
         self.p = p
         self.s_layer, self.t_layer = student.embedding_layer, teacher.embedding_layer
         shapes = layer_shapes(student, input_shape, [self.s_layer, p["mix_layer"]])  # names checked here

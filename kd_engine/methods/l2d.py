@@ -1,4 +1,4 @@
-"""L2D (Yang et al., ICCV 2023; card §25): multi-label knowledge distillation.
+"""L2D (Yang et al., ICCV 2023; paper 25): multi-label knowledge distillation.
 
 The student (and the teacher) are label-query models (``query_cnn``) giving one embedding and
 one logit per label. The task loss is BCE summed over labels, computed here from the multi-hot

@@ -1,4 +1,4 @@
-"""MDCS (Zhao et al., ICCV 2023; card §16): more diverse experts with consistency self-distillation
+"""MDCS (Zhao et al., ICCV 2023; paper 16): more diverse experts with consistency self-distillation
 for long-tailed recognition.
 
 Every expert i of a multi-expert student (model ``experts``) trains on its own logit adjustment

@@ -1,4 +1,4 @@
-"""What novel-class discovery adds around Cr-KD's step (card §10): stage 1 as a trainer phase,
+"""What novel-class discovery adds around Cr-KD's step (paper 10): stage 1 as a trainer phase,
 and the NCD metrics.
 
 - **Stage 1** (`stage1_phase`), before the first epoch: the student is trained supervised on the

@@ -1,6 +1,6 @@
-"""ORC-style group distillation with online role change (card §27; the whole algorithm is a
+"""ORC-style group distillation with online role change (paper 27; the whole algorithm is a
 *reconstruction*: the paper's code is unpublished, so promotion rule, error set and weights are
-the card's inferred choices).
+our inferred choices).
 
 Networks: T0 (the pretrained teacher, copied and refined here) and a student group S1..Sm. Each
 training step (``mode: orc``):

@@ -1,6 +1,6 @@
-"""OTD (card 5): steer unreliable gradients with the low-rank subspace of reliable ones, for
+"""OTD (paper 5): steer unreliable gradients with the low-rank subspace of reliable ones, for
 adaptation across a domain shift *and* new classes. The whole dual-stream form is a
-*reconstruction* (the card rests on the abstract and a figure caption).
+*reconstruction* (our reading rests on the paper's abstract and a figure caption).
 
 Each batch mixes labelled source images (known classes) and unlabelled target images (a few
 labelled per novel class). Losses: source CE; on the target, pseudo-label CE where the student's
@@ -14,7 +14,7 @@ confidence ≥ ``threshold`` (split into known-class and novel-class pseudo-labe
 * stream 2 (cross-class): g_novel ← the same projection with the known-class subspace.
 
 The change of gradient enters through a zero-valued surrogate term, so the trainers' single
-backward pass applies it after backward and before the optimizer step (card pitfall).
+backward pass applies it after backward and before the optimizer step.
 ``mode: source_only`` trains on the source CE alone (target quantities are still measured).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The shared part of two-view self-distillation (cards 10, 14, 16; card 12's original/perturbed
+"""The shared part of two-view self-distillation (Cr-KD, AdaSim, MDCS: papers 10, 14, 16; KD³'s (paper 12) original/perturbed
 pair fits too): a Distiller base that draws two seeded augmented views per batch.
 
 A subclass calls ``self.views(x, partner)`` in ``forward``; the views of optimisation step s come

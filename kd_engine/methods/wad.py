@@ -1,4 +1,4 @@
-"""WAD (ICCV 2023; card §21): weight-aware distillation for semi-supervised learning when the
+"""WAD (ICCV 2023; paper 21): weight-aware distillation for semi-supervised learning when the
 unlabelled data hold unknown classes.
 
 A SimCLR encoder (the teacher, trained without labels on every training image, cached) gives

@@ -1,7 +1,7 @@
 """Zhang & Ma (ICLR 2021) attention-guided and non-local distillation for detectors, with
 per-(image, level) instance weights from the weighting strategy (AID, uniform, controls).
 
-Per step (AID card §1-§4): the frozen teacher (eval mode) gives its own per-image/level/GT
+Per step (AID): the frozen teacher (eval mode) gives its own per-image/level/GT
 detection losses *and* its FPN maps in one pass (``teacher_losses``); the student's train-mode
 pass gives its task loss and FPN maps; the weighting strategy turns the teacher's losses into
 w_{b,l}; then
@@ -33,7 +33,7 @@ from kd_engine.params import check_value, reject_unknown
 from kd_engine.weighting import build_weighting
 from kd_engine.weighting.aid_detection import fpn_strides, paint_per_gt_mask
 
-# The card's base weights per detector kind; every arm of a comparison uses the same preset.
+# AID's base weights per detector kind; every arm of a comparison uses the same preset.
 DEFAULT_PRESET = {"retinanet": "single_stage_baseline", "fcos": "single_stage_baseline",
                   "fasterrcnn": "two_stage_baseline"}
 # each setting's kind and range (kd_engine.params); nl_pool / nl_inter_channels: one value or one per level

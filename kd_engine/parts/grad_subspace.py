@@ -1,4 +1,4 @@
-"""Low-rank gradient subspaces for steering unreliable gradients (card 5, OTD; a reconstruction).
+"""Low-rank gradient subspaces for steering unreliable gradients (OTD, paper 5; a reconstruction).
 
 ``GradientSubspace`` keeps the last M flattened gradients of a reliable stream (fixed parameter
 order), refreshes U_r (the left singular vectors reaching ``energy`` of Σσ²) every ``refresh``

@@ -1,4 +1,4 @@
-"""A memory bank of L2-normalised features with a history of kNN votes (card 14, AdaSim), and
+"""A memory bank of L2-normalised features with a history of kNN votes (AdaSim, paper 14), and
 the partner rules that read it: none (DINO), always the nearest neighbour (naive bootstrapping),
 or AdaSim's adaptive rule.
 

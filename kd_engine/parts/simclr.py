@@ -1,4 +1,4 @@
-"""A small SimCLR trainer (WAD card §21's teacher): an MLP encoder trained with NT-Xent on two
+"""A small SimCLR trainer (WAD's teacher, paper 21): an MLP encoder trained with NT-Xent on two
 augmented views of every image (full batch), cached on disk by the hash of what defines it, and
 features of deterministically shifted copies for exemplar similarity."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Searches over runs (cards §3 Auto-KD and §23 BOSS): a registry of strategies, each trial an
+"""Searches over runs (Auto-KD, paper 3, and BOSS, paper 23): a registry of strategies, each trial an
 ordinary run of the run store, the search's state in `<runs_dir>/_searches/<id>/`.
 
 - `mcts`: Monte Carlo tree search over a discrete space of config keys (Auto-KD's distiller

@@ -1,5 +1,5 @@
-"""BOSS (card §23): Optuna TPE whose later trials self-distil from a pool of the best earlier
-checkpoints; `tpe` is the same study without self-distillation (the card's "BO alone").
+"""BOSS (paper 23): Optuna TPE whose later trials self-distil from a pool of the best earlier
+checkpoints; `tpe` is the same study without self-distillation (the paper's "BO alone").
 
 The Optuna storage is `<search dir>/optuna.db` (SQLite) unless `search.params.storage` names a
 database URL (e.g. ``postgresql://user@host/db``): every worker that runs the same config with

@@ -19,7 +19,7 @@ from kd_engine.search.base import STRATEGIES, Space, atomic_write_json, read_jso
 
 log = logging.getLogger("kdw")
 RUNNER_PARAMS = ("reward", "teacher_features", "cka_beta")
-# Rewards from a trial's validation metrics and the search params. val_loss_cka is the card's
+# Rewards from a trial's validation metrics and the search params. val_loss_cka is our reconstructed Auto-KD reward
 # R = -(L_val + beta * (1 - CKA_linear(F_S, F_T))) on the validation split (beta: cka_beta, 1).
 REWARDS = {"val_loss": lambda m, p: -m["val/student_loss"], "val_acc": lambda m, p: m["val/student_acc"],
            "val_loss_cka": lambda m, p: -(m["val/student_loss"] + float(p.get("cka_beta", 1.0)) * (1.0 - m["val/cka"]))}

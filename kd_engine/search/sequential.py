@@ -1,4 +1,4 @@
-"""Sequential strategies over a discrete `Space`: Monte Carlo tree search (Auto-KD, card §3) and
+"""Sequential strategies over a discrete `Space`: Monte Carlo tree search (Auto-KD, paper 3) and
 uniform random search at the same budget. Both are pure: `propose()` returns a path of choice
 indices, `observe(path, reward)` takes its reward, and `state_dict()` is plain JSON, so the
 search runner can save them after every evaluation and resume exactly.

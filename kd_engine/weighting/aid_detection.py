@@ -1,4 +1,4 @@
-"""AID weights for detection distillation (AID card §1, §2, §4, §10).
+"""AID weights for detection distillation (AID).
 
 w = sg(exp(−α·L^T)) from the frozen teacher's own detection loss, at one of four granularities:
 
@@ -11,8 +11,8 @@ w = sg(exp(−α·L^T)) from the frozen teacher's own detection loss, at one of 
   terms use the per-image w. A GT that got no anchor has no loss, so it gets w = 1.
 
 ``decoupled`` splits the weight: classification-side terms use L^T_cls, box-side terms L^T_box,
-feature imitation L^T_cls + L^T_box. Weights are never normalised (card §1: their mean < 1 is
-part of the method, and the constant-mean control in §7 exists to measure it).
+feature imitation L^T_cls + L^T_box. Weights are never normalised (in AID their mean < 1 is
+part of the method, and the constant-mean control exists to measure it).
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def aid_detection_weights(teacher_losses, alpha: float = 0.1, granularity: str =
 
 def controlled(weights: DetectionWeights, mode: str | None,
                generator: torch.Generator | None = None) -> DetectionWeights:
-    """The card's §7 controls. "shuffle" permutes the weights within the batch (over images and
+    """The controls of the AID comparison. "shuffle" permutes the weights within the batch (over images and
     levels together; GT weights over all the batch's GTs); "mean" gives every entry the batch
     mean. cls/box/feature weights share one permutation, so decoupled triples stay together."""
     if mode is None:
@@ -184,7 +184,7 @@ def _np(t: Tensor) -> np.ndarray:
 
 def aid_weight_records(weights: DetectionWeights, teacher_losses,
                        image_ids: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-    """Per-instance record columns for the run store (card §10).
+    """Per-instance record columns for the run store (the AID record).
 
     per_image_level / per_level_batch: one row per (image, level) with that image's level losses
     (the weight is the one used, batch-wide for per_level_batch). per_image: one row per image,

@@ -3,7 +3,7 @@
 AID weights a detector's distillation per image × FPN level (or per image, level -1, or per GT
 box), so one instance is several rows: a level selector filters every view, per-GT rows get
 their own view coloured by class, and the gallery draws each image's GT boxes coloured by weight.
-The raw AID weight is plotted against the weight used, which differ under the controls (card §10).
+The raw AID weight is plotted against the weight used, which differ under the controls (shuffled, constant mean).
 """
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ def catalogue(root: Path = ROOT, registered: list[str] | None = None) -> pd.Data
 
 def main() -> None:
     st.title("Methods")
-    st.caption("AID and the 28 ICCV-2023 distillation papers of the method cards. Status is computed "
+    st.caption("AID and the 28 distillation papers of the ICCV 2023 list. Status is computed "
                "from the code: registered → implemented, a notebook → notebook, a row in "
                "docs/results.md → reproduced.")
     table = catalogue()

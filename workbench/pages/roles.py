@@ -1,5 +1,5 @@
 """Roles: which network holds which role over training, for group runs (ORC-style online role
-change records ``role/<member>`` per step; the ORC mechanism is a reconstruction, card §27)."""
+change records ``role/<member>`` per step; the ORC mechanism is a reconstruction, paper 27)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -44,7 +44,7 @@ def main() -> None:
     reported = run.meta().get("reported_student")
     st.caption(f"Members: {', '.join(members)}. 1 = in the teacher group that step (its outputs are a "
                "distillation target), 0 = in the student group. The ORC promotion rule is a "
-               "reconstruction (card §27)." + (f" Reported student (best validation accuracy): **{reported}**."
+               "reconstruction (paper 27)." + (f" Reported student (best validation accuracy): **{reported}**."
                                                if reported else ""))
     st.plotly_chart(role_timeline(roles, title="role timeline (reconstruction): teacher group per step"),
                     key="roles_timeline")

@@ -111,7 +111,7 @@ def _scene_settings(data_cfg: Any) -> dict[str, Any]:
 
 
 def _write_split(out: Path, split: str, n: int, seed: int, size: int, knobs: dict) -> None:
-    if split != "train":  # label noise belongs to the training labels only (card §9)
+    if split != "train":  # label noise belongs to the training labels only (AID's label-noise setting)
         knobs = {k: v for k, v in knobs.items() if k not in _TRAIN_ONLY}
     # Each split draws from its own seed: train, val and test scenes never share a generator.
     split_seed = int(np.random.SeedSequence([seed, SPLITS.index(split)]).generate_state(1)[0])
