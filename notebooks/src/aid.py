@@ -12,7 +12,7 @@
 # benchmarks, not targets here. Everything measured below is a **reproduction in miniature** on
 # procedural traffic scenes (cars, pedestrians, cyclists) with tiny torchvision detectors.
 #
-# **Arms** (card §7; all on the same seeds; the same base distillation weights in every KD arm):
+# **Arms** (the AID comparison's controls; all on the same seeds; the same base distillation weights in every KD arm):
 #
 # | arm | what it is | config overrides |
 # |---|---|---|
@@ -27,12 +27,12 @@
 # **The constant-mean control, precisely.** w̄ is the mean of the weights the `aid` arm of the
 # **same seed** recorded over its last epoch on the training images (every image × level row,
 # empty levels included), passed as `weighting.params.value`. It is a constant from an earlier
-# AID run, not the per-batch mean (`weighting.params.batch_mean: true`, the other option on the
-# card). How to read the controls: `aid − aid_mean` is the effect of **adaptivity** (same strength,
+# AID run, not the per-batch mean (`weighting.params.batch_mean: true`, the other option in the
+# engine). How to read the controls: `aid − aid_mean` is the effect of **adaptivity** (same strength,
 # no adaptivity), `aid − aid_shuffled` the effect of **assignment** (same weight distribution,
 # random assignment), `base − aid_mean` the effect of strength alone.
 #
-# **What the prototype already found (card addendum):** seed noise is ±2–4 mAP, larger than any
+# **What the earlier prototype already found:** seed noise is ±2–4 mAP, larger than any
 # AID effect seen; with α = 0.1 the weights sit at 0.95–0.99 because the teacher has memorised
 # its training images; uniform distillation scaled to AID's mean weight matched AID at α = 1; and
 # fewer than ~3000 iterations (batch 8) leave the models near 0 mAP.
@@ -42,24 +42,24 @@
 # * `smoke` (CI): 1 seed, 24 train / 8 val / 8 test scenes of 64 px, 1 epoch, small models
 #   (teacher ResNet 16 × 1 block, student 8 × 1 block, FPN 32). Every arm, about a minute. A
 #   plumbing check: it can never give a verdict and its mAPs are ≈ 0.
-# * `full` (2-core CPU): 3 seeds, the card's model sizes, two runs at a time (one per core), cut
+# * `full` (2-core CPU): 3 seeds, the reference design's model sizes, two runs at a time (one per core), cut
 #   to what a CPU can train: 96-px scenes with at most 4 objects and 2 clutter items (objects of 5 px
 #   or more), 512 train / 64 val / 128 test images, **one dataset and one teacher per pair**
 #   (`data.split_seed: 0`: the seeds vary the students' initialisation and batch order, not the
 #   images), teachers 24 epochs (1536 steps), students 8 epochs (512 steps), and AdamW (lr 2e-3,
-#   weight decay 1e-4, 50 warm-up steps, cosine) instead of the card's SGD, because in 512 steps
+#   weight decay 1e-4, 50 warm-up steps, cosine) instead of the reference design's SGD, because in 512 steps
 #   from scratch it learned where SGD had not started. **Measured: 43 min** (2583 s, `kdw reproduce aid --budget full`, 2026-11-25) on two
 #   otherwise idle cores, about twice the issue's 20-minute target. Per run on one core: teachers
 #   3.2 min (RetinaNet) and 6.7 min (Faster R-CNN); students 1.2 min (RetinaNet), 2.4 min
 #   (Faster R-CNN), 1.7 min (teacher-sized self-distillation); 42 student runs in all (4755
 #   core-seconds of training). Fitting 20 minutes would mean halving every student's steps or
-#   dropping arms; we kept the steps, since the students already train 6× fewer than the card's
-#   3000 and the RetinaNet students sit near 0.01 mAP. **History:** the first full CPU design (80-px scenes, 120–240 steps, SGD,
+#   dropping arms; we kept the steps, since the students already train 6× fewer than the reference
+#   design's 3000 and the RetinaNet students sit near 0.01 mAP. **History:** the first full CPU design (80-px scenes, 120–240 steps, SGD,
 #   a teacher per seed) left every RetinaNet model, teacher included, at 0.000 test mAP, so no
 #   comparison could be read and its numbers were never published; this design trades the
-#   per-seed datasets for steps. The students still train far fewer steps than the card's 3000,
-#   so mAPs are low and this is not a test of the paper's claim.
-# * `gpu`: the card's setting (128-px scenes, 1000 / 200 / 200 images, 24 epochs = 3000 steps for
+#   per-seed datasets for steps. The students still train far fewer steps than the reference design's
+#   3000, so mAPs are low and this is not a test of the paper's claim.
+# * `gpu`: the reference setting (128-px scenes, 1000 / 200 / 200 images, 24 epochs = 3000 steps for
 #   teacher and students, 5 seeds) on `device: cuda`. Only this budget is large enough for the
 #   comparison to mean something; even there seed noise may swamp the effect.
 #
@@ -88,7 +88,7 @@
 # can span several sittings.
 
 # %% tags=["parameters"]
-budget = "smoke"      # "smoke" (CI plumbing check), "full" (2-core CPU, ~43 min, cut setting) or "gpu" (card's setting)
+budget = "smoke"      # "smoke" (CI plumbing check), "full" (2-core CPU, ~43 min, cut setting) or "gpu" (reference setting)
 results_path = None   # where `kdw reproduce` wants the results JSON (None: nothing is written)
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
@@ -113,7 +113,7 @@ from kd_engine.store import StoreError, open_run
 from workbench.figures import (arm_comparison, arm_distributions, boxes_frame, detection_gallery,
                                paired_differences, weight_histogram)
 
-label_noise = 0.0     # wrong-class and dropped-box rate on the training labels (card §9 knob); 0: as the prototype
+label_noise = 0.0     # wrong-class and dropped-box rate on the training labels (AID's label-noise knob); 0: as the prototype
 ALPHAS = [0.1, 1.0, 3.0]
 CLASS_NAMES = ["car", "pedestrian", "cyclist"]
 MAP, AP50 = "test/student_mAP", "test/student_AP50"
@@ -329,7 +329,7 @@ for key, title in (("ret", "RetinaNet"), ("frc", "Faster R-CNN")):
 # ## 4. The weights AID chose
 #
 # Histograms of the recorded weights (last epoch, training images, every image × FPN level) per α
-# on RetinaNet, first seed. With α = 0.1 they pile up just under 1 (the card's prototype: mean
+# on RetinaNet, first seed. With α = 0.1 they pile up just under 1 (the earlier prototype: mean
 # 0.98), which makes AID nearly base distillation; larger α spreads them. Empty FPN levels carry no
 # teacher loss on objects, so their weight stays near 1 at every α.
 

@@ -1,22 +1,22 @@
 # %% [markdown]
-# # Auto-KD: Monte Carlo tree search over distillers, in miniature (method card §3)
+# # Auto-KD: Monte Carlo tree search over distillers, in miniature (paper 3 of the ICCV 2023 list)
 #
 # **The method.** Auto-KD (Li et al., ICCV 2023) writes a distiller as a path of discrete choices
 # and searches that tree with Monte Carlo tree search (MCTS), using cheap proxy trainings as the
-# reward. The card rests on the **abstract only**: the search space and the reward below are a
+# reward. Our reading of the paper rests on its **abstract only**: the search space and the reward below are a
 # **reconstruction**, not the authors' code.
 #
 # * **Distiller** (`method: autokd`, `kd_engine/methods/autokd.py`):
 #   L = CE(z_S, y) + λ · d(φ(A(F_S)), φ(F_T)) at `layer2` of both CNNs, A a 1×1 conv adapter.
-# * **Tree levels** (the card's space, 6 × 6 × 3 × 4 = 432 distillers): φ ∈ {identity, global
+# * **Tree levels** (our reconstructed space, 6 × 6 × 3 × 4 = 432 distillers): φ ∈ {identity, global
 #   average pool, spatial attention, per-channel spatial softmax, random 50 % mask, multi-scale pool
 #   {1, 2, 4}}; d ∈ {MSE, L1, 1 − cos, T²-KL, 1 − Pearson, Cauchy–Schwarz}; T ∈ {1, 4, 8};
 #   λ ∈ {0.5, 1, 5, 20}.
 # * **MCTS** (`kd_engine/search/sequential.py`): UCT with c = 1 (rewards min-max scaled to [0, 1]
 #   inside UCT), expand one untried child, random rollout to a leaf, back the reward up the tree
 #   path; a configuration is never evaluated twice.
-# * **Reward (reconstruction):** R = −(L_val + β·(1 − CKA_linear(F_S, F_T))) with β = 1 (the
-#   card's), after a short proxy run: L_val is the student's cross-entropy on the **validation**
+# * **Reward (reconstruction):** R = −(L_val + β·(1 − CKA_linear(F_S, F_T))) with β = 1 (our
+#   choice), after a short proxy run: L_val is the student's cross-entropy on the **validation**
 #   split and CKA the linear CKA between the student's and the teacher's `layer2` features on that
 #   split (`search.params.reward: val_loss_cka`). The test split is never read by a search.
 # * **Teacher cache:** the teacher's `layer2` features and logits on the training split (and its
@@ -24,15 +24,15 @@
 #   stored as memory-mapped `.npy` files in the search directory; proxy runs read them and never
 #   run the teacher.
 #
-# **Baselines** (card): random search with the same number of evaluations (the baseline of the
+# **Baselines** (planned): random search with the same number of evaluations (the baseline of the
 # search comparison); for the final training: the student alone, vanilla KD (T = 4, λ = 1) and
 # FitNet (feature MSE through the same adapter at `layer2`).
 #
 # **The miniature** (`configs/autokd_digits.yaml`): digits split 1200 / 300 / 297 (train / val /
-# test), teacher CNN width 32 (30 epochs), student CNN width 8. Deviation from the card: proxy runs
+# test), teacher CNN width 32 (30 epochs), student CNN width 8. Deviation from the planned design: proxy runs
 # train on the whole training split (not 50 %), and at the full budget use **2 epochs and 30
-# evaluations per search** (card: 3 epochs, 40 evaluations), and the final training uses 15 epochs
-# on the 3 search seeds (card: 30 epochs, 5 seeds), to fit the CPU budget. The card's Spearman
+# evaluations per search** (planned: 3 epochs, 40 evaluations), and the final training uses 15 epochs
+# on the 3 search seeds (planned: 30 epochs, 5 seeds), to fit the CPU budget. The planned Spearman
 # correlation of proxy and final scores is measured over 10 configurations of seed 0's searches,
 # each trained once for the final number of epochs (section 5).
 #
@@ -183,7 +183,7 @@ paired_differences(final, "kd", acc, order=[a for a in order if a != "kd"],
 # %% [markdown]
 # ## 5. Does the proxy rank distillers as full training does?
 #
-# The card's check of the reward itself: 10 configurations from seed 0's two searches, spread
+# The planned check of the reward itself: 10 configurations from seed 0's two searches, spread
 # evenly over their proxy-reward ranks, are each trained once (seed 0) for the final number of
 # epochs with the live teacher. Spearman's ρ between proxy reward and final test accuracy says
 # whether a better proxy reward means a better distiller after full training (test accuracy is read

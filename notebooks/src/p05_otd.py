@@ -1,5 +1,5 @@
 # %% [markdown]
-# # OTD: optimization trajectory distillation across domains and classes, in miniature (method card §5) — a reconstruction
+# # OTD: optimization trajectory distillation across domains and classes, in miniature (paper 5 of the ICCV 2023 list) — a reconstruction
 #
 # **The method.** OTD (ICCV 2023, "Taxonomy Adaptive Cross-Domain Adaptation in Medical Imaging via
 # Optimization Trajectory Distillation") targets adaptation where the domain shifts *and* the label set
@@ -7,8 +7,8 @@
 # gradients occupy a low-rank subspace; the subspace spanned by reliable sources (the labelled source
 # domain, well-annotated classes) can steer the unreliable ones, in two streams.
 #
-# **Everything on this page is a reconstruction.** The card rests on the abstract and a figure caption;
-# no code is public. The concrete form (card, *inferred*): on the parameter group "last block + head",
+# **Everything on this page is a reconstruction.** Our reading rests on the paper's abstract and a figure caption;
+# no code is public. The concrete form (ours, *inferred*): on the parameter group "last block + head",
 # keep the last M = 30 reliable gradients, take U_r from their SVD at 90 % energy (refreshed every 10
 # steps), and replace an unreliable gradient g by U_rU_rᵀg + α(I − U_rU_rᵀ)g with α = 0.3.
 # *Stream 1* (cross-domain): the source-gradient subspace steers the target pseudo-label gradient.
@@ -26,12 +26,12 @@
 # is also inferred; 40 % of the target half is held out as the test set. Student: CNN width 16, trained from
 # scratch, SGD lr 0.05, cosine schedule.
 #
-# **Deviations from the card.** (1) No *inversion* in the stain: in a preliminary run with the card's
+# **Deviations from the planned design.** (1) No *inversion* in the stain: in a preliminary run with the planned
 # inversion (seed 0, 40 epochs, self-training) the student predicted 8 or 9 for every stained test image —
 # the few labelled novel images teach "stained means 8 or 9", source-only transfer is at chance, and there
 # is nothing left for a projection to steer; without inversion source-only transfer works on the shared
 # classes and self-training has something to start from (the engine keeps `data.params.invert` to rerun the
-# card's setting). (2) 20 epochs instead of 40 and 3 seeds instead of 5, for the shared CPU.
+# planned setting). (2) 20 epochs instead of 40 and 3 seeds instead of 5, for the shared CPU.
 #
 # **Arms** (same seeds): `source_only`; `self_train` (source CE + target pseudo-labels + few-shot CE,
 # no projection: **the baseline**); `stream1`; `stream2`; `both`.
@@ -40,10 +40,10 @@
 # harmonic mean H. **Premise check**: how much of the source-gradient buffer's energy its top 1, 3, 10
 # singular directions hold, and the rank reaching 90 %.
 #
-# **Claim to test (card):** projection raises H. This is uncertain at this scale; a null result is
+# **Claim to test (the paper's):** projection raises H. This is uncertain at this scale; a null result is
 # likely and is reported as such.
 #
-# **Budgets.** `smoke`: 1 seed, 2 epochs (plumbing, no verdict). `full`: 3 seeds (the card's minimum;
+# **Budgets.** `smoke`: 1 seed, 2 epochs (plumbing, no verdict). `full`: 3 seeds (the planned minimum;
 # 5 do not fit the shared CPU), epochs as set below.
 
 # %% tags=["parameters"]
@@ -63,7 +63,7 @@ from kd_engine.reporting import arm_row as row, claim as claim_of, describe
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, arm_curves, paired_differences
 
-FULL_EPOCHS = 20  # the card's 40 do not fit the shared CPU with 15 runs
+FULL_EPOCHS = 20  # the planned 40 do not fit the shared CPU with 15 runs
 ctx = setup("p05_otd", "configs/otd_digits.yaml", budget, seeds=3, work_dir=work_dir,
             epochs=FULL_EPOCHS if budget == "full" else None)
 seeds, base = ctx.seeds, ctx.base

@@ -169,7 +169,7 @@ paired_differences(frame, "random@λ1", SUCCESS, order=[a for a in order if a !=
 # three points, the t* curve's success is interpolated (linearly in identity) at random's
 # distance, and the gain is averaged over the three points (`tradeoff_gain`; outside the t* curve's
 # range the interpolation holds the end value). This matched-distance comparison is our own
-# summary of the card's "better trade-off", a **reconstruction**, not a metric from the paper.
+# summary of the paper's "better trade-off", a **reconstruction**, not a metric from the paper.
 
 # %%
 GAIN = "test/tradeoff_gain_vs_random"

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Cr-KD: class-relation knowledge distillation for novel class discovery, in miniature (card §10)
+# # Cr-KD: class-relation knowledge distillation for novel class discovery, in miniature (paper 10 of the ICCV 2023 list)
 #
 # **The method.** In novel class discovery (NCD) a model knows some classes from labels and must
 # cluster samples of *novel* classes without labels. Cr-KD (ICCV 2023) observes that how novel
@@ -7,8 +7,7 @@
 # on a novel sample) fades as discovery training proceeds, and distils that relation from the
 # frozen known-class model into the new model's known head, on unlabelled samples only, weighted
 # per sample by a **learnable gate** u_i (the new model's own probability mass on the known
-# classes, renormalised by its batch mean, *not detached*). Basis: the public code, as
-# summarised on the card.
+# classes, renormalised by its batch mean, *not detached*). Basis: the paper's public code.
 #
 # **In the engine** (`method: crkd`, `kd_engine/methods/crkd.py`; loss and gate in
 # `kd_engine/losses/class_relation.py`; Sinkhorn-Knopp in `kd_engine/losses/sinkhorn.py`; the
@@ -20,8 +19,8 @@
 #
 # **The miniature** (`configs/crkd_digits.yaml`): digits, classes 0–4 known and 5–9 novel (novel
 # labels are used only to evaluate), train 1400 / test 397; augmentation ±1 px shift, mild
-# rotation/scale jitter, σ = 0.05 noise. To fit the CPU budget the CNN has width 8 (card: 16),
-# batch 256 with lr 0.1, and 15 + 20 epochs (card: 20 + 30).
+# rotation/scale jitter, σ = 0.05 noise. To fit the CPU budget the CNN has width 8 (planned: 16),
+# batch 256 with lr 0.1, and 15 + 20 epochs (planned: 20 + 30).
 #
 # **Arms** (same seeds; the seed fixes the split, the initialisation, the batch order and the
 # views; stage 1 is identical across arms of a seed):
@@ -29,10 +28,10 @@
 # `crkd_a0.3` (α = 0.3, gate on).
 #
 # **Metrics.** Hungarian clustering accuracy of the novel head on the novel *training* samples
-# (the card's headline, `train/novel_acc`), and on the test split: novel (task-aware, Hungarian),
+# (the paper's headline, `train/novel_acc`), and on the test split: novel (task-aware, Hungarian),
 # known (known head), all (task-agnostic argmax over [known, novel], Hungarian). Last epoch.
 #
-# **Claim to test (card):** α > 0 raises novel accuracy; the gate helps most for novel classes
+# **Claim to test (the paper's):** α > 0 raises novel accuracy; the gate helps most for novel classes
 # unlike any known class. Paper numbers are the paper's claims, not targets.
 
 # %% tags=["parameters"]
@@ -112,7 +111,7 @@ for metric in ("train/novel_acc", "test/novel_acc"):
 # (a) The frozen stage-1 teacher's 5×5 relation matrix: for each novel digit, its mean
 # known-class distribution softmax(z_known/(τT)) over the novel digit's training samples (seed
 # shown; labels used only for this diagnostic). (b) The entropy of the *student's* known-head
-# distribution on unlabelled samples over training, UNO vs Cr-KD: the card's "fading relation"
+# distribution on unlabelled samples over training, UNO vs Cr-KD: the paper's "fading relation"
 # claim is that without KD this drifts away from the teacher's. (c) The gate per novel class at
 # the last epoch (Cr-KD arm, all seeds).
 

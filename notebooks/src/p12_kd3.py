@@ -1,5 +1,5 @@
 # %% [markdown]
-# # KD³: distillation from a shifted "web" pool, in miniature (method card §12) — a reconstruction
+# # KD³: distillation from a shifted "web" pool, in miniature (paper 12 of the ICCV 2023 list) — a reconstruction
 #
 # **The method.** KD³ (ICCV 2023, "Distribution Shift Matters for Knowledge Distillation with Webly
 # Collected Images") distils a teacher into a student using images collected from the web instead of
@@ -9,8 +9,8 @@
 # (3) "MixDistribution": perturbing feature statistics and aligning instances contrastively so the
 # student's features become shift-invariant.
 #
-# **Everything here is a reconstruction.** The card rests on the abstract only; no code is public.
-# The concrete forms below are the card's inferred ones:
+# **Everything here is a reconstruction.** Our reading rests on the paper's abstract only; no code is public.
+# The concrete forms below are our inferred ones:
 #
 # * score c·(0.5 + 0.5·a), c = max ½(p_T + p_S), a = argmax agreement; keep the top ρ(e) of each
 #   batch, ρ rising linearly 0.3 → 0.8; teacher confidence alone for the first epochs; weight ω = c;
@@ -27,13 +27,13 @@
 # pool source / test). Teacher: CNN width 32 trained 20 epochs on the 800. The pool is built from the
 # 500 only, so it is disjoint from the teacher's images and the test images: 40 % shifted digits
 # (dilation or erosion, inversion, rotation ±30°, blur), 30 % random strokes and shapes, 30 % noise and
-# texture patches. Student: CNN width 8, no labels. **Deviation from the card, for the CPU budget:**
+# texture patches. Student: CNN width 8, no labels. **Deviation from the planned design, for the CPU budget:**
 # a pool of 1500 instead of 3000 and 20 epochs instead of 40 (teacher-only scores for 3 epochs).
 #
 # **Arms** (same seeds): on the default pool, `kd_all` (vanilla KD on the whole pool: **the
 # baseline**), `teacher_sel` (teacher-confidence selection), `combined_sel` (teacher + student
 # selection), `+align` (and feature / classifier alignment), `kd3` (and MixDistribution). On an
-# *outlier-heavy* pool: the card asks for "an outlier-heavy pool (60 %)", but its default pool already
+# *outlier-heavy* pool: the planned design asks for "an outlier-heavy pool (60 %)", but its default pool already
 # has 60 % non-digits, so here the heavy pool has **80 %** non-digits (20 % shifted digits, 40 %
 # strokes, 40 % textures), with `heavy_kd_all` (its baseline), `heavy_teacher_sel`, `heavy_combined_sel`.
 #
@@ -41,7 +41,7 @@
 # per epoch; AUROC of the selection score for digit versus non-digit; accuracy on *extra-shifted*
 # test digits (each test digit under one fixed random shift of the pool's kind).
 #
-# **Claim to test (card):** each component adds a little, and selection matters most in the
+# **Claim to test (the paper's):** each component adds a little, and selection matters most in the
 # outlier-heavy pool. Per-component gains are likely within noise at this scale.
 #
 # **Budgets.** `smoke`: 1 seed, 2 epochs (plumbing). `full`: 3 seeds, measured below.

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # AdaSim: adaptive similarity bootstrapping for self-distillation, in miniature (method card §14)
+# # AdaSim: adaptive similarity bootstrapping for self-distillation, in miniature (paper 14 of the ICCV 2023 list)
 #
 # **The method.** AdaSim (ICCV 2023) starts from DINO: a student and an EMA teacher (momentum
 # rising to 1 on a cosine) see two augmented views; the teacher's output is *centred*
@@ -24,8 +24,8 @@
 # DINO head 32 → 256 → 64 → weight-normalised 256; views: resized crop (area 0.4–1) back to 8×8,
 # ±10° rotation, noise σ = 0.05, one 2×2 erased square; AdamW lr 3e-3 (chosen on DINO, see the
 # config), wd 0.04 (constant; the
-# card's 0.04 → 0.4 ramp is not used), gradient clip 3, k = 5, teacher momentum 0.99 → 1.
-# **Deviation from the card, for the CPU budget:** 30 epochs and V = 5 (the card: 60 and V = 10;
+# paper's 0.04 → 0.4 ramp is not used), gradient clip 3, k = 5, teacher momentum 0.99 → 1.
+# **Deviation from the planned design, for the CPU budget:** 30 epochs and V = 5 (planned: 60 and V = 10;
 # the same ratio: bootstrapping starts after the first sixth of training).
 #
 # **Arms**, all on the same seeds: `dino` (**the baseline**), `naive_nn`, `adasim`; plus the
@@ -40,7 +40,7 @@
 # distributions (both ≈ log 256 ≈ 5.55 would mean collapse to uniform); per epoch, the fraction of
 # instances that bootstrap, the label purity of the partners used, the vote reliability.
 #
-# **Claim to test (card):** naive NN < DINO (or collapses); AdaSim ≥ DINO; the bootstrap rate rises
+# **Claim to test (the paper's):** naive NN < DINO (or collapses); AdaSim ≥ DINO; the bootstrap rate rises
 # as the representation improves. AdaSim vs DINO is likely within noise at this scale.
 #
 # **Budgets.** `smoke`: 1 seed, 2 epochs and V = 1 (so the bootstrapping code runs; a plumbing
@@ -83,7 +83,7 @@ def with_representation(frame: pd.DataFrame) -> pd.DataFrame:
 # %% [markdown]
 # ## 1. Tuning ζ (one tuning seed, validation kNN accuracy; not a reported result)
 #
-# ζ = 0.001 is tuned for ImageNet similarity scales (card pitfall); here the summed similarities are
+# ζ = 0.001 is tuned for ImageNet similarity scales (a known trap); here the summed similarities are
 # divided by V·ζ, so ζ sets how close (in mean cosine) a neighbour's votes must be to the image's own.
 
 # %%

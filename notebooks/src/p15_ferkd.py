@@ -1,5 +1,5 @@
 # %% [markdown]
-# # FerKD on a teacher soft-label bank, in miniature (method card §15)
+# # FerKD on a teacher soft-label bank, in miniature (paper 15 of the ICCV 2023 list)
 #
 # **The method.** FKD (the base FerKD extends) labels K random-resized crops of every training image
 # with the teacher *once*, stores (crop box, flip, soft label), and trains the student by replaying
@@ -9,7 +9,7 @@
 # **SelfMix**, CutMix of two crops of the *same* image with area-mixed labels.
 #
 # **Reconstruction.** The FerKD calibration rule is not published as code; the rule used here
-# (card §15) is a **reconstruction**: per image, crops with p_T[y] < τ_low = 0.2, or in the bottom
+# (ours) is a **reconstruction**: per image, crops with p_T[y] < τ_low = 0.2, or in the bottom
 # 25 % of that image's crops by p_T[y], get (1 − ε)·onehot(y) + ε/C with ε = 0.1. SelfMix is applied
 # to half of the images of each batch here (λ ~ Beta(1, 1)), also a reconstruction of an unspecified
 # setting. The FKD base (crop bank, exact replay, soft CE) follows the public code.
@@ -20,7 +20,7 @@
 # `ferkd` (`kd_engine/methods/ferkd.py`) adds the calibration and SelfMix and records per instance the
 # view used, the teacher's p_T[y] on it, whether it was relabelled, the weight and SelfMix's λ.
 #
-# **The miniature** (`configs/ferkd_digits.yaml`): digits at their native 8×8 (the card upsamples
+# **The miniature** (`configs/ferkd_digits.yaml`): digits at their native 8×8 (the planned design upsamples
 # to 16×16; the engine's digits are 8×8 and the crops are resized back to 8×8), teacher ResNet
 # width 16 (16 → 32 → 64 channels) trained 20 epochs on full images of each seed's training split,
 # K = 32 crops per training image (scale 0.08–1, aspect 3/4–4/3, flip p = 0.5), the teacher's **full
@@ -41,9 +41,9 @@
 # * `fkd_top3`: FKD with the labels quantised to their top 3 probabilities (the rest shared equally).
 # * `ferkd`: FKD + calibration (τ_low = 0.2, bottom 25 %, ε = 0.1).
 # * `ferkd_selfmix`: FerKD + SelfMix.
-# * `ferkd_tau0.1`, `ferkd_tau0.4`: the card's sensitivity run over τ_low.
+# * `ferkd_tau0.1`, `ferkd_tau0.4`: the planned sensitivity run over τ_low.
 #
-# **Claim to test (card):** FerKD ≥ FKD ≥ hard labels, with the biggest gap in early epochs. The
+# **Claim to test (the paper's):** FerKD ≥ FKD ≥ hard labels, with the biggest gap in early epochs. The
 # paper's 81.2 % ImageNet top-1 with ResNet-50 is the paper's claim, not a target here.
 #
 # **Budgets.** `smoke`: 1 seed, 2 epochs (plumbing only, no verdict). `full`: 3 seeds, the config's
@@ -117,7 +117,7 @@ print(f"{len(banks)} bank(s) for {len(seeds)} seed(s): {banks}")
 # %% [markdown]
 # ## 3. Convergence: validation accuracy per epoch, from the run store
 #
-# The card expects the biggest FerKD − FKD gap in **early** epochs. Besides the last epoch we
+# The paper's claim puts the biggest FerKD − FKD gap in **early** epochs. Besides the last epoch we
 # therefore also summarise the validation accuracy after the first third of training (a selection
 # made on the validation split, never the test split).
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # MDCS: diverse experts with consistency self-distillation, in miniature (method card §16)
+# # MDCS: diverse experts with consistency self-distillation, in miniature (paper 16 of the ICCV 2023 list)
 #
 # **The method.** MDCS (Zhao et al., ICCV 2023) trains several experts on a shared stem for
 # long-tailed recognition. *Diversity*: expert i trains on logit-adjusted cross-entropy
@@ -16,16 +16,16 @@
 # n_c = 100·20^(−c/9) training images (100, 72, …, 7, 5: 341 in all); validation (15 per class)
 # and test (63 per class) are exactly balanced. Weak view: ±1 px shift; strong view: shift,
 # random contrast ×U(0.5, 1.5), Gaussian noise σ = 0.15 and a 3×3 cutout. Model: MLP trunk
-# 64→128, three experts 128→64→cosine classifier with scale s = 15 (the card marks s = 15 as
+# 64→128, three experts 128→64→cosine classifier with scale s = 15 (s = 15 is
 # *inferred* for the small net: a **reconstruction** detail). Nesterov SGD, cosine schedule, 60
-# epochs, batch 64. **Deviation from the card:** the learning rate is 0.005, not 0.05: in a pilot
+# epochs, batch 64. **Deviation from the planned design:** the learning rate is 0.005, not 0.05: in a pilot
 # (2 seeds) SGD at 0.05 and 0.02 was unstable for the summed expert losses (multi-expert arms
 # far below the single model), and 0.005 had the best *validation* accuracy of {0.005, 0.01}.
 #
 # **Arms** (every arm uses the same two views and the same optimiser; the seed fixes the split,
 # the initialisation, the batch order and the augmentation draws):
 #
-# * `single_ce`: one expert, plain CE (λ = 0), no consistency: **the baseline** (card: single-head CE);
+# * `single_ce`: one expert, plain CE (λ = 0), no consistency: **the baseline** (planned: single-head CE);
 # * `experts_ce`: three experts, plain CE, no consistency (RIDE/SADE-like plain experts);
 # * `diversity`: three logit-adjusted experts (λ = −0.5, 1, 2.5), no consistency;
 # * `no_cis`: diversity + consistency KL on *every* instance;
@@ -35,7 +35,7 @@
 # accuracy over the many- (0–2), medium- (3–6) and few-shot (7–9) classes; the experts'
 # disagreement on the test set; the CIS keep-rate per epoch; the across-seed spread.
 #
-# **Claims to test (card):** diversity beats plain experts on few-shot classes; full MDCS ≥
+# **Claims to test (the paper's):** diversity beats plain experts on few-shot classes; full MDCS ≥
 # diversity; CIS beats no-CIS. Paper claim (+1–2 % over the previous state of the art on five
 # benchmarks) is the paper's, not a target here.
 #
@@ -178,7 +178,7 @@ arm_curves(keep, "keep_rate_few", title="CIS keep-rate per epoch, few-shot class
 #
 # **Reporting rule.** Each arm: mean ± std (n−1) over seeds. Against a baseline: the per-seed
 # paired difference, mean ± std; *resolved* only if |mean diff| > 2·std/√n, otherwise *within
-# noise*. Tables: balanced accuracy and the three shot groups against `single_ce`; the card's
+# noise*. Tables: balanced accuracy and the three shot groups against `single_ce`; the paper's
 # three claims as their own paired comparisons (few-shot: `diversity` vs `experts_ce`; balanced
 # accuracy: `mdcs` vs `diversity` and `mdcs` vs `no_cis`); expert disagreement.
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # WAD: weight-aware distillation under class-distribution mismatch, in miniature (method card §21)
+# # WAD: weight-aware distillation under class-distribution mismatch, in miniature (paper 21 of the ICCV 2023 list)
 #
 # **The method.** WAD (ICCV 2023) is semi-supervised learning when the unlabelled data contain
 # classes the task does not know. A contrastive (SimCLR) teacher, trained without labels, gives
@@ -9,7 +9,7 @@
 # (often the unknown ones) count less. The student minimises
 # CE(f(x_l), y_l) + mean_u w_u·CE(f(x_u), ŷ_u); optionally, in rounds, the pseudo-labelled images
 # with the lowest student CE are promoted into the labelled set. The paper frames w as pointwise
-# mutual information; that equivalence is *inferred* on the card (a reconstruction, not used
+# mutual information; that equivalence is our *inference* (a reconstruction, not used
 # here). In the engine: `method: wad` (`kd_engine/methods/wad.py`), the SimCLR trainer
 # `kd_engine/parts/simclr.py` and the dataset `digits_mismatch`.
 #
@@ -30,7 +30,7 @@
 # * `wad`: pseudo-labels weighted by the margin w;
 # * `wad_rounds`: WAD with 4 rounds (3 promotions of α_r·|U| images, α = 0.1 decaying with power 2).
 #
-# **Claims to test (card):** unknown (OOD) images get lower w (AUROC of w for known vs unknown
+# **Claims to test (the paper's):** unknown (OOD) images get lower w (AUROC of w for known vs unknown
 # > 0.5); WAD beats unweighted pseudo-labels, by more at higher mismatch; WAD ≥ supervised.
 #
 # **Budgets.** `smoke`: 1 seed, 2 epochs, a 5-epoch teacher (plumbing check; no verdict).
@@ -132,7 +132,7 @@ for m in MISMATCH:
 # ## 3. What the promotion rounds admitted
 #
 # The unknown share of the images promoted into the labelled set by `wad_rounds` (promotion by
-# lowest student CE can admit confidently wrong unknown images: the card's pitfall), next to
+# lowest student CE can admit confidently wrong unknown images: a known trap), next to
 # the unknown share of the pool.
 
 # %%

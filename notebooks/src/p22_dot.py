@@ -1,5 +1,5 @@
 # %% [markdown]
-# # DOT: a Distillation-Oriented Trainer, in miniature (method card §22)
+# # DOT: a Distillation-Oriented Trainer, in miniature (paper 22 of the ICCV 2023 list)
 #
 # **The method.** DOT (Zhao et al., ICCV 2023) argues that adding a KD loss slows the task
 # (cross-entropy) loss because the KD loss is *under-optimised*. It keeps two momentum buffers,
@@ -21,11 +21,11 @@
 # * the sweep `dot_d0.025`, `dot_d0.05`, `dot_d0.09` (DOT at Δ = 0 *is* SGD, a golden unit test
 #   of the engine, so `kd_sgd` is the Δ = 0 point of the sweep).
 #
-# **Claim to test (card):** DOT ends with a **lower KD loss** and a **CE that is no worse**,
+# **Claim to test (the paper's):** DOT ends with a **lower KD loss** and a **CE that is no worse**,
 # breaking the trade-off; the accuracy gain may be within noise. The paper's numbers (e.g.
 # res32x4 → res8x4 on CIFAR-100, 73.33 → 75.12) are the paper's claims, not targets here.
 #
-# The learning rate drops ×0.1 at epochs 40 and 50, as on the card (`schedule: multistep`).
+# The learning rate drops ×0.1 at epochs 40 and 50, as planned for this miniature (`schedule: multistep`).
 #
 # **Budgets.** `smoke`: 1 seed, 2 epochs (a plumbing check; no verdict). `full`: 10 seeds, the
 # config's epochs; about 2½–3½ minutes on the 2-core CPU (≈ 2.3 s per 60-epoch student run, 60
@@ -141,7 +141,7 @@ paired_differences(frame, "kd_sgd", CE, order=[a for a in order if a != "kd_sgd"
 # %% [markdown]
 # ## 5. The (CE, KD) training trajectory: SGD vs DOT
 #
-# One point per epoch (the epoch's mean of each loss stream), for **one seed** as the card asks,
+# One point per epoch (the epoch's mean of each loss stream), for **one seed** as planned,
 # then averaged over all seeds. Both axes are logarithmic. If DOT breaks the trade-off, its
 # trajectory should end lower (less KD loss) without ending further right (more CE).
 
@@ -182,7 +182,7 @@ lines = [describe(acc_summary, "kd_dot", "KD+DOT − KD+SGD test accuracy"),
          describe(kd_summary, "kd_dot", "KD+DOT − KD+SGD last-epoch KD term", lower_is_better=True),
          describe(ce_summary, "kd_dot", "KD+DOT − KD+SGD last-epoch CE", lower_is_better=True)]
 def holds(arm):
-    """The card's pattern for one DOT arm: KD term resolved lower and CE not resolved higher."""
+    """The paper's pattern for one DOT arm: KD term resolved lower and CE not resolved higher."""
     return (reporting.claim(kd_summary, arm, lower_is_better=True) == "holds"
             and reporting.claim(ce_summary, arm, lower_is_better=True) != "contradicted")
 

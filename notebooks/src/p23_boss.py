@@ -1,18 +1,18 @@
 # %% [markdown]
-# # BOSS: Bayesian optimisation meets self-distillation, in miniature (method card §23)
+# # BOSS: Bayesian optimisation meets self-distillation, in miniature (paper 23 of the ICCV 2023 list)
 #
 # **The method.** BOSS (Lee et al., ICCV 2023) keeps the models that Bayesian-optimisation trials
 # train: after a warm-up, each trial draws its **teacher** from the best-k earlier trials'
 # checkpoints, **starts the student** from another pool checkpoint, and self-distils with
 # L = α·CE(z_S, y) + (1 − α)·‖z_S − z_T‖² (here the per-sample mean over classes, as in the public
-# code's `MSELoss`); α is itself a search variable. The card rests on the public code.
+# code's `MSELoss`); α is itself a search variable. Our reading rests on the paper's public code.
 #
 # **In the engine:** `search: {strategy: boss}` (`kd_engine/search/boss.py`) runs an Optuna study
 # with the TPE sampler over lr ~ logU[1e-3, 1], weight decay ~ logU[1e-5, 1e-2], momentum = 1 − m'
 # with m' ~ logU[1e-3, 1], batch ~ int[64, 256], and α ~ U[0, 1] in BOSS trials only. The pool is
 # the best-k completed trials by **validation** accuracy (the public script uses the test set; we
 # do not). Each trial is an ordinary run (`method: scratch` in warm-up, `method: boss` after).
-# Deviations: one study whose first 8 trials are the warm-up (the card has two studies); the
+# Deviations: one study whose first 8 trials are the warm-up (the planned design has two studies); the
 # checkpoint kept per trial is its last epoch's (the reporting rule), not its best epoch's; a
 # constant cosine schedule instead of warm restarts.
 #
@@ -27,7 +27,7 @@
 #
 # **Metric:** the test accuracy of the trial with the best **validation** accuracy (for `sd`, the
 # best-validation generation); also the best validation accuracy itself.
-# **Claim to test:** BOSS ≥ BO at an equal number of trials, and BOSS ≥ SD. The card expects large
+# **Claim to test:** BOSS ≥ BO at an equal number of trials, and BOSS ≥ SD. Expect large
 # variance with so few trials.
 
 # %% tags=["parameters"]

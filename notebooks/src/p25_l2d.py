@@ -1,5 +1,5 @@
 # %% [markdown]
-# # L2D: multi-label knowledge distillation, in miniature (method card §25)
+# # L2D: multi-label knowledge distillation, in miniature (paper 25 of the ICCV 2023 list)
 #
 # **The method.** L2D (Yang et al., ICCV 2023) argues that softmax KD fits multi-label outputs
 # badly (independent sigmoids do not sum to one) and that whole-image features under-represent
@@ -17,10 +17,10 @@
 # mosaics from disjoint pools of digit images. Teacher: a CNN with 32–64 channels and a
 # label-query head (10 queries, 1 cross-attention layer, d = 32), trained with summed BCE for 10
 # epochs per seed and cached; student: 8–16 channels, d = 16. Adam 1e-3, batch 64, 10 epochs.
-# **Deviations from the card:** 2000 / 10 epochs instead of 3000 / 15 (CPU budget); the
-# structure weights are rescaled from the card's CD 100 / ID 1000 to 1 / 10 because at the
-# card's weights the structure terms dominated the BCE and the student collapsed in a pilot
-# (the card says to rescale them); the card's weights stay as a control arm.
+# **Deviations from the planned design:** 2000 / 10 epochs instead of 3000 / 15 (CPU budget); the
+# structure weights are rescaled from the reference CD 100 / ID 1000 to 1 / 10 because at the
+# reference weights the structure terms dominated the BCE and the student collapsed in a pilot
+# (rescaling them was planned for this case); the reference weights stay as a control arm.
 #
 # **Arms** (same seeds: the seed fixes the mosaics, the teacher, the initialisation and the
 # batch order):
@@ -29,13 +29,13 @@
 # * `softmax_kd`: + T²·KL between softmax(z/T) of teacher and student over the 10 labels, T = 4;
 # * `mld`: + 10·L_MLD (one-vs-all binary KD);
 # * `mld_led`: + 10·L_MLD + 1·L_CD + 10·L_ID (the full method at rescaled weights);
-# * `mld_led_card`: the full method at the card's weights (10, 100, 1000).
+# * `mld_led_card`: the full method at the reference weights (10, 100, 1000).
 #
 # **Metrics:** macro mAP over the 10 labels (`kd_engine.metrics_extra.multilabel_map`) and
 # micro-F1 at threshold 0.5, on the test mosaics, from each run's final student weights (the
 # training loop's own "accuracy" scores the top-left tile only and is not a task metric).
 #
-# **Claim to test (card):** full ≥ MLD > softmax KL ≈ BCE. The paper's COCO numbers are its
+# **Claim to test (the paper's):** full ≥ MLD > softmax KL ≈ BCE. The paper's COCO numbers are its
 # claims, not targets here.
 #
 # **Budgets.** `smoke`: 1 seed, 2 epochs, 2 teacher epochs, 300 training mosaics (plumbing;

@@ -1,11 +1,11 @@
 # %% [markdown]
-# # ORC-style group distillation with online role change, in miniature (method card §27)
+# # ORC-style group distillation with online role change, in miniature (paper 27 of the ICCV 2023 list)
 #
 # **The method.** ORC (ICCV 2023) splits a set of networks into a *teacher group* and a *student
 # group*; at every iteration the top-ranked students are promoted into the teacher group, the
 # teacher group is refined on the students' error samples, and the group's collective knowledge
 # is distilled into the remaining students. The paper's code is not public, so **the whole
-# algorithm here is a reconstruction** (card: "inferred"): this notebook tests an *ORC-style*
+# algorithm here is a reconstruction** (*inferred*): this notebook tests an *ORC-style*
 # trainer, not the paper's.
 #
 # **The reconstruction** (`method: orc`, `kd_engine/methods/orc.py`, whose evaluation hook
@@ -20,7 +20,7 @@
 # (`test/student_mean_acc`). The test split is never used to select.
 #
 # **The miniature** (`configs/orc_digits.yaml`): digits, test 30 % (540 images), validation 10 %
-# (180, for the selection; the card's 1257 training images become 1077), T0 = MLP 64–256–10
+# (180, for the selection; the planned 1257 training images become 1077), T0 = MLP 64–256–10
 # pretrained 30 epochs on each seed's training split, students MLP 64–{32, 32, 48, 24}–10,
 # 40 epochs, SGD lr 0.05 cosine, batch 64.
 #
@@ -28,7 +28,7 @@
 # `independent` (each student CE only: **the baseline**), `kd` (CE + KD from the frozen T0),
 # `dml` (deep mutual learning: CE + mean T²·KL towards every other student), `orc`.
 #
-# **Claim to test (card):** ORC beats the multi-teacher and online baselines; expect small
+# **Claim to test (the paper's):** ORC beats the multi-teacher and online baselines; expect small
 # differences at this scale. Paper's claim (ResNet-18 on ImageNet, top-1 error 30.25 → 28.00) is
 # the paper's, not a target.
 #
