@@ -1,4 +1,4 @@
-"""AdaSim (card 14) and the shared two-view parts: the adaptive partner rule on hand-built vote
+"""AdaSim (paper 14) and the shared two-view parts: the adaptive partner rule on hand-built vote
 sums, the kNN vote memory, DINO's centring/sharpening, collapse indicators, seeded views."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The detection teacher-pass cache (offline KD) and the AID card's missing record items."""
+"""The detection teacher-pass cache (offline KD) and the AID record's previously missing items."""
 import copy
 
 import numpy as np

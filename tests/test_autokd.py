@@ -1,4 +1,4 @@
-"""Auto-KD's distiller space (card §3, a reconstruction): transforms, distances, teacher features file."""
+"""Auto-KD's distiller space (paper 3, a reconstruction): transforms, distances, teacher features file."""
 from __future__ import annotations
 
 import json
@@ -115,6 +115,6 @@ def test_bad_params_are_one_line_errors(params, match):
         AutoKD(cfg, student, teacher, (1, 8, 8))
 
 
-def test_space_names_match_the_card():
+def test_space_names_match_the_reconstructed_space():
     assert TRANSFORMS == ("identity", "gap", "attention", "channel_softmax", "mask", "pool124")
     assert DISTANCES == ("mse", "l1", "cosine", "kl", "pearson", "cs")

@@ -1,4 +1,4 @@
-"""BOSS's self-distillation step (card §23): α·CE + (1 − α)·MSE on logits, student from a checkpoint."""
+"""BOSS's self-distillation step (paper 23): α·CE + (1 − α)·MSE on logits, student from a checkpoint."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Cr-KD (card §10): Sinkhorn-Knopp, the class-relation loss and its *non-detached* gate, the
+"""Cr-KD (paper 10): Sinkhorn-Knopp, the class-relation loss and its *non-detached* gate, the
 NCD dataset, the NCD metrics, the method's step and a short two-stage run."""
 from __future__ import annotations
 

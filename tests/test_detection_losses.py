@@ -62,7 +62,7 @@ def test_builders_sizes_and_levels():
     t = build_detector("retinanet", 128, 4, width=32, depth=2, fpn_channels=64)
     s = build_detector("retinanet", 128, 4, width=8, depth=1, fpn_channels=64)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert abs(count(t) / 1e6 - 3.35) < 0.01 and abs(count(s) / 1e6 - 0.61) < 0.01  # card §9
+    assert abs(count(t) / 1e6 - 3.35) < 0.01 and abs(count(s) / 1e6 - 0.61) < 0.01  # the AID miniature's model sizes
     with pytest.raises(ValueError, match="kind"):
         build_detector("yolo", S, 4)
     with pytest.raises(ValueError, match="background"):

@@ -1,4 +1,4 @@
-"""FerKD (card §15): the calibration rule on hand-built confidences, SelfMix on a hand-built
+"""FerKD (paper 15): the calibration rule on hand-built confidences, SelfMix on a hand-built
 batch, the soft cross-entropy, config errors, and what a run records per instance."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""KD³ (card 12, a reconstruction): selection scores, alignment, MixDistribution, InfoNCE, the
+"""KD³ (paper 12, a reconstruction): selection scores, alignment, MixDistribution, InfoNCE, the
 web pool generator and the teacher's own training data."""
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def _data(**params):
     return build_data(SimpleNamespace(name="digits_longtail", params=params), 0)
 
 
-def test_longtail_counts_follow_the_card():
+def test_longtail_counts_follow_the_formula():
     assert longtail_counts(10, 100, 20) == [100, 72, 51, 37, 26, 19, 14, 10, 7, 5]
     assert longtail_counts(10, 50, 1) == [50] * 10
     assert shot_groups(10) == {"many": [0, 1, 2], "medium": [3, 4, 5, 6], "few": [7, 8, 9]}

@@ -1,4 +1,4 @@
-"""The Auto-KD notebook (card §3) runs end to end at the smoke budget and writes finite results."""
+"""The Auto-KD notebook (paper 3) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The OTD notebook (card §5, a reconstruction) runs end to end at the smoke budget and writes
+"""The OTD notebook (paper 5, a reconstruction) runs end to end at the smoke budget and writes
 finite results."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Cr-KD notebook (card §10) runs end to end at the smoke budget and writes finite results."""
+"""The Cr-KD notebook (paper 10) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
 import math

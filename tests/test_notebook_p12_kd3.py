@@ -1,4 +1,4 @@
-"""The KD³ notebook (card §12, a reconstruction) runs end to end at the smoke budget and writes
+"""The KD³ notebook (paper 12, a reconstruction) runs end to end at the smoke budget and writes
 finite results."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The AdaSim notebook (card §14) runs end to end at the smoke budget and writes finite results."""
+"""The AdaSim notebook (paper 14) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
 import math

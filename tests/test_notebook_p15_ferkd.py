@@ -1,4 +1,4 @@
-"""The FerKD notebook (card §15) runs end to end at the smoke budget and writes finite results."""
+"""The FerKD notebook (paper 15) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The MDCS notebook (card §16) runs end to end at the smoke budget and writes finite results."""
+"""The MDCS notebook (paper 16) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The WAD notebook (card §21) runs end to end at the smoke budget and writes finite results."""
+"""The WAD notebook (paper 21) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
 import math

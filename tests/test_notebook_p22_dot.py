@@ -1,4 +1,4 @@
-"""The DOT notebook (card §22) runs end to end at the smoke budget and writes finite results."""
+"""The DOT notebook (paper 22) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The BOSS notebook (card §23) runs end to end at the smoke budget and writes finite results."""
+"""The BOSS notebook (paper 23) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
 import math

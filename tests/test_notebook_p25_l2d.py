@@ -1,4 +1,4 @@
-"""The L2D notebook (card §25) runs end to end at the smoke budget and writes finite results."""
+"""The L2D notebook (paper 25) runs end to end at the smoke budget and writes finite results."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The ORC-style notebook (card §27, a reconstruction) runs end to end at the smoke budget and
+"""The ORC-style notebook (paper 27, a reconstruction) runs end to end at the smoke budget and
 writes finite results for every arm."""
 from __future__ import annotations
 

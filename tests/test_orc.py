@@ -1,4 +1,4 @@
-"""ORC-style group distillation (card §27, a reconstruction): group target, error set, promotion,
+"""ORC-style group distillation (paper 27, a reconstruction): group target, error set, promotion,
 which member learns from what, roles, config errors, and a short run through the group loop."""
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_promotion_is_the_lowest_batch_ce_first_index_on_ties():
 
 
 # -- who learns from what ----------------------------------------------------------------------
-def test_orc_step_gradients_match_the_card():
+def test_orc_step_gradients_match_the_reconstruction():
     model = _orc(temperature=2.0, teacher_lr_scale=0.1)
     x, y = _batch()
     members = list(model.student.members)

@@ -1,4 +1,4 @@
-"""OTD (card 5, a reconstruction): gradient-subspace projection, the zero-valued surrogate that
+"""OTD (paper 5, a reconstruction): gradient-subspace projection, the zero-valued surrogate that
 applies it, the stained digits with new classes, and the method through the trainer."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Searches (cards §3 Auto-KD, §23 BOSS): MCTS known answers, random search, resume, a shared
+"""Searches (Auto-KD, paper 3; BOSS, paper 23): MCTS known answers, random search, resume, a shared
 Optuna study, the BOSS pool, config errors, and an end-to-end search whose trials are runs."""
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ def test_search_config_errors_are_one_line(tmp_path, override, match):
 def test_boss_config_errors(tmp_path):
     for override, match in (("search.params.pool_k=0", "search.params.pool_k: must be an integer >= 1"),
                             ("search.params.poolk=2", "unknown parameter 'poolk' for strategy boss"),
-                            ("search.space={lr: [1]}", "search.space: strategy boss has the card's fixed space")):
+                            ("search.space={lr: [1]}", "search.space: strategy boss has the paper's fixed space")):
         with pytest.raises(ConfigError, match=match):
             run_search(load_config(REPO / "configs/boss_digits.yaml", [override, f"runs_dir={tmp_path}"]))
 
@@ -205,7 +205,7 @@ def test_autokd_search_trials_are_tagged_runs_reading_the_teacher_features(tmp_p
     trials = search.trials()
     assert len(trials) == 2 and trials["reward"].notna().all() and trials["run_id"].nunique() == 2
     assert list(trials["trial"]) == [0, 1]
-    # the card's reward, from validation quantities only: -(L_val + 1 * (1 - CKA(F_S, F_T)))
+    # our reconstructed Auto-KD reward, from validation quantities only: -(L_val + 1 * (1 - CKA(F_S, F_T)))
     assert trials["val_cka"].between(0, 1).all()
     assert trials["reward"].tolist() == pytest.approx((-(trials["val_loss"] + 1.0 - trials["val_cka"])).tolist())
     runs = list_runs(tmp_path).set_index("run_id")

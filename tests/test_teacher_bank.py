@@ -1,4 +1,4 @@
-"""The teacher soft-label bank (FKD's cache, card §15): reproducible views, exact crop replay,
+"""The teacher soft-label bank (FKD's cache, used by FerKD, paper 15): reproducible views, exact crop replay,
 memmap round trip, stale/corrupt files refused, and a cached run that never touches the teacher."""
 from __future__ import annotations
 

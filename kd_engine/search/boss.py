@@ -77,7 +77,7 @@ def run_boss(cfg: ExperimentConfig, max_evals: int | None = None,
     search = cfg.search
     reject_unknown(search.params, PARAMS, "search.params", f"strategy {search.strategy}")
     if search.space:
-        raise ConfigError(f"search.space: strategy {search.strategy} has the card's fixed space "
+        raise ConfigError(f"search.space: strategy {search.strategy} has the paper's fixed space "
                           f"({', '.join(SPACE)}); leave search.space empty")
     p = {**PARAMS, **search.params}
     for key, low in (("warmup", 0), ("pool_k", 1), ("startup_trials", 0)):
