@@ -32,8 +32,10 @@ def check_names(cfg: ExperimentConfig) -> None:
         ADAPTERS.get(term.adapter, field=f"distill.terms.{index}.adapter")
     strategy = WEIGHTINGS.get(cfg.weighting.strategy)
     task = getattr(DATASETS.get(cfg.data.name), "task", "classification")
-    if task not in strategy.tasks:  # say so before judging params the strategy would never take
-        allowed = [n for n in WEIGHTINGS.names() if task in WEIGHTINGS.get(n).tasks]
+    allowed = [n for n in WEIGHTINGS.names() if task in WEIGHTINGS.get(n).tasks]
+    # a task that is weighted at all (anomaly and generation runs are not) refuses a strategy it
+    # cannot use before its params are judged: the params of a wrong strategy are beside the point
+    if allowed and task not in strategy.tasks:
         raise ConfigError(f"weighting.strategy: {cfg.weighting.strategy!r} does not weight {task} runs "
                           f"(allowed: {', '.join(allowed)})")
     check_call(strategy, cfg.weighting.params, "weighting.params", owner=f"strategy {cfg.weighting.strategy}")
