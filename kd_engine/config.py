@@ -8,14 +8,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      field_validator, model_validator)
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from kd_engine.config_edit import (CONFIG_RELATIVE_PATHS, RENAMED_KEYS,  # noqa: F401 (re-exported)
+                                   apply_override, rename_deprecated, resolve_relative_paths)
+from kd_engine.config_training import CheckpointConfig, EMAConfig, WeightSchedule  # noqa: F401 (re-exported)
+from kd_engine.config_types import Count, Real, _not_bool, _Strict  # noqa: F401 (re-exported)
 from kd_engine.errors import ConfigError
 from kd_engine.yaml_load import AliasBudgetExceeded, BudgetLoader, safe_yaml  # noqa: F401 (re-exported)
 
@@ -23,61 +25,6 @@ from kd_engine.yaml_load import AliasBudgetExceeded, BudgetLoader, safe_yaml  # 
 # Seeds reach NumPy (which takes 0 <= seed < 2**32) and torch generators (64-bit, after the
 # per-epoch arithmetic of the data order), so they are kept in NumPy's range.
 SEED_LIMIT = 2**32
-
-log = logging.getLogger("kdw")
-
-# Keys renamed so that each cache has one name: (path of the mapping, old key, new key).
-RENAMED_KEYS = (((), "teacher_cache", "use_teacher_bank"),  # the teacher soft-label bank
-                (("distill", "params"), "teacher_cache", "teacher_features"),  # Auto-KD's feature file
-                (("search", "params"), "teacher_cache", "teacher_features"))
-
-
-def rename_deprecated(raw: Any) -> Any:
-    """A copy of a raw config with the old names of `RENAMED_KEYS` moved to the new ones, one
-    logged deprecation line each (old configs keep working)."""
-    if not isinstance(raw, dict):
-        return raw
-    raw = copy.copy(raw)
-    for path, old, new in RENAMED_KEYS:
-        parent, node = None, raw
-        for key in path:
-            parent, node = node, node.get(key) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or old not in node:
-            continue
-        node = dict(node)
-        value = node.pop(old)
-        where = ".".join(path) + "." if path else ""
-        if new in node and node[new] != value:
-            raise ConfigError(f"{where}{old}: the old name of {where}{new}, which is set to another "
-                              f"value; keep only {where}{new}")
-        node[new] = value
-        log.warning("config: %s%s is deprecated; it is now %s%s", where, old, where, new)
-        if path:  # rebuild the path with copies, so the caller's mapping is left alone
-            chain = [raw]
-            for key in path[:-1]:
-                chain.append(dict(chain[-1][key]))
-                chain[-2][key] = chain[-1]
-            chain[-1][path[-1]] = node
-        else:
-            raw = node
-    return raw
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _not_bool(value: Any) -> Any:
-    """pydantic reads true/false as 1/0 for a number; a learning rate of `true` is a mistake."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number, not true/false")
-    return value
-
-
-# A number that must be a number: not true/false, and finite. Strings such as "5e-4" still convert:
-# YAML 1.1 reads a float without a dot as a string.
-Real = Annotated[float, BeforeValidator(_not_bool), AllowInfNan(False)]
-Count = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class DataConfig(_Strict):
@@ -141,17 +88,6 @@ class TeacherConfig(ModelSpec):
     train: TrainSettings = Field(default_factory=TrainSettings)
     # the data the teacher trains on, when it is not the run's (e.g. KD from a shifted pool)
     data: DataConfig | None = None
-
-
-class WeightSchedule(_Strict):
-    """How a term's weight ramps over epochs. ``linear_warmup``: epoch e (from 0) uses
-    weight · min(1, (e + 1) / epochs), DKD's warm-up (its first epoch already gets 1/epochs)."""
-
-    kind: Literal["linear_warmup"] = "linear_warmup"
-    epochs: int = Field(20, gt=0)
-
-    def factor(self, epoch: int) -> float:
-        return min(1.0, (epoch + 1) / self.epochs)
 
 
 class TermConfig(_Strict):
@@ -247,11 +183,21 @@ class ExperimentConfig(_Strict):
     method: str = "standard"
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["auto", "off", "bf16"] = "auto"
+    # auto: bf16 autocast on CUDA, full precision on the CPU; fp16 adds a gradient scaler
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     epochs: Count = Field(10, gt=0)
     eval_every: Count = Field(1, gt=0)  # epochs between validation passes; the last is evaluated
     grad_clip: Real | None = Field(None, gt=0.0)
     threads: Count | None = Field(None, gt=0)
+    # training essentials (docs/training.md): batches per optimizer step, the task cross-entropy's
+    # label smoothing, a student EMA, the best-validation checkpoint, and opt-in speed settings
+    accumulate_steps: Count = Field(1, gt=0)
+    label_smoothing: Real = Field(0.0, ge=0.0, lt=1.0)
+    ema: EMAConfig | None = None
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    sync_batchnorm: bool = False  # under DDP (torchrun) on CUDA: BatchNorm statistics over all ranks
+    compile: bool = False  # torch.compile the student
+    channels_last: bool = False  # the models' 4-D weights (and so their activations) in NHWC
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig | None = None
     student: ModelSpec
@@ -354,39 +300,6 @@ def _one_line(error: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source}: {message}{suffix}")
 
 
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply ``a.b.c=value`` to a raw config dict; the value is parsed as YAML (safely)."""
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value")
-    key, value_text = assignment.split("=", 1)
-    try:
-        value = yaml.load(value_text, Loader=BudgetLoader) if value_text else None  # noqa: S506
-    except AliasBudgetExceeded as exc:
-        raise ConfigError(f"--set {key.strip()}: refused: {exc}") from None
-    except yaml.YAMLError:
-        value = value_text
-    node: Any = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        if isinstance(node, list):
-            node = node[_list_index(part, key, node)]
-            continue
-        if not isinstance(node.get(part), (dict, list)):
-            node[part] = {}
-        node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_list_index(last, key, node)] = value
-    else:
-        node[last] = value
-
-
-def _list_index(part: str, key: str, node: list) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"--set {key}: {part!r} is not an index of a list of {len(node)}")
-    return int(part)
-
-
 def load_raw(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -406,20 +319,6 @@ def validate(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
         return ExperimentConfig.model_validate(copy.deepcopy(raw))
     except ValidationError as exc:
         raise _one_line(exc, source) from None
-
-
-# Weight files a config names; a relative one is read from the config file's folder.
-CONFIG_RELATIVE_PATHS = (("teacher", "checkpoint"), ("student", "init"))
-
-
-def resolve_relative_paths(raw: dict[str, Any], folder: Path) -> None:
-    """Make ``teacher.checkpoint`` and ``student.init`` absolute against ``folder`` (in place), so
-    a config runs the same from any working directory and its stored copy resumes anywhere."""
-    for section, key in CONFIG_RELATIVE_PATHS:
-        node = raw.get(section)
-        value = node.get(key) if isinstance(node, dict) else None
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            node[key] = str((folder / value).resolve())
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

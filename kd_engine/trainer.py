@@ -24,18 +24,21 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from kd_engine.config import FeaturePair
-from kd_engine.errors import ConfigError, KDWError, NonFiniteLossError
+from kd_engine.errors import KDWError
 from kd_engine.faults import fault_point
 from kd_engine.integrity import chance_warning
 from kd_engine.models import count_parameters
 from kd_engine.models.taps import check_layer_pairs
 from kd_engine.optim import apply_warmup, build_optimizer, build_scheduler
-from kd_engine.store import RunWriter, checkpoint_note
+from kd_engine.parts.ema import EMATeacher
+from kd_engine.store import RunWriter
 from kd_engine.tasks.base import Evaluation, Task
+from kd_engine.trainers.best import BestCheckpoint
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
 from kd_engine.trainers.evaluate import RecorderGuard
+from kd_engine.trainers.meta import run_meta
 from kd_engine.trainers.probes import grad_norms, record_features
-from kd_engine.weights import teacher_origin
+from kd_engine.trainers.stepper import build_stepper, check_finite
 
 log = logging.getLogger("kdw")
 
@@ -46,11 +49,6 @@ class StopRequested(KDWError):
 
 def _raise_stop(signum, frame):
     raise StopRequested("stopped by request (SIGTERM)")
-
-
-def _describe(spec) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in sorted(spec.params.items()))
-    return f"{spec.name}({params})"
 
 
 class Trainer:
@@ -64,13 +62,14 @@ class Trainer:
         self.distiller = distiller
         self.student, self.teacher = distiller.student, distiller.teacher
         task.bind(distiller)
-        self.model = DistributedDataParallel(distiller) if self.ctx.enabled else distiller
         self.optimizer = build_optimizer(cfg.optimizer, distiller.trainable_parameters())
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, cfg.epochs)
-        self.split_streams = hasattr(self.optimizer, "backward_streams")
-        if self.split_streams and (self.ctx.enabled or cfg.grad_clip):
-            raise ConfigError(f"optimizer.name: {cfg.optimizer.name} takes two backward passes a step, "
-                              "which DDP and grad_clip do not support here")
+        self.split_streams = hasattr(self.optimizer, "backward_streams")  # DOT: two backward passes a step
+        # channels_last, SyncBatchNorm, accumulation, the fp16 scaler, the EMA (made before `compile`)
+        self.steps = build_stepper(cfg, self.optimizer, self.device, distiller, self.split_streams,
+                                   self.ctx.enabled, EMATeacher)
+        self.model = DistributedDataParallel(distiller) if self.ctx.enabled else distiller
+        self.best = BestCheckpoint.of(cfg, len(self.data.val))  # checkpoint.best_metric
         self.pairs = self._feature_pairs()
         self.start_epoch, self.global_step = 0, 0
         self.writer: RunWriter | None = None
@@ -139,14 +138,8 @@ class Trainer:
     def _set_up_store(self, resume, run_id) -> None:
         cfg = self.cfg
         if resume is None:
-            meta = {"method": cfg.method, "dataset": cfg.data.name, "student": _describe(cfg.student),
-                    "teacher": _describe(cfg.teacher) if cfg.teacher else None,
-                    "weighting": cfg.weighting.strategy, "seed": cfg.seed, "epochs": cfg.epochs,
-                    "device": str(self.device), "world_size": self.ctx.world_size,
-                    "teacher_source": self.teacher_source, "teacher_origin": teacher_origin(cfg.teacher),
-                    "student_params": count_parameters(self.student),
-                    "teacher_params": count_parameters(self.teacher) if self.teacher else None,
-                    "class_names": self.data.class_names, "input_shape": list(self.data.input_shape)}
+            meta = run_meta(cfg, self.data, self.device, self.ctx.world_size, self.teacher_source,
+                            self.student, self.teacher)
             self.writer = RunWriter.create(cfg.runs_dir, cfg.name, meta, cfg.to_yaml(), run_id=run_id,
                                            tensorboard=cfg.record.tensorboard)
             self.run_dir = self.writer.run_dir
@@ -180,6 +173,8 @@ class Trainer:
         # store held for each done epoch (a resume refuses a store that lost any of it).
         state["last_val"] = {k: float(v) for k, v in self._last_val.items()}
         state["records"] = self._records
+        state["steps"] = self.steps.state_dict()  # optimizer steps, the fp16 scaler, the EMA
+        state["best"] = self.best.state_dict()
         return state
 
     def _split_seed(self) -> int:
@@ -194,6 +189,8 @@ class Trainer:
         self.start_epoch, self.global_step = state["epoch"] + 1, state["global_step"]
         self._last_val = dict(state.get("last_val", {}))
         self._records = {int(k): dict(v) for k, v in state.get("records", {}).items()}
+        self.steps.load_state_dict(state.get("steps", {}), default_steps=self.global_step)
+        self.best.load_state_dict(state.get("best", {}))
 
     def _checkpoint(self, epoch: int) -> None:
         """The student's weights, then the training state: renaming state.pt into place is what
@@ -206,7 +203,10 @@ class Trainer:
         if name is not None:
             meta["member"] = name
         meta["data"] = {"name": self.cfg.data.name, "split_seed": self._split_seed()}
-        save_weights(module, checkpoints / "student.safetensors", meta)
+        with self.steps.evaluated() as weights:  # the EMA's when on; the state keeps the raw ones
+            meta.update(weights)
+            save_weights(module, checkpoints / "student.safetensors", meta)
+            self.best.update(epoch, self._last_val, module, checkpoints, meta, self.writer)
         save_state(checkpoints / "state.pt", self._state(epoch))
 
     # -- the run ------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ class Trainer:
                     group["lr"] = lr
             with self.autocast():
                 out = phase.step(batch)
-            self._check_finite(out, f"{phase.name} step {step}")
+            check_finite(out, f"{phase.name} step {step}", self.run_dir)
             phase.optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             self._clip(phase.parameters)
@@ -284,6 +284,8 @@ class Trainer:
             if self.ctx.is_main and time.perf_counter() - last_flush > 1.0:
                 self._flush_scalars(pending, epoch)
                 last_flush = time.perf_counter()
+        if self.steps.pending:  # an accumulation group cut short by the epoch's end steps now
+            self._step(epoch, self.global_step - 1)
         self._write_instances(rows)  # inside the timed span: recording is part of the cost
         if self.ctx.is_main:
             self._flush_scalars(pending, epoch)
@@ -292,37 +294,32 @@ class Trainer:
                 "throughput": seen * self.ctx.world_size / max(elapsed, 1e-9), "epoch_time": elapsed})
 
     # -- one optimisation step ----------------------------------------------------------------
-    def _check_finite(self, out, where: str) -> None:
-        """Refuse a non-finite loss before it touches the weights."""
-        if not torch.isfinite(out.total):
-            bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
-            raise NonFiniteLossError(f"non-finite loss ({', '.join(bad) or 'total'}) at {where}; "
-                                     f"{checkpoint_note(self.run_dir)}")
-
     def _clip(self, parameters) -> None:
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(parameters, self.cfg.grad_clip)
 
     def _optimize(self, out, epoch: int) -> torch.Tensor:
-        """One optimisation step on a method's output: guard, backward, clip, warm up, step."""
+        """One batch on a method's output: guard, backward; then, once ``accumulate_steps``
+        batches are in, unscale, clip, warm up, step (`kd_engine.trainers.stepper`)."""
         loss = out.total
-        self._check_finite(out, f"epoch {epoch} step {self.global_step}")
+        check_finite(out, f"epoch {epoch} step {self.global_step}", self.run_dir)  # before any gradient
         self._backward(out, loss)
-        self._clip(self.distiller.trainable_parameters())
-        apply_warmup(self.optimizer, self.scheduler, self.cfg.schedule.warmup_iters, self.global_step)
-        self.optimizer.step()
-        self.distiller.after_step(self.global_step, epoch)
+        if self.steps.due():
+            self._step(epoch, self.global_step)
+        out.scalars.update(self.steps.scalars(loss.device))  # fp16: amp/scale, amp/skipped_steps
         return loss
+
+    def _step(self, epoch: int, step: int) -> None:  # warm-up counts optimizer steps, not batches
+        self.steps.step(lambda: self._clip(self.distiller.trainable_parameters()),
+                        lambda n: apply_warmup(self.optimizer, self.scheduler, self.cfg.schedule.warmup_iters, n))
+        self.distiller.after_step(step, epoch)
 
     def _backward(self, out, loss: torch.Tensor) -> None:
         """One backward pass, or, for an optimizer with separate gradient streams (DOT), the task
         loss and the sum of every other loss handed over separately."""
-        if not self.split_streams:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            return
         others = [value for name, value in out.losses.items() if name != "task"]
-        self.optimizer.backward_streams(out.losses["task"], sum(others) if others else None)
+        split = lambda _: self.optimizer.backward_streams(out.losses["task"], sum(others) if others else None)  # noqa: E731
+        self.steps.backward(loss, split if self.split_streams else None)  # scaled under fp16, divided over a group
 
     # -- recording ----------------------------------------------------------------------------
     def _step_scalars(self, out, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -362,8 +359,9 @@ class Trainer:
     def _evaluate(self, split: str, epoch: int, final: bool = False) -> dict[str, float]:
         """Evaluate on a split, record its per-instance rows and artifacts, return its metrics.
         The method's metrics come first (a group method picks its reported member on val)."""
-        extra = self.distiller.evaluation_metrics(split, self.task)
-        result: Evaluation = self.task.evaluate(split, self.student, self.teacher, final=final)
+        with self.steps.evaluated():  # the student EMA's weights when it is on (run meta: evaluated_weights)
+            extra = self.distiller.evaluation_metrics(split, self.task)
+            result: Evaluation = self.task.evaluate(split, self.student, self.teacher, final=final)
         metrics = {**result.metrics, **extra}
         self._log_eval_instances(split, epoch, result.columns)
         for artifact in result.artifacts:

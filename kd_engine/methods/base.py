@@ -15,7 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def smoothed_task_loss(logits: torch.Tensor, y: torch.Tensor, plain: torch.Tensor,
+                       smoothing: float) -> torch.Tensor:
+    """The per-sample task cross-entropy a student trains on: ``plain`` (its cross-entropy with
+    ``y``, also what is recorded per instance) when ``smoothing`` is 0, else the cross-entropy
+    with label smoothing ε (the target puts 1 − ε on the label and ε/C on every class, Szegedy
+    et al. 2016), so the recorded rows stay comparable between runs with and without it."""
+    if not smoothing:
+        return plain
+    return F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=smoothing)
 
 
 @dataclass

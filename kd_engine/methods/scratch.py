@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kd_engine.methods.base import Distiller, StepOutput
+from kd_engine.methods.base import Distiller, StepOutput, smoothed_task_loss
 from kd_engine.methods.registry import METHODS
 
 
@@ -15,6 +15,7 @@ class Scratch(Distiller):
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
+        self.label_smoothing = cfg.label_smoothing  # on the trained loss only (not the recorded one)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         logits = self.student(x)
@@ -25,4 +26,5 @@ class Scratch(Distiller):
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
             per_sample["teacher_loss"] = F.cross_entropy(teacher_logits.float(), y, reduction="none")
-        return StepOutput(logits, {"task": student_loss.mean()}, per_sample, teacher_logits)
+        task_loss = smoothed_task_loss(logits, y, student_loss, self.label_smoothing)
+        return StepOutput(logits, {"task": task_loss.mean()}, per_sample, teacher_logits)

@@ -10,7 +10,7 @@ from torch import nn
 
 from kd_engine.errors import ConfigError
 from kd_engine.losses.terms import LOSSES, TermBatch, TermSetup, TermSpec
-from kd_engine.methods.base import Distiller, StepOutput
+from kd_engine.methods.base import Distiller, StepOutput, smoothed_task_loss
 from kd_engine.methods.registry import METHODS
 from kd_engine.models import feature_taps, layer_shapes
 from kd_engine.models.adapters import build_adapter
@@ -64,6 +64,7 @@ class Standard(Distiller):
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
         self.task_weight = cfg.distill.task_weight
+        self.label_smoothing = cfg.label_smoothing  # on the task cross-entropy only (not the recorded loss)
         self.weighting = build_weighting(cfg.weighting.strategy, cfg.weighting.params)
         self.terms = nn.ModuleList(self._build_terms(cfg, input_shape))
         owned = [t.adapter for t in self.terms if t.spec.inputs == "module"]
@@ -130,6 +131,7 @@ class Standard(Distiller):
         with _taps(self.student, self.student_layers) as s_feats:
             s_logits = self.student(x)
         student_loss = F.cross_entropy(s_logits.float(), y, reduction="none")
+        task_loss = smoothed_task_loss(s_logits, y, student_loss, self.label_smoothing)
         teacher_loss = F.cross_entropy(t_logits.float(), y, reduction="none")
         per_sample: dict[str, torch.Tensor] = {}
         distill = torch.zeros_like(student_loss)
@@ -144,5 +146,5 @@ class Standard(Distiller):
             weights = weights.detach()
         per_sample.update(student_loss=student_loss.detach(), teacher_loss=teacher_loss,
                           distill_loss=distill.detach(), weight=weights.detach())
-        losses = {"task": self.task_weight * student_loss.mean(), "distill": (weights * distill).mean()}
+        losses = {"task": self.task_weight * task_loss.mean(), "distill": (weights * distill).mean()}
         return StepOutput(s_logits, losses, per_sample, t_logits)

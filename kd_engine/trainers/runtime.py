@@ -54,13 +54,27 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def _check_amp(device: torch.device, amp: str) -> None:
+    if amp in ("bf16", "fp16") and device.type != "cuda":
+        raise ConfigError(f"amp: {amp} needs a CUDA device here (use auto or off)")
+
+
 def autocast(device: torch.device, amp: str):
-    """bf16 autocast on CUDA (the default there); full precision on the CPU."""
-    if amp == "bf16" and device.type != "cuda":
-        raise ConfigError("amp: bf16 needs a CUDA device here (use auto or off)")
+    """bf16 autocast on CUDA (the default there), fp16 autocast when asked (with a gradient
+    scaler, `grad_scaler`); full precision on the CPU."""
+    _check_amp(device, amp)
     if device.type == "cuda" and amp in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if amp == "fp16":
+        return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler | None:
+    """fp16's gradient scaler (fp16 gradients underflow without it); None for bf16 and fp32,
+    whose exponent range needs none."""
+    _check_amp(device, amp)
+    return torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
 
 def seed_everything(seed: int) -> None:
