@@ -216,6 +216,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from kd_engine.bench_device import command
+
+    return command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdw", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="RUN", help="the scratch run to compare copied mistakes against "
                    "(default: the newest scratch run of the same data and seed)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("bench", help="images/s and peak GPU memory of the CIFAR-100 KD config, engine vs a bare loop")
+    from kd_engine.bench_device import add_arguments  # argparse only: torch is imported when it runs
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
