@@ -108,7 +108,10 @@ def run(device: str, images: int, rounds: int, batch_size: int | None = None, th
             "images_per_s": 1000.0 / statistics.median(per_image_ms),
             "images_per_s_per_round": [1000.0 / v for v in per_image_ms],
             "peak_gpu_memory_mb": peak[arm.name] / 2**20 if dev.type == "cuda" else None}
-    results["engine_vs_bare"] = results["arms"]["engine"]["images_per_s"] / results["arms"]["bare"]["images_per_s"]
+    paired = [e / b for e, b in zip(results["arms"]["engine"]["images_per_s_per_round"],
+                                    results["arms"]["bare"]["images_per_s_per_round"])]
+    results["engine_vs_bare"] = statistics.median(paired)  # rounds pair the arms: load changes between rounds
+    results["engine_vs_bare_per_round"] = paired
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return results
 
