@@ -161,8 +161,3 @@ def command(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    from kd_engine.cli import main
-
-    sys.exit(main(["bench", *sys.argv[1:]]))
