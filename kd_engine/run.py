@@ -33,8 +33,12 @@ def build_teacher(cfg: ExperimentConfig, input_shape, num_classes: int, is_main:
                                train_teacher=lambda teacher_cfg: train(teacher_cfg, distributed=False))
 
 
-def check_method(method, cfg: ExperimentConfig, ctx) -> None:
+def check_method(method, cfg: ExperimentConfig, ctx, registry=None) -> None:
     """What a method declares about itself, enforced once for every method."""
+    if cfg.label_smoothing and not method.smooths_labels:
+        takers = [n for n in registry.names() if registry.get(n).smooths_labels] if registry else []
+        raise ConfigError(f"label_smoothing: method {cfg.method} builds its own task loss, which takes no label "
+                          f"smoothing here (methods that do: {', '.join(takers)})")
     if method.requires_teacher(cfg) and cfg.teacher is None:
         raise ConfigError(f"teacher: method {cfg.method} distils from a teacher; add a teacher section")
     if method.single_process and ctx.enabled:
@@ -59,7 +63,7 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
     data = task_class.build_data(cfg)
     student = load_init(build_model(cfg.student, data.input_shape, data.num_classes, field="student"), cfg.student)
     method = task_class.methods.get(cfg.method, field="method")
-    check_method(method, cfg, ctx)
+    check_method(method, cfg, ctx, task_class.methods)
     if cfg.teacher is not None:  # report mistakes in terms, layers or weighting before a teacher trains
         method(cfg, student, build_model(cfg.teacher, data.input_shape, data.num_classes, field="teacher"),
                data.input_shape)

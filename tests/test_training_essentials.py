@@ -384,3 +384,31 @@ def test_a_compiled_student_trains_on_the_cpu(tmp_path, monkeypatch):
     assert run.meta()["status"] == "finished"
     weights = load_file(str(run.run_dir / "checkpoints" / "student.safetensors"))
     build_model(validate(scratch_raw(tmp_path)).student, (1, 8, 8), 10).load_state_dict(weights)  # plain keys
+
+
+def test_label_smoothing_is_refused_where_a_method_builds_its_own_task_loss(tmp_path):
+    from kd_engine.methods import METHODS
+    from kd_engine.run import check_method
+    from kd_engine.trainers.runtime import SINGLE
+
+    cfg = validate(scratch_raw(tmp_path, method="orc", label_smoothing=0.1))
+    with pytest.raises(ConfigError) as exc:
+        check_method(METHODS.get("orc"), cfg, SINGLE, METHODS)
+    assert str(exc.value).startswith("label_smoothing: method orc") and "standard" in str(exc.value)
+    check_method(METHODS.get("scratch"), validate(scratch_raw(tmp_path, label_smoothing=0.1)), SINGLE, METHODS)
+
+
+def test_sync_batchnorm_converts_every_batchnorm_under_ddp(tmp_path):
+    """The conversion itself (no process group is needed for it); training with it is on CUDA."""
+    from kd_engine.models import build_model
+    from kd_engine.trainers.speed import prepare_models
+
+    cfg = validate(scratch_raw(tmp_path, sync_batchnorm=True))
+    holder = nn.Module()
+    holder.student = build_model(cfg.student, (1, 8, 8), 10)
+    params = list(holder.student.parameters())
+    batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in holder.modules())
+    prepare_models(holder, cfg, distributed=True, device=torch.device("cuda"))  # the module stays on the CPU
+    assert batchnorms and sum(isinstance(m, nn.SyncBatchNorm) for m in holder.modules()) == batchnorms
+    assert not any(type(m) is nn.BatchNorm2d for m in holder.modules())
+    assert all(a is b for a, b in zip(params, holder.student.parameters()))  # the optimizer's objects stay

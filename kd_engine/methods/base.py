@@ -87,6 +87,8 @@ class Distiller(nn.Module):
     # "wrapped" (its teacher is replaced by the bank's stored logits) or "native" (it reads the
     # bank itself, through the ids it is given).
     bank_mode: str | None = None
+    # True: the task cross-entropy takes the config's `label_smoothing` (`smoothed_task_loss`)
+    smooths_labels = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None):
         super().__init__()

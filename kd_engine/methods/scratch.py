@@ -12,6 +12,7 @@ from kd_engine.methods.registry import METHODS
 @METHODS.register("scratch")
 class Scratch(Distiller):
     needs_teacher = False
+    smooths_labels = True
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)

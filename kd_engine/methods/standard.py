@@ -60,6 +60,7 @@ def make_adapter(kind: str, s_shape: tuple, t_shape: tuple, field: str, layers: 
 @METHODS.register("standard")
 class Standard(Distiller):
     bank_mode = "wrapped"  # on a soft-label bank, the teacher's logits come from the bank
+    smooths_labels = True
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
