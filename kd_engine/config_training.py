@@ -1,6 +1,6 @@
 """Config sections of the training essentials: per-term weight schedules, the student EMA and
-the best-validation checkpoint. `kd_engine.config` re-exports them; the trainer
-(`kd_engine.trainers.essentials`) reads them."""
+the best-validation checkpoint. `kd_engine.config` re-exports them; the trainer reads them
+(`kd_engine.trainers.stepper`, `kd_engine.trainers.best`; docs/training.md)."""
 from __future__ import annotations
 
 import math

@@ -1,7 +1,8 @@
 """The one trainer every run goes through, whatever its task (`kd_engine.tasks.Task`).
 
 The trainer owns what all runs share: the optimizer step with its non-finite-loss guard, AMP,
-gradient clipping, warm-up and schedules, per-step scalars, checkpoints every epoch (atomic),
+gradient clipping, warm-up and schedules (accumulation, fp16 scaler, EMA: `trainers.stepper`),
+per-step scalars, checkpoints every epoch (atomic; the best validation one: `trainers.best`),
 exact resume, a clean stop on SIGTERM, DDP, and the run store. The task owns batches, rows,
 evaluation and the dashboard's inputs; the method (a `Distiller`) owns the losses and may add
 phases before the epochs (`Distiller.phases`), evaluation metrics (`evaluation_metrics`,
