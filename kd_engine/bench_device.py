@@ -158,6 +158,7 @@ def command(args: argparse.Namespace) -> int:
     results = run(args.device, images, rounds, args.batch_size, args.threads, log=lambda m: print(m, file=sys.stderr))
     print(table(results))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
