@@ -93,6 +93,11 @@ class StepLoop:
                 signal.signal(signal.SIGTERM, previous)
         return losses
 
+    def train_epoch(self, epoch: int) -> int:
+        """Train one epoch's steps at once, without its end (validation, checkpoint, scheduler),
+        and return how many steps it took: what `make bench` times as one sample."""
+        return sum(1 for _ in self._train_epoch(epoch))
+
     def _events(self) -> Iterator[tuple[str, object]]:
         """The whole run: ``("step", loss)`` per optimisation step, ``("epoch", e)`` after each
         epoch's end-of-epoch work except the last, whose end is the final evaluation."""
