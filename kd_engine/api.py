@@ -16,7 +16,7 @@ lists the run and the dashboard shows it like any other.
 
 Data: a map-style ``Dataset`` or a ``DataLoader`` whose items are ``(x, y)`` or ``(x, y, id)``
 with ``x`` a tensor. Without ids, the id of an item is its dataset index (validation items
-continue after the training ones, so the two splits never share an id). The loader's batch size is
+continue after the training ones and test items after those, so no two splits share an id). The loader's batch size is
 used unless ``batch_size`` is given; its sampler and workers are not (the trainer draws its own
 seeded order, which exact resume and the per-instance records rely on).
 
@@ -136,14 +136,22 @@ def _empty_like(split):
     return TensorInstanceDataset(split.x[:0], split.y[:0], split.ids[:0])
 
 
-def _bundle(train_data, val_data, num_classes: int | None, class_names: Sequence[str] | None):
+def _bundle(train_data, val_data, test_data, num_classes: int | None, class_names: Sequence[str] | None):
     from kd_engine.data.base import DataBundle
 
     train = instance_dataset(train_data, 0, "train")
-    val = instance_dataset(val_data, int(train.ids.max()) + 1, "val") if val_data is not None else _empty_like(train)
-    if val_data is not None and set(train.ids.tolist()) & set(val.ids.tolist()):
-        raise DataError("val data: its ids overlap the training ids (each instance needs its own id)")
-    labels = torch.cat([train.y, val.y])
+    splits = {"train": train}
+    for name, given in (("val", val_data), ("test", test_data)):
+        if given is None:
+            splits[name] = _empty_like(train)
+            continue
+        first = max(int(s.ids.max()) for s in splits.values() if len(s)) + 1  # after the ids so far
+        splits[name] = instance_dataset(given, first, name)
+        seen = set().union(*(s.ids.tolist() for k, s in splits.items() if k != name))
+        if seen & set(splits[name].ids.tolist()):
+            raise DataError(f"{name} data: its ids overlap those of another split (each instance needs its own id)")
+    val, test = splits["val"], splits["test"]
+    labels = torch.cat([train.y, val.y, test.y])
     names = class_names or getattr(_items(train_data)[1], "classes", None)
     count = int(num_classes or (len(names) if names else int(labels.max()) + 1))
     if int(labels.min()) < 0 or int(labels.max()) >= count:
@@ -151,7 +159,7 @@ def _bundle(train_data, val_data, num_classes: int | None, class_names: Sequence
     names = [str(c) for c in names] if names else [str(k) for k in range(count)]
     if len(names) != count:
         raise DataError(f"class_names: {len(names)} names for {count} classes")
-    return DataBundle(train=train, val=val, test=_empty_like(train), num_classes=count,
+    return DataBundle(train=train, val=val, test=test, num_classes=count,
                       input_shape=tuple(train.x.shape[1:]), class_names=names, name=PYTHON_DATA)
 
 
@@ -265,7 +273,7 @@ def _config(teacher_spec, student_spec, terms, weighting, optimizer, epochs, run
 
 
 def make_trainer(teacher: nn.Module | None, student: nn.Module, train_data, val_data=None, *,
-                 terms: Sequence[str | dict] = ("kd",), weighting: str | dict = "uniform",
+                 test_data=None, terms: Sequence[str | dict] = ("kd",), weighting: str | dict = "uniform",
                  optimizer: str | dict | None = None, epochs: int = 1, runs_dir: str | Path = "runs",
                  name: str = "distill", batch_size: int | None = None, num_classes: int | None = None,
                  class_names: Sequence[str] | None = None, teacher_spec: dict | None = None,
@@ -273,6 +281,8 @@ def make_trainer(teacher: nn.Module | None, student: nn.Module, train_data, val_
     """A `kd_engine.trainer.Trainer` for ``teacher`` -> ``student`` on the given data, with its
     run created in ``runs_dir``; advance it with ``fit(steps=N)`` / ``fit(epochs=N)`` / ``run()``.
 
+    ``val_data`` is evaluated after every epoch (``eval_every``), ``test_data`` once at the end;
+    both are optional.
     ``teacher=None`` trains the student alone (method ``scratch``). ``terms`` are loss names or
     `TermConfig` dicts (``{"loss": "kd", "params": {"temperature": 4}}``); ``weighting`` a
     strategy name or ``{"strategy": ..., "params": ...}``; ``optimizer`` a name or an optimizer
@@ -285,7 +295,7 @@ def make_trainer(teacher: nn.Module | None, student: nn.Module, train_data, val_
     from kd_engine.trainer import Trainer
     from kd_engine.trainers import runtime
 
-    data = _bundle(train_data, val_data, num_classes, class_names)
+    data = _bundle(train_data, val_data, test_data, num_classes, class_names)
     if batch_size is None:
         batch_size = getattr(train_data, "batch_size", None) or 64
     specs, reasons = {}, {}

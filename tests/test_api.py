@@ -68,8 +68,8 @@ def test_the_api_run_is_the_kdw_train_run(tmp_path):
     cli_run = Run(train(validate(raw), run_id="cli"))
     cfg = validate(raw)
     data = build_data(cfg.data, cfg.seed)
-    splits = [TensorDataset(s.x, s.y, s.ids) for s in (data.train, data.val)]
-    api_run = kd_engine.distill(teacher, student, *splits, teacher_spec=TEACHER, student_spec=STUDENT,
+    splits = [TensorDataset(s.x, s.y, s.ids) for s in (data.train, data.val, data.test)]
+    api_run = kd_engine.distill(teacher, student, *splits[:2], test_data=splits[2], teacher_spec=TEACHER, student_spec=STUDENT,
                                 terms=["kd"], epochs=1, batch_size=128, runs_dir=tmp_path / "runs",
                                 name="same", run_id="api", threads=1, record=QUIET,
                                 class_names=data.class_names)
@@ -82,6 +82,9 @@ def test_the_api_run_is_the_kdw_train_run(tmp_path):
     assert rows[0].equals(rows[1])
     ours, theirs = _weights(api_run.run_dir), _weights(cli_run.run_dir)
     assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    finals = [run.final_metrics() for run in (cli_run, api_run)]
+    assert finals[0]["test/student_acc"] == finals[1]["test/student_acc"] > 0.1
+    assert finals[0]["val/student_acc"] == finals[1]["val/student_acc"]
     assert api_run.meta()["dataset"] == "python" and api_run.meta()["made_by"] == "kd_engine.distill"
 
 
@@ -120,7 +123,7 @@ def test_ids_come_from_the_dataset_index_and_loaders_give_their_batch_size(tmp_p
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda x, y: (TensorDataset(x, y), TensorDataset(x[:4], y[:4], torch.arange(4))), "overlap the training ids"),
+    (lambda x, y: (TensorDataset(x, y), TensorDataset(x[:4], y[:4], torch.arange(4))), "its ids overlap those of another split"),
     (lambda x, y: ([(x[0].numpy(), 0)] * 4, None), "not a tensor"),
     (lambda x, y: (TensorDataset(x, y, torch.zeros(len(x), dtype=torch.long)), None), "ids repeat"),
     (lambda x, y: (TensorDataset(x, y + 5), None), "labels must lie in [0, 3)"),
