@@ -215,8 +215,8 @@ def model_spec(model: nn.Module, input_shape, num_classes: int, given: dict | No
                role: str = "model") -> tuple[dict, str | None]:
     """The registry spec recorded for ``model`` and, when none rebuilds it, why (else None)."""
     if given is not None:
-        spec = dict(given) if isinstance(given, dict) else {"name": getattr(given, "name"),
-                                                           "params": dict(getattr(given, "params", {}))}
+        get = given.get if isinstance(given, dict) else lambda key, default=None: getattr(given, key, default)
+        spec = {"name": get("name"), "params": dict(get("params") or {})}  # what builds it, nothing else
         if not _rebuilds(spec, model, input_shape, num_classes):
             raise ConfigError(f"{role}_spec: {spec} does not build a model with the {role}'s parameter "
                               "names and shapes")
