@@ -97,15 +97,35 @@ def _source_names(dataset, count: int, first_id: int) -> list[str]:
     return [f"{type(dataset).__name__}[{i}]" for i in range(count)]
 
 
-def instance_dataset(data, first_id: int = 0, split: str = "train"):
-    """A user's dataset or loader as the classification task's split.
+MEMORY_LIMIT = 50_000_000  # floats: a split up to this size (200 MB) is held in memory, a larger one streamed
 
-    The one place that decides how user data is held: today every split is read once into an
-    in-memory `TensorInstanceDataset` (the classification task indexes tensors); a lazy split read
-    through a DataLoader replaces it here for data too large to hold."""
+
+def instance_dataset(data, first_id: int = 0, split: str = "train"):
+    """A user's dataset or loader as the classification task's split: the one place that decides
+    how user data is held. A split of up to `MEMORY_LIMIT` floats is read once into an in-memory
+    `TensorInstanceDataset` (the fastest path); a larger map-style one is wrapped by the data
+    layer's ``stream_dataset`` and read through a DataLoader every epoch (ids from the index)."""
+    items, dataset = _items(data)
+    stream = _streamer()
+    if stream is not None and hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") and len(dataset):
+        x = dataset[0][0]
+        if isinstance(x, torch.Tensor) and len(dataset) * x.numel() > MEMORY_LIMIT:
+            return stream(dataset, ids=np.arange(first_id, first_id + len(dataset)), name=split)
+    return _materialise(items, dataset, first_id, split)
+
+
+def _streamer():
+    """The data layer's lazy wrapper for a user's dataset, where this build has it."""
+    try:
+        from kd_engine.data.loader import stream_dataset
+    except ImportError:  # a build without the streaming path holds every split in memory
+        return None
+    return stream_dataset
+
+
+def _materialise(items, dataset, first_id: int, split: str):
     from kd_engine.data.base import TensorInstanceDataset
 
-    items, dataset = _items(data)
     xs, ys, ids = [], [], []
     for index, item in enumerate(items):
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
@@ -130,20 +150,26 @@ def instance_dataset(data, first_id: int = 0, split: str = "train"):
     return out
 
 
-def _empty_like(split):
+def _input_shape(split) -> tuple[int, ...]:
+    return tuple(split.x.shape[1:]) if hasattr(split, "x") else tuple(split.eval_item(0)[0].shape)
+
+
+def _empty(shape):
     from kd_engine.data.base import TensorInstanceDataset
 
-    return TensorInstanceDataset(split.x[:0], split.y[:0], split.ids[:0])
+    return TensorInstanceDataset(torch.zeros((0, *shape)), torch.zeros(0, dtype=torch.long),
+                                 torch.zeros(0, dtype=torch.long))
 
 
 def _bundle(train_data, val_data, test_data, num_classes: int | None, class_names: Sequence[str] | None):
     from kd_engine.data.base import DataBundle
 
     train = instance_dataset(train_data, 0, "train")
+    shape = _input_shape(train)
     splits = {"train": train}
     for name, given in (("val", val_data), ("test", test_data)):
         if given is None:
-            splits[name] = _empty_like(train)
+            splits[name] = _empty(shape)
             continue
         first = max(int(s.ids.max()) for s in splits.values() if len(s)) + 1  # after the ids so far
         splits[name] = instance_dataset(given, first, name)
@@ -160,7 +186,7 @@ def _bundle(train_data, val_data, test_data, num_classes: int | None, class_name
     if len(names) != count:
         raise DataError(f"class_names: {len(names)} names for {count} classes")
     return DataBundle(train=train, val=val, test=test, num_classes=count,
-                      input_shape=tuple(train.x.shape[1:]), class_names=names, name=PYTHON_DATA)
+                      input_shape=shape, class_names=names, name=PYTHON_DATA)
 
 
 # -- models ------------------------------------------------------------------------------------

@@ -212,3 +212,18 @@ def test_a_model_no_spec_rebuilds_records_its_maps_and_the_page_says_why(tmp_pat
     assert not at.exception, [e.value for e in at.exception]
     assert any("On-demand attributions are unavailable for the student" in i.value for i in at.info)
     assert any(s.value == "Recorded attention maps" for s in at.subheader)
+
+
+def test_a_split_over_the_memory_limit_goes_to_the_streaming_wrapper(monkeypatch):
+    """The hold-or-stream choice: small splits are read into memory, larger ones handed to the
+    data layer's ``stream_dataset`` (ids from the index, after the earlier splits')."""
+    from kd_engine import api
+
+    calls = []
+    monkeypatch.setattr(api, "_streamer", lambda: lambda dataset, ids, name: calls.append((len(dataset), list(ids), name)) or "streamed")
+    x, y = _toy()
+    monkeypatch.setattr(api, "MEMORY_LIMIT", 24 * 64)  # exactly the 24 toy images of 1x8x8
+    assert api.instance_dataset(TensorDataset(x, y), 0, "train").x.shape == (24, 1, 8, 8) and not calls
+    monkeypatch.setattr(api, "MEMORY_LIMIT", 24 * 64 - 1)
+    assert api.instance_dataset(TensorDataset(x, y), 100, "val") == "streamed"
+    assert calls == [(24, list(range(100, 124)), "val")]
