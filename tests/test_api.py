@@ -110,6 +110,14 @@ def test_fit_in_pieces_is_the_same_run_as_run(tmp_path):
     assert all(np.array_equal(ours[k], theirs[k]) for k in theirs)
 
 
+def test_close_records_a_paused_run_as_stopped(tmp_path):
+    trainer = _trainer(tmp_path, "closed")
+    assert len(trainer.fit(steps=2)) == 2
+    trainer.close()
+    assert Run(trainer.run_dir).status() == "stopped" and trainer.finished and trainer.fit() == []
+    trainer.close()  # once ended, nothing more happens
+
+
 def test_ids_come_from_the_dataset_index_and_loaders_give_their_batch_size(tmp_path):
     trainer = _trainer(tmp_path, "ids")
     assert trainer.data.train.ids.tolist() == list(range(18)) and trainer.data.val.ids.tolist() == list(range(18, 24))

@@ -93,6 +93,16 @@ class StepLoop:
                 signal.signal(signal.SIGTERM, previous)
         return losses
 
+    def close(self) -> None:
+        """End a run that will not be continued: it is recorded as stopped (its last epoch's
+        checkpoint stands) and its store closed. Nothing happens to a run that has ended."""
+        if self._ended:
+            return
+        if self._progress is not None:
+            self._progress.close()
+        self._progress, self._ended = None, True
+        self._give_up(StopRequested("stopped by the caller before the end"))
+
     def train_epoch(self, epoch: int) -> int:
         """Train one epoch's steps at once, without its end (validation, checkpoint, scheduler),
         and return how many steps it took: what `make bench` times as one sample."""
