@@ -32,7 +32,6 @@ Attention page says why on-demand attributions are unavailable.
 from __future__ import annotations
 
 import importlib
-import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -42,8 +41,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kd_engine.errors import ConfigError, DataError
-
-log = logging.getLogger("kdw")
 
 __all__ = ["distill", "make_trainer", "model_spec", "instance_dataset"]
 
