@@ -10,6 +10,7 @@ import torch
 from kd_engine import bench_api
 
 
+@pytest.mark.slow  # trains six digits epochs (as tests/test_bench.py, the engine's quick bench)
 def test_quick_mode_runs_and_the_losses_agree(tmp_path):
     out = tmp_path / "api.json"
     assert bench_api.main(["--quick", "--rounds", "1", "--out", str(out)]) == 0
