@@ -10,6 +10,8 @@ SGD settings; the workload is `kd_engine.bench`'s (digits, resnet width 32 -> wi
             one epoch per call with ``trainer.fit(epochs=1)``: per-step scalars (SQLite and
             TensorBoard), per-instance rows, and the epoch's end (feature disparities and attention
             maps on the probe, the checkpoint; no validation split is given).
+* ``api_norec``  the same with recording off (no per-instance rows, no TensorBoard, scalars
+            every 1000 steps), to show what the recording costs (info).
 
 One sample is one epoch of one arm. As in `kd_engine.bench`, the goal judges the training steps:
 the epoch's end (`Trainer._end_of_epoch`, timed on its own) is left out of the ratio and reported
@@ -43,7 +45,9 @@ from kd_engine.bench import WORKLOAD, _summary, _sync, bench_parser, preset_size
 FULL = {"rounds": 20, "epochs_per_sample": 1}
 QUICK = {"rounds": 2, "epochs_per_sample": 1}
 GOAL = 1.03
-LOSS_RTOL = 1e-4  # relative agreement of the two arms' losses at every step
+LOSS_RTOL = 1e-4  # relative agreement of the arms' losses at every step
+# the third arm (info): what the trainer costs without its per-step and per-instance recording
+NO_RECORDING = {"instances": False, "eval_instances": False, "tensorboard": False, "scalars_every": 1000}
 
 
 class _Arm:
@@ -88,17 +92,18 @@ def _bare_arm(cfg, train, student, teacher, device) -> _Arm:
     return arm
 
 
-def _api_arm(cfg, train, student, teacher, runs_dir: Path, threads: int) -> _Arm:
+def _api_arm(cfg, train, student, teacher, runs_dir: Path, threads: int, name: str = "api",
+             record: dict | None = None) -> _Arm:
     import kd_engine
     from torch.utils.data import TensorDataset
 
     trainer = kd_engine.make_trainer(
         teacher, student, TensorDataset(train.x, train.y, train.ids), terms=[t.model_dump() for t in cfg.distill.terms],
         optimizer=cfg.optimizer.model_dump(), epochs=cfg.epochs, runs_dir=runs_dir, name="bench_api",
-        run_id="api", batch_size=cfg.data.batch_size, teacher_spec=cfg.teacher.model_dump(include={"name", "params"}),
+        run_id=name, batch_size=cfg.data.batch_size, teacher_spec=cfg.teacher.model_dump(include={"name", "params"}),
         student_spec=cfg.student.model_dump(include={"name", "params"}), schedule=cfg.schedule.model_dump(),
-        device=cfg.device, threads=threads, seed=cfg.seed)
-    arm = _Arm("api", None)
+        device=cfg.device, threads=threads, seed=cfg.seed, record=record or {})
+    arm = _Arm(name, None)
 
     def epoch(e: int) -> int:
         assert trainer.global_step == e * steps, "the API trainer is not at the bare loop's epoch"
@@ -172,7 +177,9 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, runs_dir
     torch.manual_seed(cfg.seed)
     student = build_model(cfg.student, data.input_shape, data.num_classes, field="student").to(dev)
     arms = [_bare_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), dev),
-            _api_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), runs_dir, threads)]
+            _api_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), runs_dir, threads),
+            _api_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), runs_dir, threads,
+                     "api_norec", NO_RECORDING)]
     steps = math.ceil(len(train) / cfg.data.batch_size)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     log(f"workload: digits, {len(train)} training samples, batch {cfg.data.batch_size} ({steps} steps/epoch); "
@@ -184,15 +191,16 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, runs_dir
         arm.wall.clear(), arm.cpu.clear(), arm.end_wall.clear()
     epoch = 1
     for r in range(rounds):
-        for arm in (arms if r % 2 == 0 else arms[::-1]):
+        order = arms[r % len(arms):] + arms[:r % len(arms)]  # rotate, and reverse every other round
+        for arm in (order if r % 2 == 0 else order[::-1]):
             _sample(arm, epoch, epochs_per_sample, dev)
         epoch += epochs_per_sample
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    trainer = arms[1].trainer
-    if not trainer.finished:
-        raise RuntimeError("bench_api: the API trainer did not finish its run")
+    if not all(arm.trainer.finished for arm in arms[1:]):
+        raise RuntimeError("bench_api: an API trainer did not finish its run")
 
-    deviation = check_losses(arms[0].losses, arms[1].losses)
+    deviation = max(check_losses(arms[0].losses, arm.losses) for arm in arms[1:])
+    norec = _summary([a / b for a, b in zip(arms[2].wall, arms[0].wall)])
     paired = [a / b for a, b in zip(arms[1].wall, arms[0].wall)]
     stats = _summary(paired)
     whole = _summary([(a + e) / b for a, e, b in zip(arms[1].wall, arms[1].end_wall, arms[0].wall)])
@@ -210,6 +218,9 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, runs_dir
                   **{k: stats[k] for k in ("p25", "p75", "min", "max")},
                   "cpu_ratio": statistics.median(a / b for a, b in zip(arms[1].cpu, arms[0].cpu)),
                   "goal": GOAL, "passed": stats["median"] <= GOAL},
+        "recording_off": {"label": "API trainer, recording off, vs bare loop", "ratio": norec["median"],
+                          "p25": norec["p25"], "p75": norec["p75"], "record": NO_RECORDING,
+                          "cpu_ratio": statistics.median(a / b for a, b in zip(arms[2].cpu, arms[0].cpu))},
         "epoch_end": {"label": "API trainer with its epoch's end vs bare loop", "ratio": whole["median"],
                       "p25": whole["p25"], "p75": whole["p75"],
                       "ms_per_step": statistics.median(arms[1].end_wall),
@@ -220,13 +231,16 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, runs_dir
 
 
 def table(results: dict) -> str:
-    lines = [f"{'arm':<6} {'wall ms/step':>12} {'p25-p75':>15} {'cpu ms/step':>12}"]
+    lines = [f"{'arm':<10} {'wall ms/step':>12} {'p25-p75':>15} {'cpu ms/step':>12}"]
     for name, a in results["arms"].items():
-        lines.append(f"{name:<6} {a['median']:>12.3f} {a['p25']:>7.3f}-{a['p75']:<7.3f} {a['cpu_median']:>12.3f}")
+        lines.append(f"{name:<10} {a['median']:>12.3f} {a['p25']:>7.3f}-{a['p75']:<7.3f} {a['cpu_median']:>12.3f}")
     r, losses = results["ratio"], results["losses"]
     lines.append("")
     lines.append(f"{r['label']}: {r['ratio']:.3f}x (p25-p75 {r['p25']:.3f}-{r['p75']:.3f}; cpu {r['cpu_ratio']:.3f}x), "
                  f"goal {r['goal']:.2f}x: {'PASS' if r['passed'] else 'over goal'}")
+    off = results["recording_off"]
+    lines.append(f"{off['label']}: {off['ratio']:.3f}x (p25-p75 {off['p25']:.3f}-{off['p75']:.3f}; "
+                 f"cpu {off['cpu_ratio']:.3f}x) (info: record {off['record']})")
     end = results["epoch_end"]
     lines.append(f"{end['label']}: {end['ratio']:.3f}x (p25-p75 {end['p25']:.3f}-{end['p75']:.3f}); the "
                  f"epoch's end ({end['what']}) adds {end['ms_per_step']:.3f} ms per step (info)")

@@ -18,7 +18,7 @@ def test_quick_mode_runs_and_the_losses_agree(tmp_path):
     steps = results["workload"]["steps_per_epoch"]
     assert results["losses"]["steps"] == 2 * steps  # the warm-up epoch and one round, per arm
     assert 0.0 <= results["losses"]["max_relative_deviation"] <= bench_api.LOSS_RTOL
-    assert set(results["arms"]) == {"bare", "api"} and results["ratio"]["ratio"] > 0
+    assert set(results["arms"]) == {"bare", "api", "api_norec"} and results["ratio"]["ratio"] > 0
     assert results["ratio"]["passed"] == (results["ratio"]["ratio"] <= bench_api.GOAL)
 
 
