@@ -148,7 +148,7 @@ def _engine_arm(name, cfg, data, student, teacher, device, bank=None) -> _Arm:
     steps = max(1, math.ceil(len(data.train) / cfg.data.batch_size))
 
     def epoch(e: int) -> int:
-        loop._train_epoch(e)
+        loop.train_epoch(e)
         return steps
 
     arm = _Arm(name, epoch)

@@ -130,7 +130,7 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, quick: b
         loop = Trainer(arm_cfg, task, distiller, "bench", None, run_id=name)
 
         def epoch(e: int, loop=loop) -> int:
-            loop._train_epoch(e)
+            loop.train_epoch(e)
             return steps
 
         arm = _Arm(name, epoch)

@@ -19,7 +19,7 @@ from torch import nn
 from kd_engine.errors import CheckpointError, DataError, KDWError
 from kd_engine.store import Run
 
-__all__ = ["RunInspector", "METHODS", "forward_flops", "attribution", "grad_cam", "saliency", "integrated_gradients",
+__all__ = ["RunInspector", "METHODS", "unavailable_reason", "forward_flops", "attribution", "grad_cam", "saliency", "integrated_gradients",
            "vit_attention", "spatial_layers", "resize_map", "normalise_map", "agreement"]
 
 METHODS = ("gradcam", "saliency", "integrated_gradients", "vit_attention", "vit_rollout")
@@ -47,10 +47,18 @@ class RunInspector:
             self._models[which] = self._build(which)
         return self._models[which]
 
+    def unavailable(self, which: str) -> str | None:
+        """Why the role's model cannot be rebuilt (a `kd_engine.distill` run of a module no spec
+        rebuilds), else None."""
+        return unavailable_reason(self.run, which)
+
     def _build(self, which: str) -> nn.Module:
         from kd_engine.models import build_model
         from kd_engine.trainers.checkpoint import load_weights, read_metadata
 
+        reason = self.unavailable(which)
+        if reason:
+            raise CheckpointError(f"{self.run.run_id}: {reason}")
         path = self.run.checkpoint_path(which)
         if path is None:
             raise CheckpointError(f"{self.run.run_id}: no {which} checkpoint (yet)")
@@ -133,6 +141,12 @@ class RunInspector:
         """(N, H, W) float32 maps of `method` for the role's model, at input resolution."""
         return attribution(self.model(which), self.inputs(instance_ids), method,
                            torch.as_tensor(list(targets), dtype=torch.long), layer)
+
+
+def unavailable_reason(run: Run, which: str) -> str | None:
+    """Why ``run``'s ``which`` model cannot be rebuilt from its config, or None when it can: the
+    Python API records the reason for a module that no registry spec or import target rebuilds."""
+    return (run.meta().get("not_rebuildable") or {}).get(which)
 
 
 def forward_flops(model: nn.Module, input_shape: Sequence[int], batch: int = 1) -> int:

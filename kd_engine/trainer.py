@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,24 +35,19 @@ from kd_engine.tasks.base import Evaluation, Task
 from kd_engine.trainers.best import BestCheckpoint
 from kd_engine.trainers.checkpoint import load_state, save_state, save_weights
 from kd_engine.trainers.evaluate import RecorderGuard
+from kd_engine.trainers.loop import StepLoop, StopRequested
 from kd_engine.trainers.meta import run_meta
-from kd_engine.trainers.probes import grad_norms, record_features
+from kd_engine.trainers.probes import record_features
 from kd_engine.trainers.stepper import build_stepper, check_finite
 
 log = logging.getLogger("kdw")
 
 
-class StopRequested(KDWError):
-    """SIGTERM (e.g. the dashboard's Stop button) arrived; the last epoch checkpoint stands."""
-
-
-def _raise_stop(signum, frame):
-    raise StopRequested("stopped by request (SIGTERM)")
-
-
-class Trainer:
+class Trainer(StepLoop):
     """Train ``distiller`` on ``task`` for ``cfg.epochs`` epochs, recording into a new run (or
-    continuing ``resume``, a run directory). ``teacher_source`` says where the teacher came from."""
+    continuing ``resume``, a run directory). ``teacher_source`` says where the teacher came from.
+    ``run()`` trains to the end; ``fit(steps=N)``/``fit(epochs=N)`` advance it one call at a time
+    (`kd_engine.trainers.loop`)."""
 
     def __init__(self, cfg, task: Task, distiller, teacher_source: str | None = None,
                  resume: str | Path | None = None, run_id: str | None = None):
@@ -210,30 +203,7 @@ class Trainer:
             self.best.update(epoch, self._last_val, module, checkpoints, meta, self.writer)
         save_state(checkpoints / "state.pt", self._state(epoch))
 
-    # -- the run ------------------------------------------------------------------------------
-    def run(self) -> Path:
-        previous = signal.signal(signal.SIGTERM, _raise_stop) if self.ctx.is_main else None
-        try:
-            for phase in self.distiller.phases(self.task) if self.start_epoch == 0 else ():
-                self._run_phase(phase)
-            for epoch in range(self.start_epoch, self.cfg.epochs):
-                self._train_epoch(epoch)
-                self.scheduler.step()  # on every rank: DDP replicas must share the learning rate
-                if self.ctx.is_main:
-                    self._end_of_epoch(epoch)
-                self.ctx.barrier()
-            if self.ctx.is_main:
-                self._finish()
-        except BaseException as exc:
-            self._give_up(exc)
-            raise
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-        if self.writer is not None:
-            self.writer.close()
-        return self.run_dir
-
+    # -- the run (fit/run and the epoch iterator: kd_engine/trainers/loop.py) ----------------
     def _run_phase(self, phase) -> None:
         """A method's phase before the epochs (e.g. Cr-KD's stage 1): its own optimizer and
         learning rates, stepped through the trainer's guard, clipping and backward."""
@@ -259,40 +229,6 @@ class Trainer:
                 self.writer.save_artifact(**artifact)
             if report.event:
                 self.writer.event(report.event)
-
-    def _train_epoch(self, epoch: int) -> None:
-        self.model.train()
-        self.distiller.begin_epoch(epoch, self.cfg.epochs)
-        rows: list[dict] = []
-        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
-        started, seen, last_flush = time.perf_counter(), 0, time.perf_counter()
-        for batch in self.task.batches(epoch, self.distiller.wants_ids):
-            with self.autocast():
-                out = self.model(*batch.inputs, **batch.kwargs)
-            every = self.cfg.record.grad_norms_every
-            if every and self.ctx.is_main and self.global_step % every == 0:
-                params = [p for p in self.student.parameters() if p.requires_grad]
-                self.writer.log_scalars(self.global_step, epoch, grad_norms(out.losses, params))
-            loss = self._optimize(out, epoch)
-            if self.cfg.record.instances:
-                batch_rows = self.task.train_rows(out, batch, self.global_step, epoch)
-                if batch_rows is not None:
-                    rows.append(batch_rows)
-            if self.ctx.is_main and self.global_step % self.cfg.record.scalars_every == 0:
-                pending.append((self.global_step, self._step_scalars(out, loss)))
-            seen += batch.size
-            self.global_step += 1
-            if self.ctx.is_main and time.perf_counter() - last_flush > 1.0:
-                self._flush_scalars(pending, epoch)
-                last_flush = time.perf_counter()
-        if self.steps.pending:  # an accumulation group cut short by the epoch's end steps now
-            self._step(epoch, self.global_step - 1)
-        self._write_instances(rows)  # inside the timed span: recording is part of the cost
-        if self.ctx.is_main:
-            self._flush_scalars(pending, epoch)
-            elapsed = time.perf_counter() - started
-            self.writer.log_scalars(self.global_step, epoch, {
-                "throughput": seen * self.ctx.world_size / max(elapsed, 1e-9), "epoch_time": elapsed})
 
     # -- one optimisation step ----------------------------------------------------------------
     def _clip(self, parameters) -> None:

@@ -96,8 +96,16 @@ def recorded_section(run: Run, iid: int, index) -> None:
 def computed_section(run: Run, iid: int, label: int, names: list[str]) -> None:
     st.subheader("Attributions from the checkpoints")
     roles = tuple(r for r in ("teacher", "student") if run.checkpoint_path(r) is not None)
+    reasons = {r: kinspect.unavailable_reason(run, r) for r in roles}
+    for role, reason in reasons.items():
+        if reason:
+            st.info(f"On-demand attributions are unavailable for the {role}: {reason}. The maps this run "
+                    "recorded for its probe instances during training are shown above.")
     if not roles:
         st.info("No checkpoint yet: the student's is written after its first epoch.")
+        return
+    roles = tuple(r for r in roles if not reasons[r])
+    if not roles:
         return
     version = stamp(run)
     info = {role: describe(str(run.run_dir), version, role) for role in roles}
@@ -131,7 +139,7 @@ def computed_section(run: Run, iid: int, label: int, names: list[str]) -> None:
             continue
         maps[role] = attribution_map(str(run.run_dir), version, role, method, iid, int(targets[target_name]),
                                      layers.get(role))
-    if "teacher" not in roles:
+    if "teacher" not in roles and not reasons.get("teacher"):
         st.info("This run has no teacher checkpoint: only the student is shown.")
     show_pair(run, iid, maps.get("teacher"), maps.get("student"),
               f"{METHOD_LABELS[method]} for class {ui.class_name(names, targets[target_name])}",
