@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from kd_engine.config_edit import (CONFIG_RELATIVE_PATHS, RENAMED_KEYS,  # noqa: F401 (re-exported)
                                    apply_override, rename_deprecated, resolve_relative_paths)
-from kd_engine.config_training import CheckpointConfig, EMAConfig, WeightSchedule  # noqa: F401 (re-exported)
+from kd_engine.config_training import BestCheckpointConfig, EMAConfig, WeightSchedule  # noqa: F401 (re-exported)
 from kd_engine.config_types import Count, Real, _not_bool, _Strict  # noqa: F401 (re-exported)
 from kd_engine.errors import ConfigError
 from kd_engine.yaml_load import AliasBudgetExceeded, BudgetLoader, safe_yaml  # noqa: F401 (re-exported)
@@ -194,7 +194,7 @@ class ExperimentConfig(_Strict):
     accumulate_steps: Count = Field(1, gt=0)
     label_smoothing: Real = Field(0.0, ge=0.0, lt=1.0)
     ema: EMAConfig | None = None
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    best_checkpoint: BestCheckpointConfig = Field(default_factory=BestCheckpointConfig)
     sync_batchnorm: bool = False  # under DDP (torchrun) on CUDA: BatchNorm statistics over all ranks
     compile: bool = False  # torch.compile the student
     channels_last: bool = False  # the models' 4-D weights (and so their activations) in NHWC

@@ -51,15 +51,15 @@ class EMAConfig(_Strict):
     decay: Real = Field(0.999, gt=0.0, lt=1.0)
 
 
-class CheckpointConfig(_Strict):
-    """Besides the last epoch's ``student.safetensors``: with ``best_metric`` set (a validation
+class BestCheckpointConfig(_Strict):
+    """Besides the last epoch's ``student.safetensors``: with ``metric`` set (a validation
     metric, e.g. ``val/student_acc``), the weights of the best validation so far go to
     ``student_best.safetensors`` (its metadata and the run meta hold the epoch and the value)."""
 
-    best_metric: str | None = None
+    metric: str | None = None
     mode: Literal["max", "min"] = "max"
 
-    @field_validator("best_metric")
+    @field_validator("metric")
     @classmethod
     def _validation_metric(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("val/"):

@@ -63,7 +63,7 @@ class Trainer(StepLoop):
         self.steps = build_stepper(cfg, self.optimizer, self.device, distiller, self.split_streams,
                                    self.ctx.enabled, EMATeacher)
         self.model = DistributedDataParallel(distiller) if self.ctx.enabled else distiller
-        self.best = BestCheckpoint.of(cfg, len(self.data.val))  # checkpoint.best_metric
+        self.best = BestCheckpoint.of(cfg, len(self.data.val))  # best_checkpoint.metric
         self.pairs = self._feature_pairs()
         self.start_epoch, self.global_step = 0, 0
         self.writer: RunWriter | None = None

@@ -43,8 +43,8 @@ def train(raw):
     ("label_smoothing", 1.0, "label_smoothing"), ("label_smoothing", -0.1, "label_smoothing"),
     ("accumulate_steps", 0, "accumulate_steps"), ("ema", {"decay": 1.0}, "ema.decay"),
     ("ema", {"decay": 0.0}, "ema.decay"), ("amp", "fp8", "amp"),
-    ("checkpoint", {"best_metric": "test/student_acc"}, "checkpoint.best_metric"),
-    ("checkpoint", {"best_metric": "val/student_acc", "mode": "largest"}, "checkpoint.mode"),
+    ("best_checkpoint", {"metric": "test/student_acc"}, "best_checkpoint.metric"),
+    ("best_checkpoint", {"metric": "val/student_acc", "mode": "largest"}, "best_checkpoint.mode"),
 ])
 def test_bad_values_are_one_line_naming_the_field(tmp_path, key, value, needle):
     with pytest.raises(ConfigError) as exc:
@@ -54,7 +54,7 @@ def test_bad_values_are_one_line_naming_the_field(tmp_path, key, value, needle):
 
 def test_old_configs_keep_their_defaults():
     cfg = load_config("configs/digits_kd.yaml")
-    assert (cfg.accumulate_steps, cfg.label_smoothing, cfg.ema, cfg.checkpoint.best_metric) == (1, 0.0, None, None)
+    assert (cfg.accumulate_steps, cfg.label_smoothing, cfg.ema, cfg.best_checkpoint.metric) == (1, 0.0, None, None)
     assert not (cfg.compile or cfg.channels_last or cfg.sync_batchnorm) and cfg.amp == "auto"
     assert validate(cfg.to_dict()) == cfg  # the stored copy of a config validates to the same config
 
@@ -285,7 +285,7 @@ def test_ema_best_checkpoint_and_exact_resume(tmp_path, monkeypatch):
     from kd_engine.trainer import StopRequested, Trainer
 
     extra = {"epochs": 3, "accumulate_steps": 2, "ema": {"decay": 0.9}, "label_smoothing": 0.1,
-             "checkpoint": {"best_metric": "val/student_loss", "mode": "min"}}
+             "best_checkpoint": {"metric": "val/student_loss", "mode": "min"}}
     straight = train(scratch_raw(tmp_path / "a", **extra))
     put_back = stop_after_epoch(monkeypatch, Trainer, "_end_of_epoch", 1)
     with pytest.raises(StopRequested):
@@ -326,12 +326,12 @@ def test_ema_best_checkpoint_and_exact_resume(tmp_path, monkeypatch):
 
 def test_a_best_metric_never_logged_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as exc:
-        train(scratch_raw(tmp_path, epochs=1, checkpoint={"best_metric": "val/student_accuracy"}))
+        train(scratch_raw(tmp_path, epochs=1, best_checkpoint={"metric": "val/student_accuracy"}))
     text = str(exc.value)
-    assert "\n" not in text and "checkpoint.best_metric" in text and "val/student_accuracy" in text
+    assert "\n" not in text and "best_checkpoint.metric" in text and "val/student_accuracy" in text
     assert "val/student_acc" in text  # the metrics that are logged
-    with pytest.raises(ConfigError, match="checkpoint.best_metric.*needs a validation split"):
-        raw = scratch_raw(tmp_path / "noval", epochs=1, checkpoint={"best_metric": "val/student_acc"})
+    with pytest.raises(ConfigError, match="best_checkpoint.metric.*needs a validation split"):
+        raw = scratch_raw(tmp_path / "noval", epochs=1, best_checkpoint={"metric": "val/student_acc"})
         raw["data"]["val_fraction"] = 0.0
         train(raw)
 

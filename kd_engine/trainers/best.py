@@ -1,5 +1,5 @@
 """The best-validation checkpoint: beside the last epoch's ``student.safetensors``, the weights of
-the epoch whose validation ``metric`` was best so far (``checkpoint: {best_metric, mode}``).
+the epoch whose validation ``metric`` was best so far (``best_checkpoint: {metric, mode}``).
 
 Only a strictly better value replaces it, so an epoch without a validation pass (``eval_every``)
 never does, and ties keep the earlier epoch. The best value and epoch are part of the resume
@@ -24,19 +24,19 @@ class BestCheckpoint:
 
     def __init__(self, metric: str | None, mode: str = "max"):
         if mode not in ("max", "min"):
-            raise ConfigError(f"checkpoint.mode: expected 'max' or 'min', got {mode!r}")
+            raise ConfigError(f"best_checkpoint.mode: expected 'max' or 'min', got {mode!r}")
         self.metric, self.mode = metric, mode
         self.value: float | None = None
         self.epoch: int | None = None
 
     @classmethod
     def of(cls, cfg, val_size: int) -> "BestCheckpoint":
-        """``cfg.checkpoint``'s; a run without a validation split cannot pick a best epoch."""
-        metric = cfg.checkpoint.best_metric
+        """``cfg.best_checkpoint``'s; a run without a validation split cannot pick a best epoch."""
+        metric = cfg.best_checkpoint.metric
         if metric is not None and not val_size:
-            raise ConfigError(f"checkpoint.best_metric: {metric!r} needs a validation split, and this run "
+            raise ConfigError(f"best_checkpoint.metric: {metric!r} needs a validation split, and this run "
                               "has none (data.val_fraction is 0)")
-        return cls(metric, cfg.checkpoint.mode)
+        return cls(metric, cfg.best_checkpoint.mode)
 
     def better(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -56,7 +56,7 @@ class BestCheckpoint:
             return False
         if self.metric not in metrics:
             logged = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
-            raise ConfigError(f"checkpoint.best_metric: {self.metric!r} is not a logged validation metric "
+            raise ConfigError(f"best_checkpoint.metric: {self.metric!r} is not a logged validation metric "
                               f"(logged: {logged})")
         value = float(metrics[self.metric])
         if not self.better(value):
