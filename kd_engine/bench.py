@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kd_engine.bench_harness import (Arm, bench_parser, busy_note, interleave, load_average, paired_ratio,
-                                     preset_sizes, run_and_report, settings, summary, timed)
+from kd_engine.bench_harness import (Arm, bench_parser, busy_note, cli, interleave, load_average, paired_ratio,
+                                     settings, summary, timed)
 
 # The workload: configs/digits_kd.yaml's data, models, loss and optimizer.
 WORKLOAD = {
@@ -275,11 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("python -m kd_engine.bench", "Engine step time against a bare PyTorch loop, "
                           "and recording on against off.", FULL, QUICK, "artifacts/bench/engine.json")
     parser.add_argument("--student-width", type=int, default=8, help="student resnet width (default 8)")
-    args = parser.parse_args(argv)
-    rounds, epochs = preset_sizes(args, FULL, QUICK)
-    run_and_report(lambda tmp: run(rounds, epochs, args.threads, args.device, args.student_width, tmp),
-                   "kdw-bench-", args.quick, table, args.out)
-    return 0
+    return cli(parser, FULL, QUICK, "kdw-bench-", table,
+               lambda args, rounds, epochs, tmp: run(rounds, epochs, args.threads, args.device,
+                                                     args.student_width, tmp), argv)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import torch
 
-from kd_engine.bench_harness import (Arm, bench_parser, busy_note, interleave, load_average, paired_ratio,
-                                     preset_sizes, run_and_report, settings, summary, timed)
+from kd_engine.bench_harness import (Arm, bench_parser, busy_note, cli, interleave, load_average, paired_ratio,
+                                     settings, summary, timed)
 
 # configs/aid_retinanet.yaml's per-step workload, on a smaller training split.
 WORKLOAD = {
@@ -200,11 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                           "(Zhang & Ma, RetinaNet on scenes), side by side.", FULL, QUICK,
                           "artifacts/bench/detection.json",
                           quick_help="short smoke run on 64-px scenes and small models (the numbers mean little)")
-    args = parser.parse_args(argv)
-    rounds, epochs = preset_sizes(args, FULL, QUICK)
-    run_and_report(lambda tmp: run(rounds, epochs, args.threads, args.device, args.quick, tmp),
-                   "kdw-bench-detection-", args.quick, table, args.out)
-    return 0
+    return cli(parser, FULL, QUICK, "kdw-bench-detection-", table,
+               lambda args, rounds, epochs, tmp: run(rounds, epochs, args.threads, args.device, args.quick, tmp),
+               argv)
 
 
 if __name__ == "__main__":

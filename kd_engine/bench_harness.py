@@ -11,7 +11,7 @@ the per-round ratios of two arms: load that changes slowly cancels out of each r
 * `interleave`             one untimed warm-up sample per arm, then `rounds` interleaved samples
 * `summary`, `paired_ratio`  median and quartiles of a series; one comparison's entry
 * `load_average`, `settings`, `busy_note`  what the results record about the machine
-* `bench_parser`, `preset_sizes`, `run_and_report`  the command line and the JSON + table output
+* `bench_parser`, `preset_sizes`, `run_and_report`, `cli`  the command line and the JSON + table output
 
 It imports nothing from the engine (the import contracts keep it at the bottom layer), so any
 bench module, in the engine or the dashboard, can use it.
@@ -183,3 +183,13 @@ def preset_sizes(args: argparse.Namespace, full: dict, quick: dict) -> tuple[int
     """(rounds, epochs per sample): the command line's, else the chosen preset's."""
     preset = quick if args.quick else full
     return args.rounds or preset["rounds"], args.epochs_per_sample or preset["epochs_per_sample"]
+
+
+def cli(parser: argparse.ArgumentParser, full: dict, quick: dict, prefix: str, table_fn, run_fn,
+        argv: list[str] | None = None) -> int:
+    """A bench module's `main`: parse `argv` with `parser` (from `bench_parser`), then
+    `run_fn(args, rounds, epochs_per_sample, scratch_dir)` and report it with `table_fn`."""
+    args = parser.parse_args(argv)
+    rounds, epochs = preset_sizes(args, full, quick)
+    run_and_report(lambda tmp: run_fn(args, rounds, epochs, tmp), prefix, args.quick, table_fn, args.out)
+    return 0

@@ -9,6 +9,12 @@ import torch
 from kd_engine.bench_harness import Arm, busy_note, interleave, paired_ratio, summary, timed
 
 
+@pytest.fixture(autouse=True)
+def _no_gc(monkeypatch):
+    """`sample` collects garbage before each timing (a second or more in a large test process)."""
+    monkeypatch.setattr("kd_engine.bench_harness.gc.collect", lambda: 0)
+
+
 def _recording_arms(names, calls):
     def make(name):
         def epoch(e):
