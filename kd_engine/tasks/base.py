@@ -12,13 +12,16 @@ member                                 what the task does
                                        ``task`` attribute equals it selects this task
 ``methods`` (class attribute)          the `Registry` of distillers for this task
 ``headline`` (class attribute)         metric-name endings shown in the per-epoch log line
-``build_data(cfg)`` (classmethod)      the data bundle: ``.train/.val/.test`` splits (each
+``build_data(cfg)`` (classmethod)      the data bundle (default: the dataset builder's at the
+                                       run's seed): ``.train/.val/.test`` splits (each
                                        with ``.ids`` and ``len``), ``.input_shape``,
                                        ``.num_classes``, ``.class_names``, ``.meta``
 ``__init__(cfg, data, device, ctx,     keep what the other members need (the base class
-autocast)``                            stores them as attributes of the same names)
+autocast)``, ``setup()``               stores them as attributes of the same names, then
+                                       calls ``setup()`` for the task's own state)
 ``batches(epoch, wants_ids)``          this rank's training batches of one epoch as `Batch`es,
-                                       moved to ``device``; the order must depend only on
+                                       moved to ``device`` (``epoch_positions`` gives each
+                                       batch's positions); the order must depend only on
                                        ``(cfg.seed, epoch)`` (exact resume); under DDP every
                                        rank yields the same number of batches and marks padding
                                        in ``Batch.keep``
@@ -50,6 +53,7 @@ that registers a subclass in ``TASKS``, a dataset builder with ``task = "<name>"
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
@@ -58,7 +62,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from kd_engine.data import build_data
 from kd_engine.registry import Registry
+from kd_engine.trainers import runtime
 
 
 @dataclass
@@ -103,15 +109,38 @@ class Task(ABC):
 
     def __init__(self, cfg, data, device: torch.device, ctx, autocast):
         self.cfg, self.data, self.device, self.ctx, self.autocast = cfg, data, device, ctx, autocast
+        self.setup()
+
+    def setup(self) -> None:
+        """A task's own state, made once the attributes above are set (instead of an ``__init__``
+        that repeats the base signature)."""
 
     @classmethod
-    @abstractmethod
     def build_data(cls, cfg):
-        """The data bundle of ``cfg.data`` (splits fixed by the split seed)."""
+        """The data bundle of ``cfg.data`` (splits fixed by the split seed); by default the
+        registered dataset builder's bundle at the run's seed."""
+        return build_data(cfg.data, cfg.seed)
 
     @abstractmethod
     def batches(self, epoch: int, wants_ids: bool = False) -> Iterator[Batch]:
         """This rank's training batches of ``epoch``, on the device."""
+
+    def epoch_positions(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of ``epoch`` as (positions in the training split, keep mask), for
+        `batches` to load: the split shuffled by ``(cfg.seed, epoch)`` alone (exact resume) and cut
+        into ``data.batch_size`` batches. Under DDP the order is padded with its first positions so
+        every rank gets the same number of batches, rank r takes every world-th position from r,
+        and ``keep`` is False on the padding (its rows are not recorded)."""
+        n = len(self.data.train)
+        order = torch.randperm(n, generator=runtime.epoch_generator(self.cfg.seed, epoch))
+        real = torch.ones(n, dtype=torch.bool)
+        world = self.ctx.world_size
+        if world > 1:
+            order = torch.cat([order, order[: (-n) % world]])
+            real = torch.arange(len(order)) < n
+            order, real = order[self.ctx.rank::world], real[self.ctx.rank::world]
+        count = max(1, math.ceil(len(order) / self.cfg.data.batch_size))
+        return zip(torch.tensor_split(order, count), torch.tensor_split(real, count))
 
     def step_scalars(self, out) -> dict[str, torch.Tensor]:
         return {}

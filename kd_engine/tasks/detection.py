@@ -8,7 +8,6 @@ and records the rows of its own images once.
 """
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
@@ -20,7 +19,6 @@ from kd_engine.detection_metrics import coco_map, per_image_detection_records, p
 from kd_engine.methods.detection_base import DETECTION_METHODS
 from kd_engine.store.schema import CORE_INSTANCE_COLUMNS
 from kd_engine.tasks.base import TASKS, Artifact, Batch, Evaluation, Task
-from kd_engine.trainers import runtime
 
 IMAGE_BANK_LIMIT = 16_000_000  # floats in the dashboard's image bank (~32 MB; 325 128-px scenes)
 _INT_COLUMNS = ({k for k, v in CORE_INSTANCE_COLUMNS.items() if v == "INTEGER"}
@@ -55,8 +53,7 @@ class DetectionTask(Task):
     methods = DETECTION_METHODS
     headline = ("mAP", "AP50")
 
-    def __init__(self, cfg, data, device, ctx, autocast):
-        super().__init__(cfg, data, device, ctx, autocast)
+    def setup(self) -> None:
         self._teacher_dets: dict[str, list] = {}
 
     @classmethod
@@ -67,16 +64,7 @@ class DetectionTask(Task):
     # -- training -------------------------------------------------------------------------------
     def batches(self, epoch: int, wants_ids: bool = False):
         train = self.data.train
-        n = len(train)
-        order = torch.randperm(n, generator=runtime.epoch_generator(self.cfg.seed, epoch))
-        world = self.ctx.world_size
-        real = torch.ones(n, dtype=torch.bool)
-        if world > 1:  # pad so every rank gets the same number of batches; padding is not recorded
-            order = torch.cat([order, order[: (-n) % world]])
-            real = torch.arange(len(order)) < n
-            order, real = order[self.ctx.rank::world], real[self.ctx.rank::world]
-        count = max(1, math.ceil(len(order) / self.cfg.data.batch_size))
-        for chunk, keep in zip(torch.tensor_split(order, count), torch.tensor_split(real, count)):
+        for chunk, keep in self.epoch_positions(epoch):
             images, targets, ids = detection_collate([train[i] for i in chunk.tolist()])
             yield Batch(inputs=([im.to(self.device, non_blocking=True) for im in images],
                                 [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()}

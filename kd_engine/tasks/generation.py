@@ -13,17 +13,14 @@ sources and edits as an ``edits`` artifact for the dashboard's image grid.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from kd_engine.data import build_data
 import kd_engine.methods  # noqa: F401  (registers every method)
 from kd_engine.methods.registry import GENERATION_METHODS
 from kd_engine.tasks.base import TASKS, Artifact, Batch, Evaluation, Task
-from kd_engine.trainers import runtime
 
 GRID_SIZE = 48  # edits saved for the dashboard per split
 
@@ -45,14 +42,9 @@ class GenerationTask(Task):
     methods = GENERATION_METHODS
     headline = ("edit_success", "identity_l2")
 
-    def __init__(self, cfg, data, device, ctx, autocast):
-        super().__init__(cfg, data, device, ctx, autocast)
-        self.target_class = int(data.meta["target_class"])
-        self.judge = Judge(data.meta["prior"])
-
-    @classmethod
-    def build_data(cls, cfg):
-        return build_data(cfg.data, cfg.seed)
+    def setup(self) -> None:
+        self.target_class = int(self.data.meta["target_class"])
+        self.judge = Judge(self.data.meta["prior"])
 
     def targets(self, n: int) -> torch.Tensor:
         return torch.full((n,), self.target_class, dtype=torch.int64)
@@ -60,15 +52,13 @@ class GenerationTask(Task):
     # -- training -------------------------------------------------------------------------------
     def batches(self, epoch: int, wants_ids: bool = False):
         train = self.data.train
-        n = len(train)
-        order = torch.randperm(n, generator=runtime.epoch_generator(self.cfg.seed, epoch))
-        count = max(1, math.ceil(n / self.cfg.data.batch_size))
-        for positions in torch.tensor_split(order, count):
+        for positions, keep in self.epoch_positions(epoch):
             x = train.x[positions].to(self.device)
             y = train.y[positions].to(self.device)
             ids = train.ids[positions]
             kwargs = {"ids": ids.to(self.device)} if wants_ids else {}
-            yield Batch(inputs=(x, y, self.targets(len(y)).to(self.device)), ids=ids, size=len(y), kwargs=kwargs)
+            yield Batch(inputs=(x, y, self.targets(len(y)).to(self.device)), ids=ids, size=len(y), keep=keep,
+                        kwargs=kwargs)
 
     def step_scalars(self, out) -> dict[str, torch.Tensor]:
         return {f"train/{k}_mean": v.float().mean() for k, v in out.per_sample.items()
@@ -79,6 +69,8 @@ class GenerationTask(Task):
         record = {"instance_id": ids, "label": batch.inputs[1].detach().cpu(), "target": batch.inputs[2].cpu(),
                   "step": torch.full_like(ids, step), "epoch": torch.full_like(ids, epoch)}
         record.update({k: v.detach().float().cpu() for k, v in out.per_sample.items()})
+        if self.ctx.world_size > 1:  # DDP padding repeats images other ranks record
+            return {k: v[batch.keep] for k, v in record.items()}
         return record
 
     # -- evaluation -----------------------------------------------------------------------------
