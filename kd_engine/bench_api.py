@@ -40,7 +40,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kd_engine.bench import WORKLOAD, _summary, _sync, bench_parser, preset_sizes, run_and_report
+from kd_engine.bench import WORKLOAD
+from kd_engine.bench_harness import bench_parser, preset_sizes, run_and_report
+from kd_engine.bench_harness import summary as _summary
+from kd_engine.bench_harness import sync as _sync
 
 FULL = {"rounds": 20, "epochs_per_sample": 1}
 QUICK = {"rounds": 2, "epochs_per_sample": 1}

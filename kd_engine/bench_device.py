@@ -52,7 +52,8 @@ def run(device: str, images: int, rounds: int, batch_size: int | None = None, th
         log=print) -> dict:
     import torch
 
-    from kd_engine.bench import _bare_arm, _engine_arm, _sample
+    from kd_engine.bench import _bare_arm, _engine_arm
+    from kd_engine.bench_harness import sample as _sample
     from kd_engine.config import validate
     from kd_engine.data import build_data
     from kd_engine.models import build_model
