@@ -33,7 +33,7 @@ def bev_scene_figure(bev_input: np.ndarray, heatmaps: dict[str, np.ndarray], dis
     panels = 1 + len(heatmaps) + (disparity is not None)
     names = ["BEV input (max over channels)"] + [f"{k} heatmap" for k in heatmaps]
     if disparity is not None:
-        names.append(f"disparity ({disparity_label}) and selected regions")
+        names.append("disparity and selected regions")
     fig = make_subplots(rows=1, cols=panels, subplot_titles=names, horizontal_spacing=0.03)
     _panel(fig, np.asarray(bev_input).max(0), 1, "gray_r", None, "input", None)
     for k, heat in enumerate(heatmaps.values()):
@@ -46,7 +46,10 @@ def bev_scene_figure(bev_input: np.ndarray, heatmaps: dict[str, np.ndarray], dis
             fig.add_shape(type="rect", x0=col - half, x1=col + half, y0=row - half, y1=row + half,
                           line={"color": REGION_COLOURS[bool(fg)], "width": 2}, row=1, col=panels)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, scaleanchor=None)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    for k in range(panels):  # square cells
+        fig.update_yaxes(scaleanchor=f"x{k + 1 if k else ''}", constrain="domain", row=1, col=k + 1)
+        fig.update_xaxes(constrain="domain", row=1, col=k + 1)
     fig.update_annotations(font_size=11)
     fig.update_layout(title=title, height=300, width=max(700, 260 * panels), template="plotly_white",
                       margin={"l": 10, "r": 10, "t": 70 if title else 40, "b": 10})

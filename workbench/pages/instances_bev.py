@@ -58,7 +58,7 @@ def scene_section(run: Run, split: str) -> None:
                 if f"{role}_heatmap" in stored}
     disparity, label, regions = None, "", None
     if "feature_disparity" in stored:
-        disparity, label = load("feature_disparity")[k], "1 − cos of 3×3 feature windows"
+        disparity, label = load("feature_disparity")[k], "1 − cos (3×3 windows)"
     elif "heatmap_disparity" in stored:
         disparity, label = load("heatmap_disparity")[k], "binary KL of heatmaps"
     if "regions" in stored:
