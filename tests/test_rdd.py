@@ -160,3 +160,23 @@ def test_rdd_config_trains_and_records_regions(tmp_path):
     regions = run.load_artifact("bev/test/regions")
     assert regions.shape[1] == 5 and len(regions) == 2 * 16
     assert run.load_artifact("bev/test/teacher_heatmap").shape == (2, 3, 16, 16)
+
+
+def test_teacher_memo_returns_what_the_teacher_computes():
+    from kd_engine.methods.bev_base import TeacherMemo, bev_forward
+    from kd_engine.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model(SimpleNamespace(name="centerpoint_lite", params={"width": 8}), (3, 32, 32), 3).eval()
+    x, ids = torch.rand(4, 3, 32, 32), torch.tensor([7, 3, 9, 1])
+    memo = TeacherMemo()
+    memo.enable_for(SimpleNamespace(train=SimpleNamespace(augment=None)))
+    first = memo(teacher, x, ids, ["neck"])
+    assert sorted(memo.outputs) == [1, 3, 7, 9]
+    order = torch.tensor([2, 0])  # a later batch: scenes 9 and 7, served from the memo
+    again = memo(teacher, torch.zeros(2, 3, 32, 32), ids[order], ["neck"])
+    direct = bev_forward(teacher, x[order], ["neck"])
+    assert torch.allclose(again[0], direct[0], atol=1e-6) and torch.allclose(again[2]["neck"], direct[2]["neck"], atol=1e-6)
+    assert torch.allclose(first[1][order], again[1])
+    memo.enable_for(SimpleNamespace(train=SimpleNamespace(augment=lambda b: b)))  # augmented: never reused
+    assert memo(teacher, torch.zeros(2, 3, 32, 32), ids[order], ["neck"])[0].abs().sum() != again[0].abs().sum()

@@ -53,6 +53,34 @@ def detection_loss(logits, regression, heatmap, reg, reg_mask) -> torch.Tensor:
     return heatmap_focal(logits, heatmap, reduction="none") + l1
 
 
+class TeacherMemo:
+    """The frozen teacher's outputs per training scene, computed on the first epoch and reused:
+    the teacher is in eval mode and the scenes are not augmented, so its heatmaps, regression
+    and features of a scene never change, and a width-32 teacher's forward pass would otherwise
+    cost more than the width-4 student's training step. Off (recompute every time) when the
+    training split is augmented or the batch carries no instance ids."""
+
+    def __init__(self):
+        self.enabled = False
+        self.outputs: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def enable_for(self, data) -> None:
+        self.enabled = getattr(data.train, "augment", None) is None
+
+    @torch.no_grad()
+    def __call__(self, teacher: nn.Module, x: torch.Tensor, ids: torch.Tensor | None, layers=()):
+        """(heatmap logits, regression, {layer: features}) of the teacher on the batch."""
+        keys = None if ids is None or not self.enabled else [int(i) for i in ids.tolist()]
+        if keys is not None and all(k in self.outputs for k in keys):
+            logits, regression, *feats = (torch.stack(parts) for parts in zip(*(self.outputs[k] for k in keys)))
+            return logits, regression, dict(zip(layers, feats))
+        logits, regression, feats = bev_forward(teacher, x, layers)
+        if keys is not None:
+            for row, key in enumerate(keys):
+                self.outputs[key] = (logits[row], regression[row], *(feats[n][row] for n in layers))
+        return logits, regression, {n: feats[n] for n in layers}
+
+
 def check_bev_data(cfg, method: str) -> None:
     if getattr(DATASETS.get(cfg.data.name, field="data.name"), "task", "classification") != "bev":
         raise ConfigError(f"data.name: method {method} trains BEV detectors; use a BEV dataset such as "
@@ -64,18 +92,22 @@ class BEVScratch(Distiller):
     """The student alone on its heatmaps and boxes; a teacher, if given, is only observed."""
 
     needs_teacher = False
+    wants_ids = True  # for the teacher memo
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
         check_bev_data(cfg, cfg.method)
+        self.memo = TeacherMemo()
 
-    def forward(self, x, heatmap, reg, reg_mask) -> StepOutput:
+    def check_data(self, data) -> None:
+        self.memo.enable_for(data)
+
+    def forward(self, x, heatmap, reg, reg_mask, ids=None) -> StepOutput:
         logits, regression, _ = bev_forward(self.student, x)
         loss = detection_loss(logits, regression, heatmap, reg, reg_mask)
         per_sample, t_logits = {"student_loss": loss.detach()}, None
         if self.teacher is not None:
-            with torch.no_grad():
-                t_logits, t_reg, _ = bev_forward(self.teacher, x)
+            t_logits, t_reg, _ = self.memo(self.teacher, x, ids)
             per_sample["teacher_loss"] = detection_loss(t_logits, t_reg, heatmap, reg, reg_mask)
         return StepOutput(logits, {"task": loss.mean()}, per_sample, t_logits)
 
@@ -86,6 +118,7 @@ class BEVDistiller(Distiller):
 
     defaults = {"layer": "neck", "feature_weight": Param(1.0, Ge(0)), "logit_weight": Param(1.0, Ge(0)),
                 "temperature": Param(1.0, Gt(0))}
+    wants_ids = True  # for the teacher memo
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
@@ -98,6 +131,10 @@ class BEVDistiller(Distiller):
             raise ConfigError(f"distill.params.layer: {self.layer} gives student {s_shape} and teacher {t_shape}; "
                               "BEV distillation needs (C, H, W) maps of the same H, W")
         self.adapter = self.build_adapter(s_shape[0], t_shape[0])
+        self.memo = TeacherMemo()
+
+    def check_data(self, data) -> None:
+        self.memo.enable_for(data)
 
     def build_adapter(self, s_channels: int, t_channels: int) -> nn.Module:
         return nn.Conv2d(s_channels, t_channels, 1, bias=False)
@@ -130,9 +167,8 @@ class BEVDistiller(Distiller):
     def extra_terms(self, adapter_out: dict) -> dict[str, torch.Tensor]:
         return {}
 
-    def forward(self, x, heatmap, reg, reg_mask) -> StepOutput:
-        with torch.no_grad():
-            t_logits, t_reg, t_feats = bev_forward(self.teacher, x, [self.layer])
+    def forward(self, x, heatmap, reg, reg_mask, ids=None) -> StepOutput:
+        t_logits, t_reg, t_feats = self.memo(self.teacher, x, ids, [self.layer])
         s_logits, s_reg, s_feats = bev_forward(self.student, x, [self.layer])
         adapted, adapter_out = self.adapt(s_feats[self.layer])
         t_feat = t_feats[self.layer]
