@@ -19,7 +19,7 @@ disparity measured on the adapter's mean μ (detached: selection is not trained 
 variational 1×1 adapter (`VariationalAdapter`) and β = 1e-3. Teacher peaks come from its
 heatmap (max over classes after 3×3 max-pool suppression). Recorded per scene: the numbers of
 kept foreground and background regions and the mean disparity of the kept regions and of all
-candidates; `decisions` gives the kept regions themselves for the dashboard.
+candidates; `selection` (through `region_view`) gives the kept regions themselves for the dashboard.
 """
 from __future__ import annotations
 
