@@ -94,7 +94,7 @@ def render(run: Run, split: str, epoch: int, frame: pd.DataFrame, names: list[st
         scene_section(run, split)
     st.subheader("All instances of this epoch")
     ordered = [c for c in FIRST_COLUMNS if c in frame] + [c for c in frame if c not in FIRST_COLUMNS]
-    data = frame[ordered]
+    data = frame[ordered].dropna(axis=1, how="all")  # training-only columns are empty on evaluation rows
     st.caption(f"{len(data)} scenes" + (f" (showing the first {TABLE_ROWS})" if len(data) > TABLE_ROWS else ""))
     st.dataframe(data.head(TABLE_ROWS), hide_index=True, key="bev_table")
     ui.export_buttons(data, f"{run.run_id}_instances_e{epoch}", key="bev_export")
