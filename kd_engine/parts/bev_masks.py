@@ -1,0 +1,105 @@
+"""Cell masks on a bird's-eye-view (BEV) grid, built from rotated box footprints.
+
+BEV distillers decide *where* a student imitates its teacher from the ground-truth boxes: the
+cells an object covers (foreground), the cells it does not (background), and how much each cell
+counts. This module holds those decisions as plain functions so that every BEV method (DistillBEV,
+RDD, ...) derives them the same way.
+
+Conventions: a box is a row ``[cx, cy, length, width, yaw]`` in cell units, with x along the
+columns and y along the rows of an (H, W) grid; cell (i, j) has its centre at (j + 0.5, i + 0.5);
+``yaw`` (radians, from +x toward +y) turns the length axis. Height is ignored: a footprint is the
+set of cells whose centre lies inside the rotated rectangle (edges included).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+BOX_FIELDS = ("cx", "cy", "length", "width", "yaw")
+
+
+def _check_boxes(boxes: torch.Tensor) -> torch.Tensor:
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    if boxes.numel() == 0:
+        return boxes.reshape(0, len(BOX_FIELDS))
+    if boxes.dim() != 2 or boxes.shape[1] != len(BOX_FIELDS):
+        raise ValueError(f"boxes must have shape (N, {len(BOX_FIELDS)}) = {list(BOX_FIELDS)}, "
+                         f"got {tuple(boxes.shape)}")
+    return boxes
+
+
+def box_cells(boxes, height: int, width: int) -> torch.Tensor:
+    """(N, H, W) bool: for each box, the cells whose centre lies inside its rotated footprint.
+
+    A cell centre p is inside when its offset from the box centre, turned by −yaw into the
+    box's frame, satisfies |u| ≤ length/2 and |v| ≤ width/2 (a small tolerance keeps centres on
+    an edge inside despite rounding of cos/sin).
+    """
+    boxes = _check_boxes(boxes)
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32) + 0.5,
+                            torch.arange(width, dtype=torch.float32) + 0.5, indexing="ij")
+    cx, cy, length, wid, yaw = (boxes[:, k, None, None] for k in range(5))
+    dx, dy = xs - cx, ys - cy
+    cos, sin = torch.cos(yaw), torch.sin(yaw)
+    u = dx * cos + dy * sin
+    v = -dx * sin + dy * cos
+    eps = 1e-4
+    return (u.abs() <= length / 2 + eps) & (v.abs() <= wid / 2 + eps)
+
+
+def footprint_mask(boxes, height: int, width: int) -> torch.Tensor:
+    """(H, W) bool: the union of the boxes' footprints (the foreground cells)."""
+    return box_cells(boxes, height, width).any(0)
+
+
+def scale_mask(boxes, height: int, width: int, cell_area: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(foreground (H, W) bool, scale (H, W) float) of one scene.
+
+    Each foreground cell weighs √(cell_area / (length·width)) of the box covering it, so a small
+    object's few cells count more each than a large object's many, without the small object
+    dominating in total (its weight summed over its cells grows as √(area)). Where boxes overlap
+    the larger weight wins. Every background cell weighs 1/N_bg, so the background as a whole
+    weighs 1 whatever its size; a scene without background cells has no background weight.
+    The two are combined into one map by taking the maximum per cell (they never overlap).
+    """
+    boxes = _check_boxes(boxes)
+    cells = box_cells(boxes, height, width)
+    fg = cells.any(0)
+    area = (boxes[:, 2] * boxes[:, 3]).clamp_min(1e-12)
+    per_box = torch.sqrt(cell_area / area)[:, None, None] * cells
+    fg_scale = per_box.max(0).values if len(boxes) else torch.zeros(height, width)
+    n_bg = int((~fg).sum())
+    bg_scale = (~fg).float() / max(n_bg, 1)
+    return fg, torch.maximum(fg_scale, bg_scale)
+
+
+def component_weights(region: np.ndarray) -> np.ndarray:
+    """(H, W) float: each 4-connected component of the bool map ``region`` gets weight
+    1/|component| on its cells (so every component weighs 1 in total), 0 elsewhere."""
+    labels, count = ndimage.label(np.asarray(region, dtype=bool))
+    if count == 0:
+        return np.zeros(labels.shape, dtype=np.float32)
+    sizes = np.bincount(labels.ravel())
+    weights = np.zeros(count + 1, dtype=np.float32)
+    weights[1:] = 1.0 / sizes[1:]
+    return weights[labels]
+
+
+def false_positive_regions(gt_heatmap: torch.Tensor, heatmaps: list[torch.Tensor], foreground: torch.Tensor,
+                           gt_below: float = 0.1, score_above: float = 0.3) -> torch.Tensor:
+    """(B, H, W) weights of the false-positive regions of a batch.
+
+    A cell is a false positive when the ground-truth heatmap there (max over classes) is below
+    ``gt_below``, it is outside every box footprint, and any of the given predicted heatmaps
+    (teacher's, student's; max over classes, after the sigmoid) exceeds ``score_above``. Each
+    connected component of such cells is weighted 1/|component| (`component_weights`).
+    Inputs: ``gt_heatmap`` (B, K, H, W), each of ``heatmaps`` (B, K, H, W), ``foreground`` (B, H, W).
+    """
+    low = gt_heatmap.detach().amax(1) < gt_below
+    high = torch.zeros_like(low)
+    for heat in heatmaps:
+        high |= heat.detach().amax(1) > score_above
+    region = (low & high & ~foreground.bool()).cpu().numpy()
+    out = np.stack([component_weights(r) for r in region]) if len(region) else np.zeros(region.shape, np.float32)
+    return torch.as_tensor(out, device=gt_heatmap.device)
