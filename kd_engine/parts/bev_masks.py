@@ -5,10 +5,8 @@ cells an object covers (foreground), the cells it does not (background), and how
 counts. This module holds those decisions as plain functions so that every BEV method (DistillBEV,
 RDD, ...) derives them the same way.
 
-Conventions: a box is a row ``[cx, cy, length, width, yaw]`` in cell units, with x along the
-columns and y along the rows of an (H, W) grid; cell (i, j) has its centre at (j + 0.5, i + 0.5);
-``yaw`` (radians, from +x toward +y) turns the length axis. Height is ignored: a footprint is the
-set of cells whose centre lies inside the rotated rectangle (edges included).
+Boxes are rows ``[cx, cy, length, width, yaw]`` in cell units (`kd_engine.data.bev_boxes`, which
+the scene generators share).
 """
 from __future__ import annotations
 
@@ -16,36 +14,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-BOX_FIELDS = ("cx", "cy", "length", "width", "yaw")
+from kd_engine.data.bev_boxes import BOX_FIELDS, box_cells, check_boxes
 
-
-def _check_boxes(boxes: torch.Tensor) -> torch.Tensor:
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    if boxes.numel() == 0:
-        return boxes.reshape(0, len(BOX_FIELDS))
-    if boxes.dim() != 2 or boxes.shape[1] != len(BOX_FIELDS):
-        raise ValueError(f"boxes must have shape (N, {len(BOX_FIELDS)}) = {list(BOX_FIELDS)}, "
-                         f"got {tuple(boxes.shape)}")
-    return boxes
-
-
-def box_cells(boxes, height: int, width: int) -> torch.Tensor:
-    """(N, H, W) bool: for each box, the cells whose centre lies inside its rotated footprint.
-
-    A cell centre p is inside when its offset from the box centre, turned by −yaw into the
-    box's frame, satisfies |u| ≤ length/2 and |v| ≤ width/2 (a small tolerance keeps centres on
-    an edge inside despite rounding of cos/sin).
-    """
-    boxes = _check_boxes(boxes)
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32) + 0.5,
-                            torch.arange(width, dtype=torch.float32) + 0.5, indexing="ij")
-    cx, cy, length, wid, yaw = (boxes[:, k, None, None] for k in range(5))
-    dx, dy = xs - cx, ys - cy
-    cos, sin = torch.cos(yaw), torch.sin(yaw)
-    u = dx * cos + dy * sin
-    v = -dx * sin + dy * cos
-    eps = 1e-4
-    return (u.abs() <= length / 2 + eps) & (v.abs() <= wid / 2 + eps)
+__all__ = ["BOX_FIELDS", "box_cells", "component_weights", "false_positive_regions", "footprint_mask", "scale_mask"]
 
 
 def footprint_mask(boxes, height: int, width: int) -> torch.Tensor:
@@ -63,7 +34,7 @@ def scale_mask(boxes, height: int, width: int, cell_area: float = 1.0) -> tuple[
     weighs 1 whatever its size; a scene without background cells has no background weight.
     The two are combined into one map by taking the maximum per cell (they never overlap).
     """
-    boxes = _check_boxes(boxes)
+    boxes = check_boxes(boxes)
     cells = box_cells(boxes, height, width)
     fg = cells.any(0)
     area = (boxes[:, 2] * boxes[:, 3]).clamp_min(1e-12)

@@ -1,0 +1,63 @@
+"""The dual-modality BEV views: the LiDAR view is the exact footprint, the camera view spreads a
+cell only along its own ray (with its peak at the true range), dropout and noise do what they
+say, and scenes are seeded, apart and sized by class."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from kd_engine.data.bev_boxes import box_cells
+from kd_engine.data.bev_dual import (SIZES, camera_view, depth_smear, lidar_view, polar_coordinates, render_scene,
+                                     sample_scene)
+
+
+def test_lidar_view_is_exact_occupancy_and_height():
+    boxes = np.array([[8.0, 8.0, 4.0, 2.0, 0.0], [20.0, 20.0, 6.0, 3.0, math.pi / 4]], np.float32)
+    view = lidar_view(boxes, np.array([0.4, 0.9]), 32, np.random.default_rng(0), dropout=0.0)
+    cells = box_cells(boxes, 32, 32).numpy()
+    assert (view[0] == cells.any(0)).all()
+    assert np.allclose(view[1][cells[0]], 0.4) and np.allclose(view[1][cells[1]], 0.9)
+    dropped = lidar_view(boxes, np.array([0.4, 0.9]), 32, np.random.default_rng(0), dropout=0.5)
+    assert 0.3 < 1 - dropped[0][cells.any(0)].mean() < 0.7
+
+
+def test_camera_spreads_a_cell_only_along_its_ray_and_peaks_at_its_range():
+    occupancy = np.zeros((32, 32), np.float32)
+    occupancy[4, 27] = 1.0  # centre (27.5, 4.5): 11.5 right, 11.5 up of the sensor at (16, 16)
+    smeared = depth_smear(occupancy, azimuth_bins=128)
+    rng_, az = polar_coordinates(32)
+    same_ray = np.minimum((az / (2 * np.pi) * 128).astype(int), 127) == int(az[4, 27] / (2 * np.pi) * 128)
+    assert smeared[~same_ray].sum() == 0
+    assert smeared[4, 27] == pytest.approx(1.0) and smeared.max() == pytest.approx(1.0)
+    lit = smeared > 0.05
+    assert lit.sum() > 3  # a radial streak, not a point
+    assert (rng_[lit] - rng_[4, 27]).min() < -1 and (rng_[lit] - rng_[4, 27]).max() > 1
+
+
+def test_camera_column_dropout_and_noise():
+    occupancy = np.zeros((32, 32), np.float32)
+    occupancy[8:12, 8:12] = 1
+    rng = np.random.default_rng(0)
+    assert np.allclose(camera_view(occupancy, rng, column_dropout=0.0, noise=0.0)[0], depth_smear(occupancy))
+    assert not camera_view(occupancy, rng, column_dropout=1.0, noise=0.0).any()
+    noisy = camera_view(np.zeros((32, 32), np.float32), rng, noise=0.1)
+    assert noisy.std() == pytest.approx(0.1, rel=0.1)
+
+
+def test_scenes_are_seeded_apart_and_sized_by_class():
+    a = render_scene(np.random.default_rng(3))
+    b = render_scene(np.random.default_rng(3))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["inputs"].shape == (3, 32, 32)
+    for seed in range(20):
+        boxes, labels, _ = sample_scene(np.random.default_rng(seed))
+        assert 1 <= len(boxes) <= 6
+        cells = box_cells(boxes, 32, 32).numpy()
+        for i in range(len(boxes)):
+            (lo, hi), width = SIZES[int(labels[i])]
+            assert lo <= boxes[i, 2] <= hi and boxes[i, 3] == width
+            others = cells[np.arange(len(boxes)) != i].any(0)
+            assert not (ndimage.binary_dilation(cells[i]) & others).any()
