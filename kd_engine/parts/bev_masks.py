@@ -74,3 +74,19 @@ def false_positive_regions(gt_heatmap: torch.Tensor, heatmaps: list[torch.Tensor
     region = (low & high & ~foreground.bool()).cpu().numpy()
     out = np.stack([component_weights(r) for r in region]) if len(region) else np.zeros(region.shape, np.float32)
     return torch.as_tensor(out, device=gt_heatmap.device)
+
+
+def metric_to_cells(boxes: np.ndarray, cell: float, side: int) -> np.ndarray:
+    """(M, 5) cell-unit boxes ``[cx, cy, length, width, yaw]`` on a ``side`` × ``side`` map of
+    ``cell``-metre cells, from metric rows (class, x, y, length, width, yaw) whose origin is the
+    map centre (`kd_engine.data.bev`'s scenes)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
+    return np.column_stack([boxes[:, 1] / cell + side / 2, boxes[:, 2] / cell + side / 2,
+                            boxes[:, 3] / cell, boxes[:, 4] / cell, boxes[:, 5]]).astype(np.float32)
+
+
+def scene_masks(boxes: list[np.ndarray], side: int, cell: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(foreground (B, side, side) bool, scale (B, side, side)) of a batch of scenes' metric boxes
+    on a map of ``side`` cells of ``cell`` m (`scale_mask` per scene, cell area 1 in map cells)."""
+    pairs = [scale_mask(metric_to_cells(b, cell, side), side, side) for b in boxes]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
