@@ -12,7 +12,7 @@ from matplotlib.path import Path
 
 from kd_engine.losses.bev_distill import global_channel, global_spatial, region_imitation, teacher_attention
 from kd_engine.parts.bev_masks import (box_cells, component_weights, false_positive_regions, footprint_mask,
-                                       scale_mask, scene_masks)
+                                       metric_to_cells, scale_mask, scene_masks)
 
 
 # -- masks ------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_scene_masks_from_metric_boxes():
     # a 2 m x 1 m box at (1.0, -1.0) m, yaw 0, on an 8 x 8 map of 1 m cells centred at the origin
     # is the cell-unit box (5, 3, 2, 1, 0)
     boxes = [np.array([[0, 1.0, -1.0, 2.0, 1.0, 0.0]]), np.zeros((0, 6))]
-    fg, scale = scene_masks(boxes, side=8, cell=1.0)
+    fg, scale = scene_masks([metric_to_cells(b, 1.0, 8) for b in boxes], 8, 8)
     expected = footprint_mask([[5.0, 3.0, 2.0, 1.0, 0.0]], 8, 8)
     assert fg.shape == (2, 8, 8) and torch.equal(fg[0], expected) and not fg[1].any()
     assert torch.allclose(scale[0][fg[0]], torch.full((int(fg[0].sum()),), math.sqrt(1 / 2)))

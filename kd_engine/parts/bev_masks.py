@@ -85,8 +85,8 @@ def metric_to_cells(boxes: np.ndarray, cell: float, side: int) -> np.ndarray:
                             boxes[:, 3] / cell, boxes[:, 4] / cell, boxes[:, 5]]).astype(np.float32)
 
 
-def scene_masks(boxes: list[np.ndarray], side: int, cell: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(foreground (B, side, side) bool, scale (B, side, side)) of a batch of scenes' metric boxes
-    on a map of ``side`` cells of ``cell`` m (`scale_mask` per scene, cell area 1 in map cells)."""
-    pairs = [scale_mask(metric_to_cells(b, cell, side), side, side) for b in boxes]
+def scene_masks(boxes: list, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(foreground (B, H, W) bool, scale (B, H, W)) of a batch of scenes, each given as its
+    cell-unit boxes on the (H, W) map (`scale_mask` per scene, cell area 1)."""
+    pairs = [scale_mask(b, height, width) for b in boxes]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
