@@ -155,3 +155,11 @@ def test_scene_masks_from_metric_boxes():
     assert fg.shape == (2, 8, 8) and torch.equal(fg[0], expected) and not fg[1].any()
     assert torch.allclose(scale[0][fg[0]], torch.full((int(fg[0].sum()),), math.sqrt(1 / 2)))
     assert torch.allclose(scale[1], torch.full((8, 8), 1 / 64))
+
+
+def test_a_box_smaller_than_a_cell_keeps_the_cell_of_its_centre():
+    # 0.6 x 0.6 cells at 45 degrees around (2.9, 1.2): no cell centre inside, the cell (row 1, col 2) holds it
+    mask = footprint_mask([[2.9, 1.2, 0.6, 0.6, math.pi / 4]], 4, 4)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[1, 2] = True
+    assert torch.equal(mask, expected)

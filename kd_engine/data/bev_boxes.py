@@ -39,7 +39,9 @@ def cell_centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def box_cells(boxes, height: int, width: int) -> torch.Tensor:
-    """(N, H, W) bool: for each box, the cells whose centre lies inside its rotated footprint.
+    """(N, H, W) bool: for each box, the cells whose centre lies inside its rotated footprint,
+    and the cell that holds the box's own centre (so a box smaller than a cell, on a coarse
+    feature map, still has one cell).
 
     A cell centre p is inside when its offset from the box centre, turned by −yaw into the
     box's frame, satisfies |u| ≤ length/2 and |v| ≤ width/2 (a small tolerance keeps centres on
@@ -53,4 +55,15 @@ def box_cells(boxes, height: int, width: int) -> torch.Tensor:
     u = dx * cos + dy * sin
     v = -dx * sin + dy * cos
     eps = 1e-4
-    return torch.from_numpy((np.abs(u) <= length / 2 + eps) & (np.abs(v) <= wid / 2 + eps))
+    inside = (np.abs(u) <= length / 2 + eps) & (np.abs(v) <= wid / 2 + eps)
+    holds_centre = (np.floor(cx) == xs - 0.5) & (np.floor(cy) == ys - 0.5)
+    return torch.from_numpy(inside | holds_centre)
+
+
+def metric_to_cells(boxes, cell: float, side: int) -> np.ndarray:
+    """(M, 5) cell-unit boxes ``[cx, cy, length, width, yaw]`` on a ``side`` × ``side`` map of
+    ``cell``-metre cells, from metric rows (class, x, y, length, width, yaw) whose origin is the
+    map centre (`kd_engine.data.bev`'s scenes)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
+    return np.column_stack([boxes[:, 1] / cell + side / 2, boxes[:, 2] / cell + side / 2,
+                            boxes[:, 3] / cell, boxes[:, 4] / cell, boxes[:, 5]]).astype(np.float32)

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from kd_engine.data.bev_boxes import BOX_FIELDS, box_cells, check_boxes
+from kd_engine.data.bev_boxes import BOX_FIELDS, box_cells, check_boxes, metric_to_cells
 
-__all__ = ["BOX_FIELDS", "box_cells", "component_weights", "false_positive_regions", "footprint_mask", "scale_mask"]
+__all__ = ["BOX_FIELDS", "box_cells", "component_weights", "false_positive_regions", "footprint_mask", "metric_to_cells",
+           "scale_mask", "scene_masks"]
 
 
 def footprint_mask(boxes, height: int, width: int) -> torch.Tensor:
@@ -74,15 +75,6 @@ def false_positive_regions(gt_heatmap: torch.Tensor, heatmaps: list[torch.Tensor
     region = (low & high & ~foreground.bool()).cpu().numpy()
     out = np.stack([component_weights(r) for r in region]) if len(region) else np.zeros(region.shape, np.float32)
     return torch.as_tensor(out, device=gt_heatmap.device)
-
-
-def metric_to_cells(boxes: np.ndarray, cell: float, side: int) -> np.ndarray:
-    """(M, 5) cell-unit boxes ``[cx, cy, length, width, yaw]`` on a ``side`` × ``side`` map of
-    ``cell``-metre cells, from metric rows (class, x, y, length, width, yaw) whose origin is the
-    map centre (`kd_engine.data.bev`'s scenes)."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
-    return np.column_stack([boxes[:, 1] / cell + side / 2, boxes[:, 2] / cell + side / 2,
-                            boxes[:, 3] / cell, boxes[:, 4] / cell, boxes[:, 5]]).astype(np.float32)
 
 
 def scene_masks(boxes: list, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
