@@ -4,14 +4,18 @@ say, and scenes are seeded, apart and sized by class."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from kd_engine.data.bev_boxes import box_cells
-from kd_engine.data.bev_dual import (SIZES, camera_view, depth_smear, lidar_view, polar_coordinates, render_scene,
+import torch
+
+from kd_engine.data.bev_boxes import box_cells, metric_to_cells
+from kd_engine.data.bev_dual import (SIZES, build_bev_dual, camera_view, depth_smear, lidar_view, polar_coordinates,
                                      sample_scene)
+from kd_engine.errors import ConfigError
 
 
 def test_lidar_view_is_exact_occupancy_and_height():
@@ -48,10 +52,8 @@ def test_camera_column_dropout_and_noise():
 
 
 def test_scenes_are_seeded_apart_and_sized_by_class():
-    a = render_scene(np.random.default_rng(3))
-    b = render_scene(np.random.default_rng(3))
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert a["inputs"].shape == (3, 32, 32)
+    a, b = sample_scene(np.random.default_rng(3)), sample_scene(np.random.default_rng(3))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
     for seed in range(20):
         boxes, labels, _ = sample_scene(np.random.default_rng(seed))
         assert 1 <= len(boxes) <= 6
@@ -61,3 +63,27 @@ def test_scenes_are_seeded_apart_and_sized_by_class():
             assert lo <= boxes[i, 2] <= hi and boxes[i, 3] == width
             others = cells[np.arange(len(boxes)) != i].any(0)
             assert not (ndimage.binary_dilation(cells[i]) & others).any()
+
+
+def test_bev_dual_bundle_stacks_both_views_of_the_true_boxes():
+    data = build_bev_dual(SimpleNamespace(params={"n_train": 6, "n_test": 3, "lidar_dropout": 0.0}), seed=0)
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 2 and data.class_names == ["small", "large"]
+    assert data.meta["output_cell"] == 1.0 and data.train.heatmap.shape == (6, 2, 16, 16)
+    for x, boxes in zip(data.train.x, data.train.boxes):
+        cells = box_cells(metric_to_cells(boxes, 0.5, 32), 32, 32).numpy().any(0)
+        assert np.array_equal(x[0].numpy() > 0, cells)  # LiDAR occupancy = the footprints
+        assert set(boxes[:, 0].tolist()) <= {0.0, 1.0}
+    again = build_bev_dual(SimpleNamespace(params={"n_train": 6, "n_test": 3, "lidar_dropout": 0.0}), seed=0)
+    assert torch.equal(again.test.x, data.test.x)
+    other = build_bev_dual(SimpleNamespace(params={"n_train": 6, "n_test": 3, "lidar_dropout": 0.0}), seed=1)
+    assert not torch.equal(other.test.x, data.test.x)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"column_dropout": 1.5}, "data.params.column_dropout: must be a number in [0, 1], got 1.5"),
+    ({"colour": 1}, "data.params: unknown parameter 'colour'"),
+    ({"min_boxes": 5, "max_boxes": 2}, "data.params.min_boxes: must be <= max_boxes 2, got 5")])
+def test_bev_dual_rejects_bad_params_in_one_line(params, message):
+    with pytest.raises(ConfigError) as err:
+        build_bev_dual(SimpleNamespace(params=params), seed=0)
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -21,14 +21,18 @@ teacher reads channels 0–1 and the student channel 2 (a model's ``in_channels`
 """
 from __future__ import annotations
 
+import json
 import math
 from functools import lru_cache
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-from kd_engine.data.bev_boxes import box_cells, cell_centres
+from kd_engine.data.base import DataBundle, cfg_get
+from kd_engine.data.bev import BEV_INPUTS, Scene, generate
+from kd_engine.data.bev_boxes import box_cells, cell_centres, metric_to_cells
+from kd_engine.data.registry import DATASETS
+from kd_engine.params import check, reject_unknown
 
 CLASS_NAMES = ("small", "large")
 ORIENTATIONS = (0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4)
@@ -127,17 +131,91 @@ def camera_view(occupancy: np.ndarray, rng: np.random.Generator, columns: int = 
     return view[None].astype(np.float32)
 
 
-def render_scene(rng: np.random.Generator, grid: int = 32, **scene) -> dict[str, np.ndarray]:
-    """One scene: ``inputs`` (3, H, W) = [LiDAR occupancy, LiDAR height, camera], ``boxes``,
-    ``labels`` and ``heights``."""
-    boxes, labels, heights = sample_scene(rng, grid, **scene)
-    lidar = lidar_view(boxes, heights, grid, rng)
-    exact = box_cells(boxes, grid, grid).numpy().any(0).astype(np.float32)
-    camera = camera_view(exact, rng)
-    return {"inputs": np.concatenate([lidar, camera]).astype(np.float32), "boxes": boxes, "labels": labels,
-            "heights": heights}
+def lidar_exact_input(scene, p: dict, rng: np.random.Generator) -> np.ndarray:
+    """BEV input ``lidar_exact``: occupancy and height / 2 m of the labelled footprints, with
+    ``lidar_dropout`` (default 2%) of the cells zeroed."""
+    boxes = metric_to_cells(scene.boxes, p["cell"], p["grid"])
+    view = lidar_view(boxes, np.asarray(scene.heights) / 2.0, p["grid"], rng, p.get("lidar_dropout", 0.02))
+    return view.astype(np.float32)
 
 
-def select_channels(x: torch.Tensor, channels) -> torch.Tensor:
-    """The input channels a model reads (``None``: all)."""
-    return x if channels is None else x[:, list(channels)]
+def camera_input(scene, p: dict, rng: np.random.Generator) -> np.ndarray:
+    """BEV input ``camera``: the footprints' occupancy lifted through the fixed depth
+    distribution (`depth_smear`), with azimuth-column dropout and noise (`camera_view`)."""
+    boxes = metric_to_cells(scene.boxes, p["cell"], p["grid"])
+    occupancy = box_cells(boxes, p["grid"], p["grid"]).numpy().any(0).astype(np.float32)
+    return camera_view(occupancy, rng, p.get("columns", 64), p.get("column_dropout", 0.3), p.get("noise", 0.1))
+
+
+lidar_exact_input.channels = ["occupancy", "height"]
+camera_input.channels = ["smear"]
+
+
+def make_dual_scene(rng: np.random.Generator, p: dict) -> Scene:
+    """One two-class scene (`sample_scene`) as a `kd_engine.data.bev.Scene` in metres, origin at
+    the grid centre (no clutter; no points: both views are rendered from the footprints)."""
+    grid, cell = p["grid"], p["cell"]
+    boxes, labels, heights = sample_scene(rng, grid, (p["min_boxes"], p["max_boxes"]))
+    metric = np.column_stack([labels, (boxes[:, 0] - grid / 2) * cell, (boxes[:, 1] - grid / 2) * cell,
+                              boxes[:, 2] * cell, boxes[:, 3] * cell, boxes[:, 4]]).astype(float).reshape(-1, 6)
+    heights_m = 2.0 * heights  # fractions of a 2 m height range
+    empty = np.zeros((0, 6))
+    return Scene(metric, heights_m, empty, np.zeros(0), np.zeros((0, 3)))
+
+
+BEV_INPUTS.register("lidar_exact")(lidar_exact_input)
+BEV_INPUTS.register("camera")(camera_input)
+
+PARAMS = {"n_train": 1200, "n_val": 0, "n_test": 300, "grid": 32, "cell": 0.5, "heatmap_stride": 2,
+          "min_boxes": 2, "max_boxes": 6, "lidar_dropout": 0.02, "columns": 64, "column_dropout": 0.3, "noise": 0.1}
+FRACTIONS = ("lidar_dropout", "column_dropout")
+
+
+def dual_params(data_cfg) -> dict:
+    """The checked parameters of a ``bev_dual`` data config (defaults filled in)."""
+    params = dict(cfg_get(data_cfg, "params", {}) or {})
+    reject_unknown(params, PARAMS, "data.params", "dataset bev_dual")
+    p = {**PARAMS, **params}
+    for key in ("n_train", "grid", "heatmap_stride", "min_boxes", "max_boxes", "columns"):
+        check(isinstance(p[key], int) and not isinstance(p[key], bool) and p[key] >= 1, f"data.params.{key}",
+              f"must be a positive integer, got {p[key]!r}")
+    for key in ("n_val", "n_test"):
+        check(isinstance(p[key], int) and not isinstance(p[key], bool) and p[key] >= 0, f"data.params.{key}",
+              f"must be an integer >= 0, got {p[key]!r}")
+    for key in FRACTIONS:
+        check(isinstance(p[key], (int, float)) and 0 <= p[key] <= 1, f"data.params.{key}",
+              f"must be a number in [0, 1], got {p[key]!r}")
+    check(isinstance(p["cell"], (int, float)) and p["cell"] > 0, "data.params.cell", f"must be > 0, got {p['cell']!r}")
+    check(isinstance(p["noise"], (int, float)) and p["noise"] >= 0, "data.params.noise", f"must be >= 0, got {p['noise']!r}")
+    check(p["min_boxes"] <= p["max_boxes"], "data.params.min_boxes",
+          f"must be <= max_boxes {p['max_boxes']}, got {p['min_boxes']}")
+    check(p["grid"] % (2 * p["heatmap_stride"]) == 0, "data.params.grid",
+          f"must be a multiple of 2 x heatmap_stride ({2 * p['heatmap_stride']}), got {p['grid']}")
+    return {**p, "inputs": ["lidar_exact", "camera"]}
+
+
+@lru_cache(maxsize=4)
+def _bundle(key: str, seed: int) -> DataBundle:
+    p = json.loads(key)
+    rng = np.random.default_rng(seed)
+    splits, start = [], 0
+    for n in (p["n_train"], p["n_val"], p["n_test"]):
+        splits.append(generate(p, n, rng, start, make=make_dual_scene, num_classes=len(CLASS_NAMES)))
+        start += n
+    side = p["grid"] // p["heatmap_stride"]
+    meta = {"channels": [f"lidar:{c}" for c in lidar_exact_input.channels] + ["camera:smear"], "cell": p["cell"],
+            "grid": p["grid"], "heatmap_stride": p["heatmap_stride"], "heatmap_side": side,
+            "output_cell": p["cell"] * p["heatmap_stride"], "teacher_channels": LIDAR_CHANNELS,
+            "student_channels": CAMERA_CHANNELS}
+    return DataBundle(*splits, num_classes=len(CLASS_NAMES), input_shape=(len(CHANNELS), p["grid"], p["grid"]),
+                      class_names=list(CLASS_NAMES), name="bev_dual", meta=meta)
+
+
+@DATASETS.register("bev_dual")
+def build_bev_dual(data_cfg, seed: int) -> DataBundle:
+    """Dual-modality BEV scenes (module docstring); the same parameters and seed give the same
+    bundle, built once per process (every arm of a seed reads the same scenes)."""
+    return _bundle(json.dumps(dual_params(data_cfg), sort_keys=True), int(seed))
+
+
+build_bev_dual.task = "bev"
