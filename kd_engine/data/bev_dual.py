@@ -16,8 +16,12 @@ cells, width 2) and ``large`` (length 5–8, width 3), each in one of 4 orientat
   is added. No occlusion is modelled in either view. This is a simple, honest stand-in for
   depth ambiguity, not an image renderer.
 
-The two views are stacked as input channels ``[lidar_occupancy, lidar_height, camera]``; the
-teacher reads channels 0–1 and the student channel 2 (a model's ``in_channels`` parameter).
+Dataset ``bev_dual`` stacks the two views as input channels ``[lidar_occupancy, lidar_height,
+camera]``; the teacher reads channels 0–1 and the student channel 2 (the model's ``in_channels``
+parameter). Scenes, targets and splits are `kd_engine.data.bev`'s (its ``generate`` with this
+module's scene maker and 2 classes), so the ``bev`` task and its metrics apply unchanged; the
+views are registered in ``BEV_INPUTS`` as ``lidar_exact`` and ``camera`` and so also work on the
+ray-cast ``bev_scenes``. A bundle is built once per process for its parameters and seed.
 """
 from __future__ import annotations
 
