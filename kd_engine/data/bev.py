@@ -194,12 +194,12 @@ def lidar_input(scene: Scene, p: dict, rng: np.random.Generator) -> np.ndarray:
 lidar_input.channels = ["occupancy", "count", "max_height"]
 
 
-def targets(boxes: np.ndarray, p: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def targets(boxes: np.ndarray, p: dict, num_classes: int = len(CLASS_NAMES)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class centre heatmaps (K, h, w), regression targets (4, h, w) = (dx, dy, log l, log w)
     and the centre-cell mask (h, w), at the output stride."""
     stride = p["heatmap_stride"]
     side, out_cell = p["grid"] // stride, p["cell"] * stride
-    heat = np.zeros((len(CLASS_NAMES), side, side), np.float32)
+    heat = np.zeros((num_classes, side, side), np.float32)
     reg = np.zeros((4, side, side), np.float32)
     mask = np.zeros((side, side), np.float32)
     rows, cols = np.mgrid[0:side, 0:side]
@@ -255,20 +255,21 @@ def _check(p: dict) -> None:
         BEV_INPUTS.get(name, field="data.params.inputs")
 
 
-def generate(p: dict, n: int, rng: np.random.Generator, start: int = 0) -> BEVScenes:
+def generate(p: dict, n: int, rng: np.random.Generator, start: int = 0, make=None,
+             num_classes: int = len(CLASS_NAMES)) -> BEVScenes:
     """n scenes of parameters ``p`` (all keys of ``PARAMS``) with ids start.., drawn from ``rng``."""
     builders: list[Callable[..., np.ndarray]] = [BEV_INPUTS.get(name) for name in p["inputs"]]
     xs, heats, regs, masks, boxes = [], [], [], [], []
     for _ in range(n):
-        scene = make_scene(rng, p)
+        scene = (make or make_scene)(rng, p)
         xs.append(np.concatenate([b(scene, p, rng) for b in builders]))
-        heat, reg, mask = targets(scene.boxes, p)
+        heat, reg, mask = targets(scene.boxes, p, num_classes)
         heats.append(heat), regs.append(reg), masks.append(mask), boxes.append(scene.boxes)
     side = p["grid"] // p["heatmap_stride"]
     channels = sum(len(b.channels) for b in builders)
     stack = lambda arrays, shape: np.stack(arrays) if arrays else np.zeros((0, *shape), np.float32)  # noqa: E731
     return BEVScenes(torch.from_numpy(stack(xs, (channels, p["grid"], p["grid"]))),
-                     stack(heats, (len(CLASS_NAMES), side, side)), stack(regs, (4, side, side)),
+                     stack(heats, (num_classes, side, side)), stack(regs, (4, side, side)),
                      stack(masks, (side, side)), boxes, torch.arange(start, start + n, dtype=torch.int64))
 
 

@@ -6,6 +6,8 @@ up (back to G/2) -> neck (1x1 over [block, up], then 3x3, w channels) -> heads.
 sub-cell centre offset dx, dy and log length, log width) is read through the ``regression`` tap
 (``dense_outputs``), as the dense models expose their extra maps, so everything that expects one
 output tensor keeps working. ``neck`` is the BEV feature map that distillation compares.
+``in_channels`` (optional) picks the input channels the model reads, so a teacher and a student
+can read different modalities stacked in one input (`kd_engine.data.bev_dual`).
 The heatmap bias starts at −2.19 (σ = 0.1), CenterNet's prior, so the focal loss does not open
 with every background cell predicted at 0.5. Output stride 2 keeps the teacher (width 32) cheap
 enough for a 2-core CPU while a pedestrian (0.6 m) still gets its own 1 m output cell.
@@ -37,10 +39,16 @@ class CenterPointLite(nn.Module):
     dense = True
     output_stride = 2
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, width: int = 32):
+    def __init__(self, input_shape: Sequence[int], num_classes: int, width: int = 32,
+                 in_channels: list[int] | None = None):
         super().__init__()
         check_positive_int(width=width)
         in_ch, height, wide = (int(s) for s in input_shape)
+        self.in_channels = None if in_channels is None else [int(c) for c in in_channels]
+        if self.in_channels is not None:
+            if not self.in_channels or not all(0 <= c < in_ch for c in self.in_channels):
+                raise ValueError(f"in_channels: indices into the input's {in_ch} channels, got {in_channels!r}")
+            in_ch = len(self.in_channels)
         if height % 4 or wide % 4:
             raise ValueError(f"BEV grid sides must be multiples of 4 (two stride-2 stages), got {height}x{wide}")
         self.stem = _conv_bn(in_ch, width, 3, 2)
@@ -55,6 +63,8 @@ class CenterPointLite(nn.Module):
         self.dense_outputs = {"regression": "regression"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels is not None:
+            x = x[:, self.in_channels]
         block = self.block(self.stem(x))
         up = F.interpolate(self.down(block), size=block.shape[-2:], mode="bilinear", align_corners=False)
         features = self.neck(torch.cat([block, up], dim=1))

@@ -2,6 +2,8 @@
 
 - Batches: ``(x, heatmap)`` with keyword maps ``reg`` (B, 4, h, w) and ``reg_mask`` (B, h, w) of
   the scenes (`kd_engine.data.bev`); order and DDP padding are classification's.
+  A method that sets ``wants_boxes = True`` also gets ``boxes``: per scene, its (M, 5) boxes
+  [cx, cy, length, width, yaw] in cells of the output map (masks from footprints need the yaw).
 - Rows per training scene: ``n_objects`` and the method's per-scene values (student and teacher
   detection loss, distillation terms, the weight when there is one, the regions a method
   selected and their disparity).
@@ -14,7 +16,8 @@
   most 16): the BEV input, the true heatmaps, each role's heatmaps (probabilities), the
   per-cell heatmap disparity and, when the method compares feature maps (`region_view`), the
   window feature disparity map and the regions it selected (``kind="bev_regions"``, rows of
-  scene position, row, column, disparity, foreground).
+  scene position, row, column, disparity, foreground); every other ``<name>_map`` the
+  view returns (a method's masks or attention) is saved as ``bev/<split>/<name>``.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import re
 import numpy as np
 import torch
 
+from kd_engine.data.bev_boxes import metric_to_cells
 from kd_engine.bev_metrics import centre_distance_ap, decode, match_counts
 from kd_engine.losses.bev import binary_kl_map
 from kd_engine.methods.bev_base import BEV_METHODS, bev_forward, detection_loss
@@ -61,7 +65,15 @@ class BEVTask(ClassificationTask):
             batch.inputs = (batch.inputs[0], train.heatmap[rows].to(self.device, non_blocking=True))
             batch.kwargs.update(reg=train.reg[rows].to(self.device, non_blocking=True),
                                 reg_mask=train.reg_mask[rows].to(self.device, non_blocking=True))
+            if getattr(self.distiller, "wants_boxes", False):
+                batch.kwargs["boxes"] = self.map_boxes(train, rows.tolist())
             yield batch
+
+    def map_boxes(self, dataset, rows) -> list:
+        """The boxes of scenes ``rows`` in cells of the output map, (M, 5) [cx, cy, l, w, yaw] each
+        (`kd_engine.data.bev_boxes.metric_to_cells`), for methods that set ``wants_boxes``."""
+        side = self.data.meta["heatmap_side"]
+        return [metric_to_cells(dataset.boxes[i], self.data.meta["output_cell"], side) for i in rows]
 
     def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict[str, torch.Tensor]:
         ids = batch.ids
@@ -139,9 +151,12 @@ class BEVTask(ClassificationTask):
             was_training = self.distiller.training
             self.distiller.eval()
             with self.autocast():
-                chosen = view(dataset.x[:probe].to(self.device), dataset.reg_mask[:probe].to(self.device))
+                extra = {"boxes": self.map_boxes(dataset, range(probe))} if getattr(self.distiller, "wants_boxes", False) else {}
+                chosen = view(dataset.x[:probe].to(self.device), dataset.reg_mask[:probe].to(self.device), **extra)
             self.distiller.train(was_training)
             out.append(art("feature_disparity", chosen["disparity_map"].float().cpu()))
+            out += [art(key[: -len("_map")], value.float().cpu()) for key, value in chosen.items()
+                    if key.endswith("_map") and key != "disparity_map"]
             if "index" in chosen:
                 out.append(art("regions", _region_rows(chosen, dataset.heatmap.shape[-1]), kind="bev_regions"))
         return out

@@ -5,7 +5,8 @@ for a method that selects regions (RDD), how many foreground and background regi
 their disparity against all candidates'. Evaluation rows carry each role's loss and its true and
 false positives and misses at score ≥ 0.3. For the probe scenes of an evaluation split the page
 draws the BEV input, the true, teacher and student heatmaps and the disparity map with the
-regions the method selected (saved at the last test pass).
+regions the method selected (saved at the last test pass), and any other per-cell map the method
+saved (DistillBEV: foreground and scale masks, the teacher's attention, false-positive regions).
 """
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ from kd_engine.store import Run
 from workbench import components as ui
 from workbench.figures import weight_histogram
 from workbench.figures.bev import bev_scene_figure
+from workbench.figures.bev_masks import method_maps_figure
 
 TABLE_ROWS = 2000
 FIRST_COLUMNS = ["instance_id", "n_objects", "student_loss", "teacher_loss", "selected_fg", "selected_bg",
                  "disparity_selected", "disparity_candidates", "disparity", "student_tp", "student_fp",
                  "student_missed"]
-TRAIN_VIEWS = ("student_loss", "distill_loss", "disparity_selected", "selected_fg")
+TRAIN_VIEWS = ("student_loss", "distill_loss", "disparity_selected", "selected_fg", "fg_cells", "attention_fg_share")
+SCENE_MAPS = {"input", "true_heatmap", "teacher_heatmap", "student_heatmap", "heatmap_disparity", "feature_disparity",
+              "regions"}  # drawn by bev_scene_figure; any other stored map is a method's own
 
 
 def metrics_section(run: Run, split: str) -> None:
@@ -66,6 +70,11 @@ def scene_section(run: Run, split: str) -> None:
         regions = rows[rows[:, 0] == k][:, 1:]
     st.plotly_chart(bev_scene_figure(load("input")[k], heatmaps, disparity, regions, disparity_label=label,
                                      title=f"scene #{scene} ({split})"), key="bev_scene_fig")
+    extra = {name: load(name)[k] for name in stored if name not in SCENE_MAPS}
+    if extra:  # what the method weighs each cell by (DistillBEV's masks and attention)
+        st.plotly_chart(method_maps_figure(load("input")[k], extra, meta.get("channels"),
+                                           title=f"scene #{scene}: inputs and the method's per-cell maps"),
+                        key="bev_method_maps")
     if regions is not None:
         st.caption(f"{len(regions)} regions selected: {int(regions[:, 3].sum())} foreground (green, a window "
                    f"holding a true centre), {int((regions[:, 3] == 0).sum())} background (orange).")
