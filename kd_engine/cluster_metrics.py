@@ -15,7 +15,6 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from kd_engine.dense_metrics import iou_per_class
 
 
 @dataclass
@@ -55,10 +54,12 @@ def match_clusters(true, clusters, num_classes: int, num_clusters: int | None = 
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     hit = predicted >= 0
     np.add.at(confusion, (true[hit], predicted[hit]), 1)
-    iou = iou_per_class(confusion)
-    # a class the truth holds but no cluster was matched to has IoU 0 (its union is the class itself)
-    iou = np.where(np.isnan(iou) & (np.bincount(true, minlength=num_classes) > 0), 0.0, iou)
-    support = confusion.sum(1) + np.bincount(true[~hit], minlength=num_classes)
+    lost = np.bincount(true[~hit], minlength=num_classes)  # points of unmatched clusters: false negatives
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) + lost - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    support = confusion.sum(1) + lost
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
     return MatchedScores(float(np.nanmean(iou)), float(np.trace(confusion) / max(true.size, 1)),

@@ -30,6 +30,8 @@ from torch import nn
 
 from kd_engine.cluster_metrics import contingency, match_clusters, merge_primitives
 from kd_engine.data import build_data
+from kd_engine.data.registry import DATASETS
+from kd_engine.errors import ConfigError
 from kd_engine.losses.points import masked_normalised_mse
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
@@ -55,6 +57,9 @@ class PointDC(Distiller):
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, None)
+        if getattr(DATASETS.get(cfg.data.name, field="data.name"), "task", "classification") != "points":
+            raise ConfigError(f"data.name: method pointdc segments point clouds; use a point-cloud dataset such as "
+                              f"rooms3d, got {cfg.data.name!r}")
         p = self.p = read_params(cfg.distill.params, self.defaults, "distill.params", "method pointdc")
         self.seed, self.layer = int(cfg.seed), getattr(student, "embedding_layer", "features")
         data = build_data(cfg.data, cfg.seed)
