@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kd_engine.data.camera3d import Camera, splat, visibility, zbuffer
-from kd_engine.data.scenes3d import GROUND, make_ground_pair, make_room
+from kd_engine.data.scenes3d import GROUND, make_ground_pair, make_room, render_object
 
 
 def _front_camera(orthographic=False):
@@ -71,3 +71,9 @@ def test_ground_pair_moves_only_moving_objects():
         assert (np.hypot(*shift[:2]) > 0.4) == bool(moves)
         assert f0.moving[f0.instance == obj].all() == bool(moves)
     assert f0.views[0].image.shape == (32, 32, 3)
+
+
+def test_render_object_alone():
+    image, mask = render_object(2, seed=1)
+    assert image.shape == (32, 32, 3) and 4 < mask.sum() < 32 * 32 / 2
+    assert (image[~mask] == 0).all() and (image[mask].sum(1) > 0).any()

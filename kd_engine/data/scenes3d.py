@@ -16,7 +16,8 @@ Two kinds:
 - `make_ground_pair`: an outdoor ground plane with 2–5 objects of 5 classes (cube, tall box,
   cylinder, sphere, cone), each class with its own colour and texture, about 128 points per
   object plus ground points, seen in two frames between which each object moves with
-  probability 0.4; one pinhole view (32×32 by default) per frame.
+  probability 0.4; one pinhole view (32×32 by default) per frame. `render_object` draws one
+  such object alone (image and pixel mask), e.g. to train a 2-D network on single objects.
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed gives the same scene.
 """
@@ -320,8 +321,7 @@ def make_ground_pair(seed: int, objects: tuple[int, int] = (2, 5), points_per_ob
     ground = dict(kind="rect", origin=np.array([-3.0, -3.0, 0.0]), u=np.array([6.0, 0, 0]), v=np.array([0, 6.0, 0]),
                   n=(0, 0, 1), size=(0, 0, 0), centre=(0, 0, 0), ground=True, **{"class": GROUND, "id": len(objs)})
     colours = GROUND_RGB[[o["class"] for o in objs] + [GROUND]]
-    camera = Camera.look_at((0.0, -4.8, 4.2), (0.0, 0.4, 0.0), width=size, height=size,
-                            focal=size / 2 / np.tan(np.radians(32.0)))
+    camera = ground_camera(size)
     frames = []
     for frame in range(2):
         placed = [{**o, "centre": o["centre"] + (o["offset"] if frame else 0)} for o in objs]
@@ -336,3 +336,25 @@ def make_ground_pair(seed: int, objects: tuple[int, int] = (2, 5), points_per_ob
         frames.append(Scene(xyz.astype(np.float32), rgb.astype(np.float32), normal.astype(np.float32),
                             label.astype(np.int64), inst.astype(np.int64), views, GROUND_CLASSES, moving, placed))
     return GroundPair((frames[0], frames[1]), np.array([o["class"] for o in objs], dtype=np.int64), moves)
+
+
+def render_object(cls: int, seed: int, size: int = 32, render_points: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """One object of class ``cls`` (0–4, as in `make_ground_pair`) alone, at a random spot near the
+    centre, through the ground scenes' camera: (image (size, size, 3) float32 with a black
+    background, mask (size, size) bool of its pixels). For training a 2-D network on single objects."""
+    if cls not in range(GROUND):
+        raise ValueError(f"cls must be one of 0..{GROUND - 1} (object classes), got {cls}")
+    rng = np.random.default_rng(seed)
+    obj = {**_ground_object(cls, rng), "id": 0}
+    obj["centre"] = np.array([*rng.uniform(-1.0, 1.0, 2), 0.0])
+    camera = ground_camera(size)
+    dense, _, d_label, _ = _surface_points([obj], [render_points], rng, [])
+    colour = np.clip(GROUND_RGB[cls] * (0.3 + 0.7 * texture(dense, d_label, GROUND_TEXTURES))[:, None], 0, 1)
+    image, depth = splat(camera, dense, colour.astype(np.float32))
+    return image, np.isfinite(depth)
+
+
+def ground_camera(size: int = 32) -> Camera:
+    """The raised pinhole camera of the ground scenes (60° field of view at ``size`` pixels)."""
+    return Camera.look_at((0.0, -4.8, 4.2), (0.0, 0.4, 0.0), width=size, height=size,
+                          focal=size / 2 / np.tan(np.radians(32.0)))
