@@ -33,42 +33,43 @@ def point_classes(objectness: np.ndarray, features: np.ndarray, embeddings: np.n
     return np.where(objectness >= threshold, named, ground)
 
 
-def evaluate_scenes(scenes, objectness, features, embeddings: np.ndarray, scene_ids, *, held_out: int, ground: int,
-                    eps: float, min_samples: int, threshold: float = 0.5):
-    """Metrics (dict), per-scene columns (dict of arrays, ``instance_id`` first) and the per-object
-    table ((objects, 6) int64 in ``OBJECT_COLUMNS`` order) of a split. ``scenes`` are
-    `SceneArrays`; ``objectness`` (N,) and ``features`` (N, D) the student's, per scene."""
+def evaluate_scenes(dataset, objectness: np.ndarray, features: np.ndarray, embeddings: np.ndarray, *,
+                    held_out: int, ground: int, eps: float, min_samples: int, threshold: float = 0.5):
+    """Metrics (dict), per-scene columns (dict of arrays, ``instance_id`` first), the per-object
+    table ((objects, 6) int64 in ``OBJECT_COLUMNS`` order) and the per-point predicted classes
+    (S, N) of a split. ``dataset`` holds ``xyz``, ``y``, ``instance``, ``moving`` and ``ids``
+    per scene; ``objectness`` (S, N) and ``features`` (S, N, D) are the student's."""
     k = len(embeddings)
-    confusion = np.zeros((k + 1, k + 1), dtype=np.int64)
-    rows, columns = [], {"instance_id": [], "objects": [], "found": [], "named_correct": [], "predicted_objects": []}
-    for sid, scene, score, feats in zip(scene_ids, scenes, objectness, features):
-        pred = point_classes(score, feats, embeddings, ground, threshold)
-        confusion += pixel_confusion(scene.label, pred, k + 1)
-        groups = segments(scene.xyz, score >= threshold, eps, min_samples)
-        found = instance_recall(scene.instance, groups)
-        cos = cosine_to_classes(feats, embeddings)
+    labels = dataset.y.numpy()
+    predicted = np.stack([point_classes(o, f, embeddings, ground, threshold) for o, f in zip(objectness, features)])
+    confusion = pixel_confusion(labels, predicted, k + 1)
+    rows, columns = [], {"instance_id": dataset.ids.numpy(), "objects": [], "found": [], "named_correct": [],
+                         "predicted_objects": []}
+    for i, sid in enumerate(dataset.ids.tolist()):
+        instance = dataset.instance[i]
+        groups = segments(dataset.xyz[i], objectness[i] >= threshold, eps, min_samples)
+        found = instance_recall(instance, groups)
+        cos = cosine_to_classes(features[i], embeddings)
         correct = 0
         for obj, hit in found.items():
-            members = scene.instance == obj
-            true_class = int(scene.label[members][0])
-            named = int(cos[members].mean(0).argmax())
+            members = instance == obj
+            true_class, named = int(labels[i][members][0]), int(cos[members].mean(0).argmax())
             correct += named == true_class
-            rows.append((int(sid), obj, true_class, int(scene.moving[members][0]), int(hit), named))
-        for key, value in (("instance_id", int(sid)), ("objects", len(found)), ("found", sum(found.values())),
-                           ("named_correct", correct), ("predicted_objects", int(groups.max() + 1))):
+            rows.append((int(sid), obj, true_class, int(dataset.moving[i][members][0]), int(hit), named))
+        for key, value in (("objects", len(found)), ("found", sum(found.values())), ("named_correct", correct),
+                           ("predicted_objects", int(groups.max() + 1))):
             columns[key].append(value)
     table = np.asarray(rows, dtype=np.int64).reshape(-1, len(OBJECT_COLUMNS))
     iou = iou_per_class(confusion)
+    seen = table[:, 2] != held_out
     metrics = {"recall_static": _mean(table[table[:, 3] == 0, 4]), "recall_moving": _mean(table[table[:, 3] == 1, 4]),
+               "recall_held_out": _mean(table[~seen, 4]),
+               "naming_acc_seen": _mean(table[seen, 5] == table[seen, 2]),
+               "naming_acc_held_out": _mean(table[~seen, 5] == table[~seen, 2]),
                "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
                "point_acc": float(np.trace(confusion) / max(confusion.sum(), 1))}
-    seen = table[:, 2] != held_out
-    metrics["naming_acc_seen"] = _mean(table[seen, 5] == table[seen, 2])
-    metrics["naming_acc_held_out"] = _mean(table[~seen, 5] == table[~seen, 2])
-    metrics["recall_held_out"] = _mean(table[~seen, 4])
-    for c in range(k + 1):
-        metrics[f"iou_{c}"] = float(iou[c])
-    return metrics, {key: np.asarray(v) for key, v in columns.items()}, table
+    metrics.update({f"iou_{c}": float(iou[c]) for c in range(k + 1) if np.isfinite(iou[c])})
+    return metrics, {key: np.asarray(v) for key, v in columns.items()}, table, predicted
 
 
 def _mean(values: np.ndarray) -> float:
