@@ -11,3 +11,4 @@ from workbench.figures.results import *  # noqa: F401,F403
 from workbench.figures.runs import *  # noqa: F401,F403
 from workbench.figures.search import *  # noqa: F401,F403
 from workbench.figures.anomaly import *  # noqa: F401,F403
+from workbench.figures.points import *  # noqa: F401,F403
