@@ -37,9 +37,11 @@ def contingency(true: np.ndarray, clusters: np.ndarray, num_classes: int, num_cl
     return table
 
 
-def match_clusters(true, clusters, num_classes: int, num_clusters: int | None = None) -> MatchedScores:
+def match_clusters(true, clusters, num_classes: int, num_clusters: int | None = None,
+                   named: bool = False) -> MatchedScores:
     """Hungarian-match cluster ids (0..num_clusters−1) to classes (0..num_classes−1), then score.
-    Points of a true class outside [0, num_classes) are a ValueError."""
+    Points of a true class outside [0, num_classes) are a ValueError. ``named``: the ids already
+    are class ids (a method that names points itself): the mapping is the identity, no matching."""
     true, clusters = np.asarray(true).ravel().astype(np.int64), np.asarray(clusters).ravel().astype(np.int64)
     if true.shape != clusters.shape:
         raise ValueError(f"true ({true.size}) and cluster ({clusters.size}) labels differ in length")
@@ -47,7 +49,8 @@ def match_clusters(true, clusters, num_classes: int, num_clusters: int | None = 
         raise ValueError(f"true classes must lie in [0, {num_classes}), got [{true.min()}, {true.max()}]")
     k = int(num_clusters if num_clusters is not None else max(num_classes, clusters.max(initial=-1) + 1))
     table = contingency(true, clusters, num_classes, k)
-    rows, cols = linear_sum_assignment(table, maximize=True)
+    rows, cols = (np.arange(num_classes), np.arange(num_classes)) if named else \
+        linear_sum_assignment(table, maximize=True)
     mapping = np.full(k, -1, dtype=np.int64)
     mapping[cols] = rows
     predicted = mapping[clusters]

@@ -94,7 +94,7 @@ def _config(tmp_path, **params):
     raw["data"]["params"] = dict(TINY)
     raw["data"]["batch_size"] = 2
     raw["distill"]["params"].update(teacher_images=20, teacher_epochs=1, **params)
-    raw["record"] = {"attention_maps": 1, "tensorboard": False}
+    raw["record"] = {"attention_maps": 2, "tensorboard": False}
     return validate(raw, "test")
 
 
@@ -109,10 +109,20 @@ def test_shipped_config_trains_and_records(tmp_path):
     assert rows["visible_fraction"].between(0.2, 1).all() and rows["distill_loss"].between(0, 2).all()
     assert (rows["moving_labels"] >= 0).all() and (rows["static_labels"] >= 0).all()
     final = run.final_metrics()
-    for key in ("recall_static", "recall_moving", "naming_acc_seen", "miou", "point_acc"):
+    for key in ("recall_static", "recall_moving", "naming_acc_seen", "mIoU", "oAcc"):
         assert 0.0 <= final[f"test/student_{key}"] <= 1.0, key
     assert math.isnan(final.get("test/student_naming_acc_held_out", math.nan)) or \
         0.0 <= final["test/student_naming_acc_held_out"] <= 1.0
+    # the points are scored as named (no matching): the stored prediction of the probe scene gives oAcc
+    true, pred = run.load_artifact("points/test/true"), run.load_artifact("points/test/student_pred")
+    assert true.shape == pred.shape == (2, TINY["points"]) and set(np.unique(pred)) <= set(range(GROUND + 1))
+    objects = run.load_artifact("points/test/upvl_objects")
+    assert objects.shape[1] == len(OBJECT_COLUMNS) and set(objects[:, 0]) <= {4, 5}
+    assert final["test/student_recall_moving" if objects[:, 3].any() else "test/student_recall_static"] == \
+        pytest.approx(objects[objects[:, 3] == objects[:, 3].max(), 4].mean())
+    assert run.load_artifact("points/train/upvl_autolabels").shape == (4, TINY["points"])
+    if len(true) == 2:  # both test scenes probed: the named oAcc is their plain accuracy
+        assert final["test/student_oAcc"] == pytest.approx((true == pred).mean())
     # the motion-only baseline labels no static cluster; the cache serves the second run
     motion = open_run(train(_config(tmp_path, labels="motion", distill_weight=0.0), distributed=False))
     assert (motion.instances(split="train")["static_labels"] == 0).all()

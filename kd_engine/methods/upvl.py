@@ -144,7 +144,8 @@ class UPVL(Distiller):
             dataset, torch.sigmoid(obj).cpu().numpy(), f3d.cpu().numpy(), self.embeddings.cpu().numpy(),
             held_out=self.p["held_out"], ground=GROUND, eps=self.p["eps"], min_samples=self.p["min_samples"])
         self.last[split] = (columns, table, predicted)
-        return {f"{split}/student_{k}": v for k, v in metrics.items()}
+        shared = ("miou", "point_acc")  # the task scores the named points itself (mIoU, oAcc, IoU per class)
+        return {f"{split}/student_{k}": v for k, v in metrics.items() if k not in shared and not k.startswith("iou_")}
 
     def point_predictions(self, split: str) -> np.ndarray | None:
         """(S, N) zero-shot class per point of the last evaluation of ``split`` (ground below objectness ½)."""
@@ -156,10 +157,10 @@ class UPVL(Distiller):
         if split not in self.last:
             return []
         columns, table, _ = self.last[split]
-        out = [dict(name=f"points/{split}/upvl_objects", array=table, kind="point_decisions", dtype="int32",
+        out = [dict(name=f"points/{split}/upvl_objects", array=table, kind="upvl_decisions", dtype="int32",
                     meta={"columns": list(OBJECT_COLUMNS), "held_out": self.p["held_out"], "split": split})]
         if split == "test":
-            out.append(dict(name="points/train/upvl_autolabels", array=self.labels["cluster"], kind="point_decisions",
+            out.append(dict(name="points/train/upvl_autolabels", array=self.labels["cluster"], kind="upvl_decisions",
                             dtype="int16", meta={"instance_ids": self.splits["train"].ids.tolist(),
                                                  "what": f"auto-label cluster per point ({self.p['labels']}), -1 none"}))
         return out

@@ -86,13 +86,18 @@ class PointTask(ClassificationTask):
     def evaluate(self, split, student, teacher, final=False) -> Evaluation:
         dataset = getattr(self.data, split)
         y, k, seed = dataset.y.numpy(), self.data.num_classes, int(self.cfg.seed)
-        feats = self.student_features(student, split)
         method = getattr(self, "distiller", None)
-        primitives = method.assign_primitives(torch.as_tensor(feats)) if hasattr(method, "assign_primitives") else None
-        if primitives is not None:
-            clusters = matched_labels(feats, k, seed, primitives.numpy().reshape(-1), method.centroids.cpu().numpy())
+        # a method that names points itself (zero-shot, UP-VL) is scored as named, without matching
+        named = method.point_predictions(split) if hasattr(method, "point_predictions") else None
+        if named is not None:
+            clusters = np.asarray(named)
         else:
-            clusters = matched_labels(feats.reshape(-1, feats.shape[-1]), k, seed)
+            feats = self.student_features(student, split)
+            primitives = method.assign_primitives(torch.as_tensor(feats)) if hasattr(method, "assign_primitives") else None
+            if primitives is not None:
+                clusters = matched_labels(feats, k, seed, primitives.numpy().reshape(-1), method.centroids.cpu().numpy())
+            else:
+                clusters = matched_labels(feats.reshape(-1, feats.shape[-1]), k, seed)
         roles = {"student": (clusters.reshape(y.shape), np.ones(y.shape, bool))}
         if hasattr(method, "teacher_points"):
             t_feats, valid = (v.cpu().numpy() for v in method.teacher_points(dataset.ids.to(method.teacher_feats.device)))
@@ -101,7 +106,7 @@ class PointTask(ClassificationTask):
             roles["teacher"] = (t_clusters, valid)
         metrics, columns, preds, confusions = {}, {"instance_id": dataset.ids.numpy()}, {}, {}
         for role, (c, valid) in roles.items():
-            scores = match_clusters(y[valid], c[valid], k)
+            scores = match_clusters(y[valid], c[valid], k, named=role == "student" and named is not None)
             pred = np.where(valid, scores.mapping[np.maximum(c, 0)], -1)
             preds[role], confusions[role] = pred, scores.confusion
             metrics.update({f"{split}/{role}_mIoU": scores.miou, f"{split}/{role}_oAcc": scores.oacc,
@@ -136,6 +141,8 @@ class PointTask(ClassificationTask):
             out.append(Artifact("points/pseudo_labels", decisions["pseudo_labels"], kind="point_decisions",
                                 dtype="int16", epoch=decisions["epoch"],
                                 meta={"instance_ids": decisions["scene_ids"], "what": "pseudo-label per super-voxel"}))
+        if hasattr(method, "point_artifacts"):  # a method's own records (keyword arguments of Artifact)
+            out += [Artifact(**spec) for spec in method.point_artifacts(split)]
         return out
 
     def save_inputs(self, writer) -> None:

@@ -18,7 +18,8 @@ from workbench import components as ui
 from workbench.figures import confusion_heatmap, point_cloud_panels, top_down_panels, weight_histogram
 
 TABLE_ROWS = 2000
-ROW_VALUES = ("student_loss", "term_cmd", "term_svc", "weight", "pseudo_purity")
+ROW_VALUES = ("student_loss", "term_cmd", "term_svc", "weight", "pseudo_purity",
+              "moving_labels", "static_labels", "visible_fraction", "distill_loss", "objectness_loss")
 
 
 def _artifact(run: Run, name: str) -> np.ndarray | None:
