@@ -25,6 +25,10 @@ def _squares(n=96, size=12, seed=0):
     return images + 0.05 * torch.from_numpy(rng.normal(size=images.shape)).float(), labels
 
 
+def _refuse():
+    raise AssertionError("a cached teacher must not ask for its training data")
+
+
 def test_balanced_nce_known_answer():
     # one image of 2 pixels: background pixel with logits (0, 0) -> log 2; object pixel of class 1
     # with logits (0, log 3) -> -log(3/4); balanced mean = ½(log 2 + log 4/3)
@@ -40,7 +44,7 @@ def test_trained_teacher_names_pixels_and_is_cached(tmp_path):
     torch.set_num_threads(1)
     images, labels = _squares()
     identity = {"generator": "squares", "n": 96}
-    model, path, losses = cached_vl_teacher(images, labels, 3, identity, tmp_path, epochs=15, batch=32)
+    model, path, losses = cached_vl_teacher(lambda: (images, labels), 3, identity, tmp_path, epochs=15, batch=32)
     assert losses[-1] < losses[0]
     test_images, test_labels = _squares(n=30, seed=1)
     with torch.no_grad():
@@ -48,7 +52,7 @@ def test_trained_teacher_names_pixels_and_is_cached(tmp_path):
     fg = test_labels > 0
     assert (pred[fg] == test_labels[fg]).float().mean() > 0.9
     assert (pred[~fg] == 0).float().mean() > 0.9
-    again, same_path, same_losses = cached_vl_teacher(images, labels, 3, identity, tmp_path, epochs=15, batch=32)
+    again, same_path, same_losses = cached_vl_teacher(_refuse, 3, identity, tmp_path, epochs=15, batch=32)
     assert same_path == path and same_losses == pytest.approx(losses)
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)

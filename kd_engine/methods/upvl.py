@@ -29,6 +29,7 @@ from annotated_types import Ge, Gt, Interval
 from torch import nn
 
 from kd_engine.data import build_data
+from kd_engine.data.ground3d import PARAMS as GROUND3D_PARAMS
 from kd_engine.data.scenes3d import GROUND
 from kd_engine.errors import ConfigError
 from kd_engine.losses.projected import projected_cosine_kd
@@ -55,7 +56,8 @@ class UPVL(Distiller):
                 "held_out": Param(4, Interval(ge=0, le=CLASSES - 1)), "ground_height": Param(0.05, Ge(0)),
                 "eps": Param(0.4, Gt(0)), "min_samples": Param(5, Ge(1)), "motion_threshold": Param(0.35, Gt(0)),
                 "motion_fraction": Param(0.3, Interval(gt=0, le=1)), "vl_threshold": Param(0.0),
-                "teacher_images": Param(300, Ge(10)), "teacher_epochs": Param(12, Ge(1))}
+                "teacher_images": Param(400, Ge(10)), "teacher_epochs": Param(15, Ge(1)),
+                "teacher_temperature": Param(0.2, Gt(0))}
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, None)
@@ -67,9 +69,7 @@ class UPVL(Distiller):
             raise ConfigError(f"data.name: method upvl needs two-frame scenes with a camera (ground3d), got {cfg.data.name!r}")
         self.layer = getattr(student, "embedding_layer", "features")
         size = data.train.images.shape[2]
-        vl, path, self.teacher_losses = cached_vl_teacher(*object_renders(p["teacher_images"], size), CLASSES,
-                                                          {"renders": p["teacher_images"], "size": size},
-                                                          cfg.cache_dir, epochs=p["teacher_epochs"])
+        vl, path, self.teacher_losses = self.vl_teacher(p, size, cfg.cache_dir)
         self.register_buffer("embeddings", vl.class_embeddings.detach().clone())
         self.splits = {"train": data.train, "test": data.test}
         ids = np.concatenate([s.ids.numpy() for s in self.splits.values()])
@@ -99,6 +99,20 @@ class UPVL(Distiller):
         self.project = nn.Linear(width, self.embeddings.shape[1])  # f_3D: into the teacher's space
         self.objectness_head = nn.Linear(width, 1)
         self.last: dict[str, tuple] = {}
+
+    @staticmethod
+    def vl_teacher(p: dict, size: int, cache_dir):
+        """The cached 2-D teacher of these params (trained on single-object renders on first use)."""
+        return cached_vl_teacher(lambda: object_renders(p["teacher_images"], size), CLASSES,
+                                 {"renders": p["teacher_images"], "size": size}, cache_dir,
+                                 epochs=p["teacher_epochs"], tau=p["teacher_temperature"])
+
+    @classmethod
+    def prepare_teacher(cls, cfg) -> str:
+        """Train (or find) the cached teacher of ``cfg`` before runs start in parallel; its file."""
+        p = read_params(cfg.distill.params, cls.defaults, "distill.params", "method upvl")
+        size = read_params(cfg.data.params, GROUND3D_PARAMS, "data.params", "dataset ground3d")["image_size"]
+        return cls.vl_teacher(p, size, cfg.cache_dir)[1]
 
     def heads(self, x, neighbours):
         with feature_taps(self.student, self.layer) as taps:

@@ -22,7 +22,7 @@ maps of a set of scene images under ``<cache_dir>/vl_features/<hash>.npy`` (floa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -101,18 +101,20 @@ def train_vl_teacher(images: torch.Tensor, labels: torch.Tensor, classes: int, w
     return model.eval().requires_grad_(False), losses
 
 
-def cached_vl_teacher(images: torch.Tensor, labels: torch.Tensor, classes: int, identity: Mapping[str, Any],
-                      cache_dir: str | Path, **settings) -> tuple[DenseVLNet, str, list[float]]:
-    """The teacher for the data described by ``identity`` (what generated ``images``) and these
-    settings: loaded from the cache when present, else trained and saved. Returns the network,
-    its file and the training loss per epoch (as recorded when it was trained)."""
+def cached_vl_teacher(make_data: Callable[[], tuple[torch.Tensor, torch.Tensor]], classes: int,
+                      identity: Mapping[str, Any], cache_dir: str | Path, in_channels: int = 3,
+                      **settings) -> tuple[DenseVLNet, str, list[float]]:
+    """The teacher for the data described by ``identity`` and these settings: loaded from the
+    cache when present, else trained on ``make_data()`` (images, pixel targets; called only then)
+    and saved. Returns the network, its file and the training loss per epoch."""
     settings = {**VL_DEFAULTS, **settings}
     key = stable_hash({"data": dict(identity), "classes": classes, "settings": settings, "version": CACHE_VERSION})
     path = Path(cache_dir) / "vl_teacher" / f"{key}.safetensors"
     if path.is_file():
-        model = DenseVLNet(images.shape[1], classes, settings["width"], settings["dim"], settings["tau"])
+        model = DenseVLNet(in_channels, classes, settings["width"], settings["dim"], settings["tau"])
         meta = load_weights(model, path, field="vl teacher cache")
         return model.eval().requires_grad_(False), str(path), list(meta.get("losses", []))
+    images, labels = make_data()
     model, losses = train_vl_teacher(images, labels, classes, **settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(model, path, {"settings": settings, "identity": dict(identity), "losses": losses})
