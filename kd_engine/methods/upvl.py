@@ -39,9 +39,8 @@ from kd_engine.methods.registry import METHODS
 from kd_engine.models import feature_taps
 from kd_engine.params import Param, read_params
 from kd_engine.parts.upvl_eval import OBJECT_COLUMNS, evaluate_scenes
-from kd_engine.parts.upvl_scenes import (LABEL_SOURCES, label_scenes, object_renders, point_teacher_features,
-                                         scene_images)
-from kd_engine.parts.vl_teacher import cached_feature_maps, cached_vl_teacher
+from kd_engine.parts.upvl_scenes import LABEL_SOURCES, label_scenes, object_renders, scene_tables
+from kd_engine.parts.vl_teacher import cached_vl_teacher
 
 CLASSES = GROUND  # object classes 0 .. GROUND-1; the ground is the class after them
 
@@ -72,25 +71,13 @@ class UPVL(Distiller):
         vl, path, self.teacher_losses = self.vl_teacher(p, size, cfg.cache_dir)
         self.register_buffer("embeddings", vl.class_embeddings.detach().clone())
         self.splits = {"train": data.train, "test": data.test}
-        ids = np.concatenate([s.ids.numpy() for s in self.splits.values()])
-        maps = torch.zeros(ids.max() + 1, self.embeddings.shape[1], size, size)
-        for name, split in self.splits.items():
-            identity = {"data": cfg.data.model_dump(mode="json"), "split_seed": cfg.data.split_seed or cfg.seed, "split": name}
-            maps[split.ids] = cached_feature_maps(vl, scene_images(split), path, identity, cfg.cache_dir)
-        self.register_buffer("maps", maps, persistent=False)
-        feats = torch.zeros(len(maps), input_shape[0], maps.shape[1])
-        for split in self.splits.values():
-            feats[split.ids] = point_teacher_features(maps[split.ids], split)
-        visible = torch.zeros(len(maps), input_shape[0], dtype=torch.bool)
-        pixel = torch.zeros(len(maps), input_shape[0], 2, dtype=torch.long)
-        for split in self.splits.values():
-            visible[split.ids], pixel[split.ids] = torch.as_tensor(split.visible[:, 0]), torch.as_tensor(split.pixel[:, 0])
-        self.register_buffer("teacher_feats", feats, persistent=False)
-        self.register_buffer("teacher_valid", visible, persistent=False)
-        self.register_buffer("pixel", pixel, persistent=False)
-        self.labels = label_scenes(data.train, feats[data.train.ids], self.embeddings.numpy(),
+        split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
+        identity = {"data": cfg.data.model_dump(mode="json"), "split_seed": split_seed}
+        for key, table in scene_tables(self.splits, vl, path, identity, cfg.cache_dir).items():
+            self.register_buffer(key, table, persistent=False)  # maps, teacher_feats, teacher_valid, pixel
+        self.labels = label_scenes(data.train, self.teacher_feats[data.train.ids], self.embeddings.numpy(),
                                    vl.background.detach().numpy(), p)
-        rows = torch.zeros(len(maps), dtype=torch.long)
+        rows = torch.zeros(len(self.maps), dtype=torch.long)
         rows[data.train.ids] = torch.arange(len(data.train))
         self.register_buffer("row", rows, persistent=False)
         for key in ("objectness", "target_class", "moving_labels", "static_labels"):

@@ -25,6 +25,7 @@ import torch
 from kd_engine.data.scenes3d import GROUND, make_ground_pair
 from kd_engine.losses.projected import gather_pixels
 from kd_engine.parts.autolabel import MOVING, STATIC, auto_label, cosine_to_classes
+from kd_engine.parts.vl_teacher import DenseVLNet, cached_feature_maps
 
 OBJECT_SEED_BASE = 7_000_000
 LABEL_SOURCES = ("motion", "motion_vl", "truth")
@@ -57,6 +58,26 @@ def point_teacher_features(maps: torch.Tensor, dataset) -> torch.Tensor:
     """(S, N, D) teacher feature at each point's pixel (zero where the point is not visible)."""
     feats = gather_pixels(maps, torch.as_tensor(dataset.pixel[:, 0]))
     return feats * torch.as_tensor(dataset.visible[:, 0])[..., None].float()
+
+
+def scene_tables(splits: dict, vl: DenseVLNet, teacher_path: str, identity: dict, cache_dir) -> dict[str, torch.Tensor]:
+    """Tables indexed by scene id over ``splits`` (name -> ``ground3d`` split): the teacher's maps
+    (computed once per split and cached), each point's teacher feature (zero where hidden), its
+    visibility and its pixel."""
+    count = 1 + max(int(split.ids.max()) for split in splits.values() if len(split))
+    first = next(split for split in splits.values() if len(split))
+    points, size, dim = first.x.shape[1], first.images.shape[2], vl.class_embeddings.shape[1]
+    out = {"maps": torch.zeros(count, dim, size, size), "teacher_feats": torch.zeros(count, points, dim),
+           "teacher_valid": torch.zeros(count, points, dtype=torch.bool),
+           "pixel": torch.zeros(count, points, 2, dtype=torch.long)}
+    for name, split in splits.items():
+        if not len(split):
+            continue
+        maps = cached_feature_maps(vl, scene_images(split), teacher_path, {**identity, "split": name}, cache_dir)
+        out["maps"][split.ids], out["teacher_feats"][split.ids] = maps, point_teacher_features(maps, split)
+        out["teacher_valid"][split.ids] = torch.as_tensor(split.visible[:, 0])
+        out["pixel"][split.ids] = torch.as_tensor(split.pixel[:, 0])
+    return out
 
 
 def object_margin(point_feats: np.ndarray, embeddings: np.ndarray, background: np.ndarray,
