@@ -183,8 +183,12 @@ display(labels_frame.groupby("arm")[["motion labels / scene", "static labels / s
 # models (CLIP-scale text embeddings of arbitrary prompts), 3-D boxes or the paper's numbers. In
 # this miniature every above-ground cluster is an object (there is no clutter), so the static
 # threshold's job of rejecting non-objects is not tested: labelling every static segment would
-# find them too. Objectness also generalises from moving to static objects here, because both
-# have the same kind of geometry; the recall gap is what remains after that.
+# find them too. Two mechanisms to keep in mind when reading the numbers: (1) the motion-only
+# objectness head is taught that every static object (never labelled) is background, and static
+# and moving objects share their geometry, so it can learn to call little at all an object; (2) the
+# upper bound's cross-entropy runs over all five class embeddings, so every labelled point pushes
+# its feature away from the held-out cone's embedding: supervised labels of the seen classes can
+# suppress the unseen class, and its held-out naming is no upper bound for that class.
 
 # %%
 describe = partial(reporting.describe, threshold=False)
