@@ -223,10 +223,13 @@ class Loaders:
             items = _EvalItems(split, count)
             if len(items) == 0:
                 return
-            # Evaluation passes are few: their workers end with each pass instead of idling
-            # (and a fork of this process never inherits live evaluation workers).
+            # Evaluation passes are few: their workers end with each pass instead of idling (and a
+            # fork of this process never inherits live evaluation workers). A pass of no more
+            # batches than the workers would prefetch at once is read here: starting them costs
+            # more than they save.
             s = self.settings
-            settings = LoaderSettings(s.num_workers, s.pin_memory, False, s.prefetch_factor)
+            workers = s.num_workers if math.ceil(len(items) / batch_size) > s.num_workers * s.prefetch_factor else 0
+            settings = LoaderSettings(workers, s.pin_memory, False, s.prefetch_factor)
             self._eval[key] = DataLoader(items, batch_size=batch_size, shuffle=False, generator=self._generator(),
                                          **settings.kwargs(self.device))
         yield from self._eval[key]

@@ -13,6 +13,7 @@ import torch
 from kd_engine.data import build_data
 from kd_engine.data.base import augment_batch, save_sources
 from kd_engine.data.loader import LoaderSettings, Loaders, epoch_plan, in_memory
+from kd_engine.faults import fault_point
 from kd_engine.methods import METHODS
 from kd_engine.tasks.base import TASKS, Batch, Evaluation, Task
 from kd_engine.trainers.evaluate import Predictions, batches, predict, probe_inputs
@@ -55,6 +56,7 @@ class ClassificationTask(Task):
             read = self.loaders.train(train, epoch, batch_size)
         try:
             for x, y, ids, keep in read:
+                fault_point("train_batch")
                 x = x.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
                 # methods on a teacher bank or per-instance targets need the ids
