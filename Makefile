@@ -25,6 +25,7 @@ demo: venv
 bench: venv
 	$(BIN)/python -m kd_engine.bench
 	$(BIN)/python -m kd_engine.bench_detection
+	$(BIN)/python -m kd_engine.bench_data
 	$(BIN)/python -m workbench.bench
 
 reproduce: venv
