@@ -20,8 +20,9 @@ One sample is one training epoch (by default) of one arm, timed around the whole
 the per-instance SQLite write at each epoch's end counts (as in the engine's own ``epoch_time``
 scalar), evaluation and checkpoints do not (they
 are not part of a training epoch). Each arm first trains one untimed warm-up epoch; then rounds
-interleave the arms, rotating their order. A round's ratio compares the arms within that round;
-the reported ratio is the median of the per-round ratios, with their 25th-75th percentiles.
+interleave the arms, rotating their order (``kd_engine.bench_harness``, shared by every bench module).
+A round's ratio compares the arms within that round; the reported ratio is the median of the
+per-round ratios, with their 25th-75th percentiles.
 Wall-clock time is what the goals judge; CPU time (``time.process_time``) is shown beside it
 because it barely moves when other processes share the machine.
 
@@ -30,22 +31,17 @@ because it barely moves when other processes share the machine.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import gc
-import json
 import math
-import os
-import platform
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from kd_engine.bench_harness import (Arm, bench_parser, busy_note, interleave, load_average, paired_ratio,
+                                     preset_sizes, run_and_report, settings, summary, timed)
 
 # The workload: configs/digits_kd.yaml's data, models, loss and optimizer.
 WORKLOAD = {
@@ -82,23 +78,7 @@ PARTS = {
 CACHE_PARTS = {"replay": "teacher bank: id lookup, this epoch's view of each image"}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class _Arm:
-    """One way of training the student; `epoch(e)` trains epoch `e` and returns its step count."""
-
-    def __init__(self, name: str, epoch: Callable[[int], int]):
-        self.name, self.epoch = name, epoch
-        self.wall: list[float] = []  # ms per step, one per round
-        self.cpu: list[float] = []
-        self.parts: dict[str, float] = {}  # seconds spent in engine methods during the current sample
-        self.part_ms: dict[str, list[float]] = {}  # ms per step in each, one per round
-
-
-def _bare_arm(cfg, data, student, teacher, device) -> _Arm:
+def _bare_arm(cfg, data, student, teacher, device) -> Arm:
     """The reference: what one would write by hand for the same training."""
     from kd_engine.losses.logit import kd
     from kd_engine.trainers.runtime import autocast, epoch_generator
@@ -127,10 +107,10 @@ def _bare_arm(cfg, data, student, teacher, device) -> _Arm:
             optimizer.step()
         return len(batches)
 
-    return _Arm("bare", epoch)
+    return Arm("bare", epoch)
 
 
-def _engine_arm(name, cfg, data, student, teacher, device, bank=None) -> _Arm:
+def _engine_arm(name, cfg, data, student, teacher, device, bank=None) -> Arm:
     """The real engine loop (run store, scalars, per-instance records), one epoch at a time."""
     from kd_engine.methods import METHODS
     from kd_engine.teacher_bank import bank_distiller
@@ -151,46 +131,14 @@ def _engine_arm(name, cfg, data, student, teacher, device, bank=None) -> _Arm:
         loop._train_epoch(e)
         return steps
 
-    arm = _Arm(name, epoch)
+    arm = Arm(name, epoch, part_names=(*PARTS, *CACHE_PARTS))
     arm.loop = loop
     for part in PARTS:  # instance attributes shadow the methods; a timer costs ~1 us per call
         owner = task if part == "train_rows" else loop
-        setattr(owner, part, _timed(getattr(owner, part), arm.parts, part))
+        setattr(owner, part, timed(getattr(owner, part), arm.parts, part))
     if bank is not None:  # the cache's own work: id -> row, view draw, memmap read, crop replay
-        distiller.replay = _timed(distiller.replay, arm.parts, "replay")
+        distiller.replay = timed(distiller.replay, arm.parts, "replay")
     return arm
-
-
-def _timed(fn, totals: dict[str, float], key: str):
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            totals[key] = totals.get(key, 0.0) + time.perf_counter() - started
-    return wrapper
-
-
-def _sample(arm: _Arm, first_epoch: int, epochs: int, device: torch.device) -> None:
-    """Train `epochs` epochs of `arm`; append its wall and CPU milliseconds per step."""
-    gc.collect()
-    arm.parts.clear()
-    _sync(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    steps = sum(arm.epoch(first_epoch + k) for k in range(epochs))
-    _sync(device)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    arm.wall.append(wall * 1000.0 / steps)
-    arm.cpu.append(cpu * 1000.0 / steps)
-    for part in (*PARTS, *CACHE_PARTS) if hasattr(arm, "loop") else ():
-        arm.part_ms.setdefault(part, []).append(arm.parts.get(part, 0.0) * 1000.0 / steps)
-
-
-def _summary(values: list[float]) -> dict:
-    ordered = sorted(values)
-    q = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 3
-    return {"median": statistics.median(ordered), "p25": q[0], "p75": q[2],
-            "min": ordered[0], "max": ordered[-1]}
 
 
 def _bank(cfg, data, teacher, device):
@@ -240,28 +188,18 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, student_
             _engine_arm("plain", cfg_plain, data, copy.deepcopy(student), None, dev),
             _engine_arm("kd_cache", cfg_cache, data, copy.deepcopy(student), None, dev, bank=bank)]
     steps = max(1, math.ceil(len(data.train) / cfg.data.batch_size))
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     log(f"workload: digits, {len(data.train)} training samples, batch {cfg.data.batch_size} "
         f"({steps} steps/epoch); teacher resnet(width=32), student resnet(width={student_width}); "
         f"cross-entropy + kd(T=4); SGD; {threads} thread(s); device {dev}")
     log(f"{rounds} interleaved rounds x {len(arms)} arms x {epochs_per_sample} epoch(s), "
         "after one warm-up epoch per arm")
 
-    for arm in arms:  # warm-up: allocator, kernels, SQLite tables and columns, TensorBoard files
-        _sample(arm, 0, 1, dev)
-        arm.wall.clear(), arm.cpu.clear(), arm.part_ms.clear()
-    epoch = 1
-    for r in range(rounds):
-        order = arms[r % len(arms):] + arms[:r % len(arms)]
-        if r % 2:
-            order.reverse()
-        for arm in order:  # every arm trains the same epochs: the same batches in the same order
-            _sample(arm, epoch, epochs_per_sample, dev)
-        epoch += epochs_per_sample
+    interleave(arms, rounds, epochs_per_sample, dev)
     for arm in arms:
         if hasattr(arm, "loop") and arm.loop.writer is not None:
             arm.loop.writer.close()
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_after = load_average()
 
     engine = arms[1]
     series = {arm.name: arm for arm in arms}
@@ -273,29 +211,18 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, student_
                      "optimizer": "sgd(lr=0.05, momentum=0.9, weight_decay=5e-4)",
                      "kd_cache": f"teacher bank of {CACHE_VIEWS} crops per image, one replayed per step",
                      "plain": "method scratch (cross-entropy only, no teacher)"},
-        "settings": {"rounds": rounds, "epochs_per_sample": epochs_per_sample, "threads": threads,
-                     "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
-                     "cpu_count": os.cpu_count(), "load_average": [load_before, load_after]},
+        "settings": settings(rounds, epochs_per_sample, threads, dev, [load_before, load_after]),
         "arms": {},
         "ratios": {},
         "engine_parts": {},
     }
     for name, arm in series.items():
-        entry = {"wall_ms_per_step": arm.wall, **_summary(arm.wall)}
+        entry = {"wall_ms_per_step": arm.wall, **summary(arm.wall)}
         if arm.cpu:
             entry.update(cpu_ms_per_step=arm.cpu, cpu_median=statistics.median(arm.cpu))
         results["arms"][name] = entry
     for key, name, ref, label, goal in COMPARISONS:
-        a, b = series[name], series[ref]
-        paired = [x / y for x, y in zip(a.wall, b.wall)]
-        stats = _summary(paired)
-        entry = {"arm": name, "reference": ref, "label": label, "ratio": stats["median"],
-                 "per_round": paired, **{k: stats[k] for k in ("p25", "p75", "min", "max")},
-                 "cpu_ratio": (statistics.median(x / y for x, y in zip(a.cpu, b.cpu))
-                               if a.cpu and b.cpu else None)}
-        if goal is not None:
-            entry.update(goal=goal, passed=stats["median"] <= goal)
-        results["ratios"][key] = entry
+        results["ratios"][key] = paired_ratio(series[name], series[ref], label, goal)
     bare = statistics.median(arms[0].wall)
     for part, label in PARTS.items():
         values = engine.part_ms[part]
@@ -340,52 +267,8 @@ def table(results: dict) -> str:
         lines.append(f"  {part:<18} {p['label']:<52} {p['ms_per_step']:>8.3f} ms/step "
                      f"{100 * p['share_of_kd_cache_step']:>5.1f}% of a kd_cache step, "
                      f"{100 * p['share_of_plain_step']:>5.1f}% of a plain step")
-    load = results["settings"]["load_average"]
-    cpus = results["settings"]["cpu_count"] or 1
-    if load[0] is not None and max(load) > cpus:
-        lines.append(f"\nnote: the machine was busy (load average {max(load):.1f} on {cpus} CPUs); "
-                     "wall-clock ratios are noisy, the CPU-time ratios are the steadier estimate")
+    lines += busy_note(results)
     return "\n".join(lines)
-
-
-def run_and_report(run_fn, prefix: str, quick: bool, table_fn, out: str | Path) -> dict:
-    """Run a benchmark in a scratch directory, print its table and write its JSON; shared by
-    every `make bench` entry point so they report the same way."""
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        results = run_fn(Path(tmp))
-    results["settings"].update(quick=quick, seconds=round(time.perf_counter() - started, 1))
-    print()
-    print(table_fn(results))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out} ({results['settings']['seconds']:.0f} s)")
-    return results
-
-
-def bench_parser(prog: str, description: str, full: dict, quick: dict, out: str,
-                 quick_help: str = "short smoke run (the numbers mean little)") -> argparse.ArgumentParser:
-    """The options every `make bench` entry point takes (presets `full` / `quick`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--rounds", type=int,
-                        help=f"interleaved rounds (default {full['rounds']}, quick {quick['rounds']})")
-    parser.add_argument("--epochs-per-sample", type=int,
-                        help=f"epochs per timed sample (default {full['epochs_per_sample']}, "
-                             f"quick {quick['epochs_per_sample']})")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads for every arm (default 1: small models run fastest "
-                             "and steadiest on one thread)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--out", default=out, help="where the JSON results go")
-    return parser
-
-
-def preset_sizes(args: argparse.Namespace, full: dict, quick: dict) -> tuple[int, int]:
-    """(rounds, epochs per sample): the command line's, else the chosen preset's."""
-    preset = quick if args.quick else full
-    return args.rounds or preset["rounds"], args.epochs_per_sample or preset["epochs_per_sample"]
 
 
 def main(argv: list[str] | None = None) -> int:

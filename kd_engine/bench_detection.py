@@ -36,15 +36,14 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-from kd_engine.bench import _Arm, _sample, _summary, _timed, bench_parser, preset_sizes, run_and_report
+from kd_engine.bench_harness import (Arm, bench_parser, busy_note, interleave, load_average, paired_ratio,
+                                     preset_sizes, run_and_report, settings, summary, timed)
 
 # configs/aid_retinanet.yaml's per-step workload, on a smaller training split.
 WORKLOAD = {
@@ -133,14 +132,13 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, quick: b
             loop._train_epoch(e)
             return steps
 
-        arm = _Arm(name, epoch)
-        arm.detection_loop = loop  # not `loop`: kd_engine.bench's engine-part timers are not wired here
-        arm.weights_ms = []  # time inside the weighting strategy, ms per step, one per round
+        arm = Arm(name, epoch, part_names=("weights",))  # time inside the weighting strategy
+        arm.loop = loop
         weighting = distiller.weighting
-        weighting.detection_weights = _timed(weighting.detection_weights, arm.parts, "weights")
+        weighting.detection_weights = timed(weighting.detection_weights, arm.parts, "weights")
         arms.append(arm)
 
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     p = cfg.data.params
     log(f"workload: scenes {p['image_size']} px, {len(data.train)} training scenes, batch "
         f"{cfg.data.batch_size} ({steps} steps/epoch); teacher {_describe(raw['teacher'])} (frozen, "
@@ -149,20 +147,11 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, quick: b
     log(f"{rounds} interleaved rounds x {len(arms)} arms x {epochs_per_sample} epoch(s), "
         "after one warm-up epoch per arm")
 
-    for arm in arms:  # warm-up: allocator, kernels, SQLite tables and columns, TensorBoard files
-        _sample(arm, 0, 1, dev)
-        arm.wall.clear(), arm.cpu.clear()
-    epoch = 1
-    for r in range(rounds):
-        order = arms if r % 2 == 0 else arms[::-1]
-        for arm in order:  # both arms train the same epochs: the same batches in the same order
-            _sample(arm, epoch, epochs_per_sample, dev)
-            arm.weights_ms.append(arm.parts.get("weights", 0.0) * 1000.0 / (steps * epochs_per_sample))
-        epoch += epochs_per_sample
+    interleave(arms, rounds, epochs_per_sample, dev, rotate=False)
     for arm in arms:
-        if arm.detection_loop.writer is not None:
-            arm.detection_loop.writer.close()
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        if arm.loop.writer is not None:
+            arm.loop.writer.close()
+    load_after = load_average()
 
     series = {arm.name: arm for arm in arms}
     results = {
@@ -172,32 +161,18 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, quick: b
                      "method": "zhang_ma (single_stage_baseline)", "arms": copy.deepcopy(ARMS),
                      "optimizer": "sgd(lr=0.01, momentum=0.9, weight_decay=1e-4), grad clip 10",
                      "config": "configs/aid_retinanet.yaml (per-step workload; training split reduced)"},
-        "settings": {"rounds": rounds, "epochs_per_sample": epochs_per_sample, "threads": threads,
-                     "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
-                     "cpu_count": os.cpu_count(), "load_average": [load_before, load_after]},
+        "settings": settings(rounds, epochs_per_sample, threads, dev, [load_before, load_after]),
         "arms": {},
         "ratios": {},
     }
     for name, arm in series.items():
-        results["arms"][name] = {"weighting": ARMS[name], "wall_ms_per_step": arm.wall, **_summary(arm.wall),
+        results["arms"][name] = {"weighting": ARMS[name], "wall_ms_per_step": arm.wall, **summary(arm.wall),
                                  "cpu_ms_per_step": arm.cpu, "cpu_median": statistics.median(arm.cpu),
-                                 "weighting_ms_per_step": statistics.median(arm.weights_ms)}
-    a, b = series["aid"], series["base"]
-    paired = [x / y for x, y in zip(a.wall, b.wall)]
-    stats = _summary(paired)
-    results["ratios"]["aid_vs_base"] = {
-        "arm": "aid", "reference": "base", "label": "AID vs base distillation", "ratio": stats["median"],
-        "per_round": paired, **{k: stats[k] for k in ("p25", "p75", "min", "max")},
-        "cpu_ratio": statistics.median(x / y for x, y in zip(a.cpu, b.cpu)),
-        "goal": GOAL, "passed": stats["median"] <= GOAL}
-    c = series["aid_cached"]
-    paired = [x / y for x, y in zip(c.wall, a.wall)]
-    stats = _summary(paired)
-    results["ratios"]["cached_vs_live"] = {
-        "arm": "aid_cached", "reference": "aid", "label": "AID, teacher pass cached", "ratio": stats["median"],
-        "per_round": paired, **{k: stats[k] for k in ("p25", "p75", "min", "max")},
-        "cpu_ratio": statistics.median(x / y for x, y in zip(c.cpu, a.cpu)),
-        "goal": 1.0, "passed": stats["median"] < 1.0}
+                                 "weighting_ms_per_step": statistics.median(arm.part_ms["weights"])}
+    results["ratios"]["aid_vs_base"] = paired_ratio(series["aid"], series["base"], "AID vs base distillation",
+                                                    GOAL)
+    results["ratios"]["cached_vs_live"] = paired_ratio(series["aid_cached"], series["aid"],
+                                                       "AID, teacher pass cached", 1.0, strict=True)
     return results
 
 
@@ -216,11 +191,7 @@ def table(results: dict) -> str:
         verdict = "PASS" if c["passed"] else "over goal"
         lines.append(f"{c['label']:<26} {c['ratio']:>6.3f}x {c['p25']:>6.3f}-{c['p75']:<6.3f} "
                      f"{c['cpu_ratio']:>8.3f}x {c['goal']:>5.2f}x  {verdict}")
-    load = results["settings"]["load_average"]
-    cpus = results["settings"]["cpu_count"] or 1
-    if load[0] is not None and max(load) > cpus:
-        lines.append(f"\nnote: the machine was busy (load average {max(load):.1f} on {cpus} CPUs); "
-                     "wall-clock ratios are noisy, the CPU-time ratio is the steadier estimate")
+    lines += busy_note(results, "the CPU-time ratio is")
     return "\n".join(lines)
 
 

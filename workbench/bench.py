@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from kd_engine.bench import run_and_report
+from kd_engine.bench_harness import run_and_report
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_ID = "20260101-000000-bench_kd-0000"

@@ -4,6 +4,7 @@ trade-off over all runs."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -15,6 +16,27 @@ from workbench.pages import compare_generation, dense_views
 
 COLUMNS = ("instance_id", "label", "teacher_pred", "student_pred", "teacher_conf", "student_conf")
 GALLERY = 16
+
+
+class PairView(NamedTuple):
+    """How Compare shows two runs of a task, one against the other: `render(a, b, split)`.
+    `split` is False for a view that reads the runs' final metrics rather than one split's rows
+    (then no split is chosen and `render` gets None)."""
+    render: Callable[[Run, Run, str | None], None]
+    split: bool = True
+
+
+# The Compare views of each task whose runs are not compared by class labels (keyed by the run's
+# `task` meta); a new task adds a row here, and classification's views are the fallback.
+# Teacher against student within one run:
+TEACHER_VS_STUDENT = {
+    "dense": dense_views.compare,  # IoU per class and label maps instead of a confusion matrix
+}
+# Run against run, used when either run has the task (run A's first):
+RUN_VS_RUN = {
+    "dense": PairView(lambda a, b, split: dense_views.compare_runs(a, b), split=False),  # IoU, per-image mIoU
+    "generation": PairView(compare_generation.render),  # edits: judged success, distance, side by side
+}
 
 
 def eval_splits(run: Run) -> list[str]:
@@ -56,8 +78,9 @@ def disagreements(run: Run, frame: pd.DataFrame, a: str, b: str, names: list[str
 
 
 def teacher_vs_student(run: Run) -> None:
-    if run.meta().get("task") == "dense":  # IoU per class and label maps instead of a confusion matrix
-        dense_views.compare(run)
+    view = TEACHER_VS_STUDENT.get(run.meta().get("task"))
+    if view is not None:
+        view(run)
         return
     names = [str(c) for c in run.meta().get("class_names") or []]
     splits = eval_splits(run)
@@ -92,16 +115,17 @@ def run_vs_run(runs: pd.DataFrame) -> None:
     a_id = cols[0].selectbox("Run A", options, index=0, format_func=ui.run_label(runs), key="cmp_a")
     b_id = cols[1].selectbox("Run B", options, index=1, format_func=ui.run_label(runs), key="cmp_b")
     a, b = open_run(a_id, ui.runs_dir()), open_run(b_id, ui.runs_dir())
-    if "dense" in (a.meta().get("task"), b.meta().get("task")):
-        dense_views.compare_runs(a, b)
+    view = next((RUN_VS_RUN[t] for t in (a.meta().get("task"), b.meta().get("task")) if t in RUN_VS_RUN), None)
+    if view is not None and not view.split:
+        view.render(a, b, None)
         return
     splits = [s for s in eval_splits(a) if s in eval_splits(b)]
     if not splits:
         st.info("The two runs have no split recorded in common.")
         return
     split = st.radio("Split", splits, horizontal=True, key="cmp_rr_split")
-    if a.meta().get("task") == "generation" and b.meta().get("task") == "generation":  # edits, not labels
-        compare_generation.render(a, b, split)
+    if view is not None:
+        view.render(a, b, split)
         return
     fa, fb = last_epoch(a, split), last_epoch(b, split)
     frame = fa[["instance_id", "label", "student_pred"]].merge(

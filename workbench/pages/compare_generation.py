@@ -40,6 +40,9 @@ def last_epoch(run: Run, split: str) -> pd.DataFrame:
 
 
 def render(a: Run, b: Run, split: str) -> None:
+    if a.meta().get("task") != b.meta().get("task"):  # edits are compared with edits only
+        st.info("Run against run compares two generation (editing) runs: pick two of them.")
+        return
     fa, fb = last_epoch(a, split), last_epoch(b, split)
     if "student_p_target" not in fa or "student_p_target" not in fb or split == "train":
         st.info("Edits are judged on the evaluation splits: choose val or test.")

@@ -78,14 +78,22 @@ def maps_section(run: Run, features: pd.DataFrame) -> None:
     c.metric("Mean |difference|", f"{float(np.abs(t_norm - s_norm).mean()):.3f}")
 
 
+# The Features view of each task with maps of its own (keyed by the run's `task` meta); a new task
+# adds a row here.
+TASK_VIEWS = {
+    "dense": dense_views.features,  # per-pixel teacher-student disparity maps of probe images
+}
+
+
 def main() -> None:
     st.title("Features")
     run = ui.open_selected(ui.load_runs())
     if run is None:
         return
     ui.run_banner(run)
-    if run.meta().get("task") == "dense":  # per-pixel disparity maps of probe images
-        dense_views.features(run)
+    view = TASK_VIEWS.get(run.meta().get("task"))
+    if view is not None:  # shown above the teacher-student feature comparisons, which follow as for any run
+        view(run)
     features = run.features()
     if features.empty:
         st.info("This run recorded no teacher–student feature comparisons: add "
