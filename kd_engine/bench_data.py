@@ -44,15 +44,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-from kd_engine.bench import WORKLOAD, _Arm, _sample, _summary, _timed, bench_parser, preset_sizes, run_and_report
+from kd_engine.bench import WORKLOAD
+from kd_engine.bench_harness import (Arm, bench_parser, busy_note, interleave, load_average, paired_ratio,
+                                     preset_sizes, run_and_report, settings, summary, timed)
 
 FULL = {"rounds": 10, "epochs_per_sample": 1}
 QUICK = {"rounds": 1, "epochs_per_sample": 1}
@@ -78,6 +78,16 @@ def _engine(name, cfg, data, student, teacher, dev):
     return Trainer(cfg, task, distiller, "bench", None, run_id=name), task
 
 
+def _train_epoch(loop, epoch: int) -> None:
+    """One training epoch of a `Trainer`, run to its end (its eager form where the epoch loop
+    is a generator of steps)."""
+    eager = getattr(loop, "train_epoch", None)
+    if eager is not None:
+        eager(epoch)
+    else:
+        loop._train_epoch(epoch)
+
+
 def _models(cfg, data, dev):
     from kd_engine.models import build_model
 
@@ -87,31 +97,6 @@ def _models(cfg, data, dev):
     torch.manual_seed(cfg.seed)
     student = build_model(cfg.student, data.input_shape, data.num_classes, field="student").to(dev)
     return student, teacher
-
-
-def _rounds(arms, rounds, epochs_per_sample, dev, after=None) -> None:
-    """One untimed warm-up epoch per arm, then interleaved rounds (alternating order)."""
-    for arm in arms:
-        _sample(arm, 0, 1, dev)
-        arm.wall.clear(), arm.cpu.clear()
-    epoch = 1
-    for r in range(rounds):
-        for arm in (arms if r % 2 == 0 else arms[::-1]):
-            _sample(arm, epoch, epochs_per_sample, dev)
-            if after is not None:
-                after(arm)
-        epoch += epochs_per_sample
-
-
-def _ratio(label, arm, ref, goal=None) -> dict:
-    paired = [x / y for x, y in zip(arm.wall, ref.wall)]
-    stats = _summary(paired)
-    entry = {"arm": arm.name, "reference": ref.name, "label": label, "ratio": stats["median"], "per_round": paired,
-             **{k: stats[k] for k in ("p25", "p75", "min", "max")},
-             "cpu_ratio": statistics.median(x / y for x, y in zip(arm.cpu, ref.cpu))}
-    if goal is not None:
-        entry.update(goal=goal, passed=stats["median"] <= goal)
-    return entry
 
 
 # -- (a) streaming against in memory ------------------------------------------------------------------
@@ -139,15 +124,15 @@ def run_streaming(rounds, epochs_per_sample, threads, device, quick, runs_dir, l
         cfg = base if workers is None else validate({**raw, "data": {**raw["data"], "loader": {
             "num_workers": workers, "persistent_workers": True, "prefetch_factor": 2}}}, f"bench_data {name}")
         loop, task = _engine(name, cfg, arm_data, copy.deepcopy(student), copy.deepcopy(teacher), dev)
-        arms.append(_Arm(name, lambda e, loop=loop: (loop._train_epoch(e), steps)[1]))
+        arms.append(Arm(name, lambda e, loop=loop: (_train_epoch(loop, e), steps)[1]))
         arms[-1].engine, tasks[name] = loop, task
-    readers = [_Arm(f"read_{name}", lambda e, task=tasks[name]: sum(1 for _ in task.batches(e)))
+    readers = [Arm(f"read_{name}", lambda e, task=tasks[name]: sum(1 for _ in task.batches(e)))
                for name in STREAM_ARMS]
     log(f"(a) digits, {len(train)} training images, batch {base.data.batch_size} ({steps} steps/epoch); "
         f"KD resnet(32) -> resnet(8); {threads} thread(s); device {dev}")
     log(f"    {rounds} interleaved rounds x {len(arms)} training arms, then the same for reading only")
-    _rounds(arms, rounds, epochs_per_sample, dev)
-    _rounds(readers, rounds, epochs_per_sample, dev)
+    interleave(arms, rounds, epochs_per_sample, dev, rotate=False)
+    interleave(readers, rounds, epochs_per_sample, dev, rotate=False)
     for arm in arms:
         arm.engine.task.close_loaders()
         arm.engine.writer.close()
@@ -159,13 +144,13 @@ def run_streaming(rounds, epochs_per_sample, threads, device, quick, runs_dir, l
     per_step = len(train) / steps
     for arm in arms + readers:
         ms = statistics.median(arm.wall)
-        out["arms"][arm.name] = {"wall_ms_per_step": arm.wall, **_summary(arm.wall), "cpu_median": statistics.median(arm.cpu),
+        out["arms"][arm.name] = {"wall_ms_per_step": arm.wall, **summary(arm.wall), "cpu_median": statistics.median(arm.cpu),
                                  "images_per_s": per_step * 1000.0 / ms}
     by = {a.name: a for a in arms + readers}
     for name in ("stream_w0", "stream_w2"):
-        out["ratios"][f"train_{name}_vs_memory"] = _ratio(f"train epoch, {name} vs memory", by[name], by["memory"])
-        out["ratios"][f"read_{name}_vs_memory"] = _ratio(f"reading only, {name} vs memory", by[f"read_{name}"],
-                                                         by["read_memory"])
+        out["ratios"][f"train_{name}_vs_memory"] = paired_ratio(by[name], by["memory"], f"train epoch, {name} vs memory")
+        out["ratios"][f"read_{name}_vs_memory"] = paired_ratio(by[f"read_{name}"], by["read_memory"],
+                                                               f"reading only, {name} vs memory")
     return out
 
 
@@ -196,39 +181,35 @@ def run_recording(rounds, epochs_per_sample, threads, device, quick, runs_dir, l
         recorder = name == "recording_on"
 
         def epoch(e, loop=loop, recorder=recorder):
-            loop._train_epoch(e)
+            _train_epoch(loop, e)
             if recorder:
                 loop._record_features(e)
             return steps
 
-        arm = _Arm(name, epoch)
-        arm.engine = loop  # not `loop`: kd_engine.bench's own part timers are not wired here
+        arm = Arm(name, epoch, part_names=("train_rows", "_write_instances", "recorder"))
+        arm.engine = loop
         for part, owner in (("train_rows", task), ("_write_instances", loop)):
-            setattr(owner, part, _timed(getattr(owner, part), arm.parts, part))
+            setattr(owner, part, timed(getattr(owner, part), arm.parts, part))
         if recorder:  # the per-epoch recorder, timed as a part of the sample
-            loop._record_features = _timed(loop._record_features, arm.parts, "recorder")
+            loop._record_features = timed(loop._record_features, arm.parts, "recorder")
         arms.append(arm)
-
-    def keep_parts(arm):
-        for part in ("train_rows", "_write_instances", "recorder"):
-            arm.part_ms.setdefault(part, []).append(arm.parts.get(part, 0.0) * 1000.0)
 
     probe = min(on.record.feature_probe_size, len(data.val))
     log(f"(b) {CIFAR_CONFIG.relative_to(CIFAR_CONFIG.parents[2])} on FakeData 32 px, 100 classes: "
         f"{len(data.train)} training images, batch {on.data.batch_size} ({steps} steps/epoch), "
         f"feature probe {probe} images; {threads} thread(s); device {dev}")
     log(f"    {rounds} interleaved rounds x 2 arms (recording off / on)")
-    _rounds(arms, rounds, epochs_per_sample, dev, after=keep_parts)
+    interleave(arms, rounds, epochs_per_sample, dev, rotate=False)
     for arm in arms:
         arm.engine.writer.close()
     off_arm, on_arm = arms
     # The recording's own time, from the parts timed inside the on arm (steadier under load than
     # the difference of two arms' wall times): rows per step, the store write per image (it
     # grows with the rows), the recorder once per epoch; then scaled to a CIFAR-100 epoch.
-    epochs = epochs_per_sample
-    rows_ms = statistics.median(on_arm.part_ms["train_rows"]) / (steps * epochs)
-    write_ms = statistics.median(on_arm.part_ms["_write_instances"]) / (len(data.train) * epochs)
-    recorder_ms = statistics.median(on_arm.part_ms["recorder"]) / epochs
+    # (the harness keeps each part in ms per step of the sample)
+    rows_ms = statistics.median(on_arm.part_ms["train_rows"])
+    write_ms = statistics.median(on_arm.part_ms["_write_instances"]) * steps / len(data.train)
+    recorder_ms = statistics.median(on_arm.part_ms["recorder"]) * steps
     off_step = statistics.median(off_arm.wall)  # ms per step, recording off
     cifar_steps = math.ceil(CIFAR_TRAIN / 64)
     recording_ms = cifar_steps * rows_ms + CIFAR_TRAIN * write_ms + recorder_ms
@@ -236,12 +217,11 @@ def run_recording(rounds, epochs_per_sample, threads, device, quick, runs_dir, l
     out = {"workload": {"config": str(CIFAR_CONFIG.relative_to(CIFAR_CONFIG.parents[2])), "dataset": "fakedata 32px x100",
                         "train_samples": len(data.train), "batch_size": on.data.batch_size, "steps_per_epoch": steps,
                         "probe": probe, "teacher": "resnet32x4 (untrained)", "student": "resnet8x4"},
-           "arms": {}, "ratios": {"recording_on_vs_off": _ratio("default recording on vs off", on_arm, off_arm)}}
+           "arms": {}, "ratios": {"recording_on_vs_off": paired_ratio(on_arm, off_arm, "default recording on vs off")}}
     for arm in arms:
-        out["arms"][arm.name] = {"wall_ms_per_step": arm.wall, **_summary(arm.wall),
+        out["arms"][arm.name] = {"wall_ms_per_step": arm.wall, **summary(arm.wall),
                                  "cpu_median": statistics.median(arm.cpu),
-                                 "parts_ms_per_epoch": {k: statistics.median(v) / epochs_per_sample
-                                                        for k, v in arm.part_ms.items()}}
+                                 "parts_ms_per_epoch": {k: statistics.median(v) * steps for k, v in arm.part_ms.items()}}
     out["cifar_epoch"] = {"steps": cifar_steps, "images": CIFAR_TRAIN, "step_ms_off": off_step,
                           "rows_ms_per_step": rows_ms, "write_ms_per_image": write_ms,
                           "recorder_ms_per_epoch": recorder_ms, "recording_ms_per_epoch": recording_ms,
@@ -251,13 +231,10 @@ def run_recording(rounds, epochs_per_sample, threads, device, quick, runs_dir, l
 
 def run(rounds, epochs_per_sample, threads, device, quick, runs_dir: Path, log=print) -> dict:
     torch.set_num_threads(threads)
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load = [load_average()]
     results = {"streaming": run_streaming(rounds, epochs_per_sample, threads, device, quick, runs_dir, log),
                "recording": run_recording(rounds, epochs_per_sample, threads, device, quick, runs_dir, log)}
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    results["settings"] = {"rounds": rounds, "epochs_per_sample": epochs_per_sample, "threads": threads,
-                           "device": device, "torch": torch.__version__, "python": platform.python_version(),
-                           "cpu_count": os.cpu_count(), "load_average": [load_before, load_after]}
+    results["settings"] = settings(rounds, epochs_per_sample, threads, device, load + [load_average()])
     return results
 
 
@@ -289,12 +266,7 @@ def table(results: dict) -> str:
                  f"(rows {c['rows_ms_per_step']:.2f} ms/step, store write {1000 * c['write_ms_per_image']:.1f} us/image, "
                  f"recorder {c['recorder_ms_per_epoch']:.0f} ms/epoch; a step without recording "
                  f"{c['step_ms_off']:.1f} ms); goal <= {100 * c['goal']:.0f} %: {verdict}")
-    load = results["settings"]["load_average"]
-    cpus = results["settings"]["cpu_count"] or 1
-    if load[0] is not None and max(load) > cpus:
-        lines.append(f"\nnote: the machine was busy (load average {max(load):.1f} on {cpus} CPUs); "
-                     "wall-clock numbers are noisy, CPU time is the steadier estimate (worker processes' "
-                     "CPU time is not counted in it)")
+    lines += busy_note(results, "CPU time (which leaves out the worker processes' own) is")
     return "\n".join(lines)
 
 
