@@ -25,8 +25,8 @@ demo: venv
 bench: venv
 	$(BIN)/python -m kd_engine.bench
 	$(BIN)/python -m kd_engine.bench_detection
-	$(BIN)/python -m kd_engine.bench_data
 	$(BIN)/python -m workbench.bench
+	$(BIN)/python -m kd_engine.bench_data
 
 reproduce: venv
 	$(BIN)/kdw reproduce --budget full
