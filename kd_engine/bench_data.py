@@ -162,6 +162,7 @@ def run_recording(rounds, epochs_per_sample, threads, device, quick, runs_dir, l
 
     sizes = CIFAR_SIZES["quick" if quick else "full"]
     raw = load_raw(CIFAR_CONFIG)
+    cifar_batch = raw["data"]["batch_size"]  # the protocol's batch (64): the CIFAR epoch's steps
     total = sizes["train"] + sizes["val"]
     raw["data"] = {"name": "fakedata", "image_size": 32, "augment": raw["data"]["augment"], "batch_size": sizes["batch"],
                    "val_fraction": sizes["val"] / total,
@@ -211,7 +212,7 @@ def run_recording(rounds, epochs_per_sample, threads, device, quick, runs_dir, l
     write_ms = statistics.median(on_arm.part_ms["_write_instances"]) * steps / len(data.train)
     recorder_ms = statistics.median(on_arm.part_ms["recorder"]) * steps
     off_step = statistics.median(off_arm.wall)  # ms per step, recording off
-    cifar_steps = math.ceil(CIFAR_TRAIN / 64)
+    cifar_steps = math.ceil(CIFAR_TRAIN / cifar_batch)
     recording_ms = cifar_steps * rows_ms + CIFAR_TRAIN * write_ms + recorder_ms
     share = recording_ms / (cifar_steps * off_step)
     out = {"workload": {"config": str(CIFAR_CONFIG.relative_to(CIFAR_CONFIG.parents[2])), "dataset": "fakedata 32px x100",
