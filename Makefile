@@ -27,6 +27,7 @@ bench: venv
 	$(BIN)/python -m kd_engine.bench_detection
 	$(BIN)/python -m kd_engine.bench_api
 	$(BIN)/python -m workbench.bench
+	$(BIN)/python -m kd_engine.bench_data
 
 reproduce: venv
 	$(BIN)/kdw reproduce --budget full

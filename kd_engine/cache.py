@@ -31,7 +31,7 @@ def teacher_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     """Everything that changes the teacher's weights, and nothing else."""
     assert cfg.teacher is not None
     source = teacher_data(cfg)
-    data = source.model_dump(mode="json", exclude={"eval_batch_size", "download"})
+    data = source.model_dump(mode="json", exclude={"eval_batch_size", "download", "loader"})
     if data.get("augment") == "none":  # settings added later leave older teachers' hashes alone
         del data["augment"]
     data["split_seed"] = source.split_seed if source.split_seed is not None else cfg.seed

@@ -39,6 +39,20 @@ class DataConfig(_Strict):
     augment: str = "none"  # a preset in kd_engine.data.augment (none, cifar, imagenet), checked when built
     download: bool = False  # torchvision datasets: fetch into data.root when missing
     params: dict[str, Any] = Field(default_factory=dict)
+    loader: LoaderConfig = Field(default_factory=lambda: LoaderConfig())  # streamed splits' DataLoader (below)
+
+
+class LoaderConfig(_Strict):
+    """How a streamed split (one too large for memory) is read: `kd_engine.data.loader`. None of
+    it changes the batches or the augmentation, only how fast they come."""
+
+    num_workers: Count = Field(0, ge=0, le=256)
+    pin_memory: bool = True  # only where the device is a GPU
+    persistent_workers: bool = True  # keep the workers between epochs (only with workers)
+    prefetch_factor: Count = Field(2, ge=1, le=64)  # batches each worker reads ahead
+
+
+DataConfig.model_rebuild()  # its `loader` field names LoaderConfig, defined just above
 
 
 class OptimizerConfig(_Strict):

@@ -8,7 +8,9 @@
 - ``instances_commit``: right after that COMMIT;
 - ``state_written``: the training state's temporary file is written, not yet renamed;
 - ``checkpointed``: the epoch's checkpoint is renamed into place (the epoch is done);
-- ``final_eval``: inside the final evaluation, its test rows written, its metrics not yet.
+- ``final_eval``: inside the final evaluation, its test rows written, its metrics not yet;
+- ``train_batch``: a classification run about to hand the trainer its next training batch
+  (counted over all epochs: mid-epoch, with any streaming workers running).
 """
 from __future__ import annotations
 

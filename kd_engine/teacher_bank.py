@@ -24,6 +24,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import RandomResizedCrop
 
 from kd_engine.config import ExperimentConfig, TeacherBankConfig, stable_hash
+from kd_engine.data.loader import require_in_memory
 from kd_engine.errors import CheckpointError, ConfigError, DataError
 
 BANK_VERSION = 1
@@ -115,6 +116,7 @@ def write_bank(directory: Path, teacher: nn.Module, train, cfg: ExperimentConfig
     """Label K views of every training image with the teacher; write the bank atomically."""
     settings = bank_settings(cfg)
     identity = bank_identity(cfg)
+    require_in_memory(train, "use_teacher_bank")
     x, n, k = train.x, len(train), settings.views
     views = sample_views(n, k, x.shape[-2], x.shape[-1], settings, identity["views"]["seed"])
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
@@ -349,6 +351,7 @@ def bank_distiller(cfg: ExperimentConfig, method, student: nn.Module, data, bank
         distiller = method(cfg, student, None, data.input_shape)
         distiller.attach_bank(bank)
         return distiller
+    require_in_memory(data.train, "use_teacher_bank")
     images = data.train.x
     crops_mb = images[0].numel() * images.element_size() * len(bank.ids) * bank.num_views / 2**20
     precut = images if crops_mb <= bank_settings(cfg).replay_memory_mb else None

@@ -28,6 +28,7 @@ from torch import nn
 
 from kd_engine.data import build_data
 from kd_engine.data.views import random_view, step_generator
+from kd_engine.data.loader import require_in_memory
 from kd_engine.errors import ConfigError
 from kd_engine.losses.dino import dino_cross_entropy, updated_center
 from kd_engine.methods.base import StepOutput
@@ -86,6 +87,7 @@ class AdaSim(TwoViewDistiller):
         self.t_backbone, self.t_head = self.ema_backbone.module, self.ema_head.module
         self.register_buffer("center", torch.zeros(1, p["out_dim"]))
         data = build_data(cfg.data, cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed)
+        require_in_memory(data.train, "method 'adasim'")
         self.train_x, self.train_y = data.train.x, data.train.y
         self.row_of = torch.full((int(data.train.ids.max()) + 1,), -1, dtype=torch.long)
         self.row_of[data.train.ids] = torch.arange(len(data.train.ids))

@@ -25,6 +25,7 @@ from annotated_types import Ge, Gt
 import torch
 
 from kd_engine.data import build_data
+from kd_engine.data.loader import require_in_memory
 from kd_engine.errors import ConfigError
 from kd_engine.losses.binary import binary_kd
 from kd_engine.losses.logit import kd
@@ -64,6 +65,7 @@ class L2D(Distiller):
         index = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
         index[ids] = torch.arange(len(ids))
         train = data.train
+        require_in_memory(train, "method 'l2d'")
         split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
         teacher, source = cached_multilabel_teacher(
             "query_cnn", {"width": p["teacher_width"], "dim": p["teacher_dim"], "heads": p["teacher_heads"]},

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from kd_engine.data import build_data
+from kd_engine.data.loader import require_in_memory
 from kd_engine.losses.anomaly import key_value_orthogonality, normality_embedding
 from kd_engine.methods.anomaly_base import ANOMALY_METHODS, FeatureKD
 from kd_engine.methods.registry import METHODS
@@ -56,6 +57,7 @@ class MemKD(FeatureKD):
         self.memories = nn.ModuleDict({_key(n): KeyValueMemory(self.shapes[n][0], p["slots"], p["temperature"])
                                        for n in self.memory_layers})
         train = build_data(cfg.data, cfg.seed).train
+        require_in_memory(train, "method 'memkd'")
         generator = torch.Generator().manual_seed(int(cfg.seed))
         chosen = torch.randperm(len(train), generator=generator)[: p["exemplars"]]
         self.register_buffer("exemplar_ids", train.ids[chosen].clone(), persistent=False)

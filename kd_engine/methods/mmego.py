@@ -76,7 +76,7 @@ class MMEgoKD(Distiller):
             with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
                 torch.manual_seed(cfg.seed * 31 + k)
                 self.modality_teachers[m] = build_model(spec, tuple(x.shape[1:]), self.data.num_classes)
-            key = stable_hash({"modality": m, "model": vars(spec), "data": cfg.data.model_dump(mode="json"),
+            key = stable_hash({"modality": m, "model": vars(spec), "data": cfg.data.model_dump(mode="json", exclude={"loader"}),
                                "seed": cfg.seed, "epochs": p["teacher_epochs"], "lr": p["teacher_lr"], "v": 1})
             self.cache_paths[m] = Path(cfg.cache_dir) / "mmego" / f"{key}.safetensors"
         self.seed = cfg.seed

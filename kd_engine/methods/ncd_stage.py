@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_engine.data.augment import jitter
+from kd_engine.data.loader import require_in_memory
 from kd_engine.methods.base import Phase, PhaseReport, StepOutput
 from kd_engine.metrics_extra import hungarian_accuracy
 
@@ -63,6 +64,7 @@ def stage1_phase(distiller, task) -> Phase:
     """Stage 1 of ``distiller`` (a CrKD) on ``task``'s training split, as a trainer `Phase`."""
     student, cfg, known = distiller.student, task.cfg, distiller.known
     train = task.data.train
+    require_in_memory(train, "method 'crkd' (stage 1)")
     keep = train.y < known
     x_all, y_all = train.x[keep], train.y[keep]
     epochs = distiller.stage1_epochs
@@ -110,6 +112,7 @@ def relation_matrix(distiller, task) -> dict:
     """The ``relation_matrix`` artifact (keyword arguments of `RunWriter.save_artifact`)."""
     teacher, known = distiller.frozen, distiller.known
     train, data = task.data.train, task.data
+    require_in_memory(train, "method 'crkd' (relation matrix)")
     rows = []
     for c in range(known, data.num_classes):
         x = train.x[train.y == c].to(task.device)

@@ -27,6 +27,7 @@ from annotated_types import Ge, Gt, Interval
 import torch
 
 from kd_engine.data import build_data
+from kd_engine.data.loader import require_in_memory
 from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import GENERATION_METHODS, METHODS
@@ -87,6 +88,7 @@ class SDD(Distiller):
                                                     data.num_classes, split_seed, cfg.cache_dir, **settings)
         super().__init__(student, denoiser)
         self.register_buffer("abar", alpha_bar(steps), persistent=False)
+        require_in_memory(data.train, "method 'sdd'")
         sample = data.train.x[: p["indicator_samples"]]
         target = torch.full((len(sample),), int(data.meta["target_class"]), dtype=torch.long)
         generator = torch.Generator().manual_seed(int(cfg.seed))

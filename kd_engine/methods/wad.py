@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_engine.data import build_data
+from kd_engine.data.loader import require_in_memory
 from kd_engine.errors import ConfigError
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.params import Param, read_params
@@ -87,6 +88,7 @@ class WAD(Distiller):
             raise ConfigError(f"data.name: method 'wad' needs a semi-supervised dataset such as "
                               f"digits_mismatch, got {cfg.data.name!r}")
         train = data.train
+        require_in_memory(train, "method 'wad'")
         self.num_classes = data.num_classes
         index = torch.full((int(train.ids.max()) + 1,), -1, dtype=torch.long)
         index[train.ids] = torch.arange(len(train))

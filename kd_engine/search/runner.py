@@ -103,6 +103,7 @@ def write_teacher_features(cfg: ExperimentConfig, root: Path, layer: str) -> Pat
 
     from kd_engine.run import build_teacher
     from kd_engine.data import build_data
+    from kd_engine.data.loader import require_in_memory
     from kd_engine.models import feature_taps
 
     out = root / "teacher_features"
@@ -111,6 +112,7 @@ def write_teacher_features(cfg: ExperimentConfig, root: Path, layer: str) -> Pat
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = build_data(cfg.data, cfg.seed)
+    require_in_memory(data.train, "Auto-KD's teacher features")
     teacher, source = build_teacher(cfg, data.input_shape, data.num_classes)
     x = data.train.x.float()
     with torch.no_grad(), feature_taps(teacher, [layer]) as taps:  # each pass refills `taps`

@@ -7,16 +7,15 @@ probe is the first images of the validation split (the training split when there
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from kd_engine.data import build_data
 from kd_engine.data.base import augment_batch, save_sources
+from kd_engine.data.loader import LoaderSettings, Loaders, epoch_plan, in_memory
+from kd_engine.faults import fault_point
 from kd_engine.methods import METHODS
 from kd_engine.tasks.base import TASKS, Batch, Evaluation, Task
-from kd_engine.trainers import runtime
 from kd_engine.trainers.evaluate import Predictions, batches, predict, probe_inputs
 
 IMAGE_BANK_LIMIT = 50_000_000  # floats in the dashboard's image bank
@@ -31,31 +30,48 @@ class ClassificationTask(Task):
     def __init__(self, cfg, data, device, ctx, autocast):
         super().__init__(cfg, data, device, ctx, autocast)
         self._teacher_eval: dict[str, Predictions] = {}
+        self._loaders: Loaders | None = None
 
     @classmethod
     def build_data(cls, cfg):
         return build_data(cfg.data, cfg.seed)
 
     # -- training -------------------------------------------------------------------------------
+    @property
+    def loaders(self) -> Loaders:
+        """This run's DataLoaders for streamed splits (made on first use, kept for the run)."""
+        if self._loaders is None:
+            self._loaders = Loaders(LoaderSettings.of(self.cfg.data), self.cfg.seed, self.device,
+                                    self.ctx.rank, self.ctx.world_size)
+        return self._loaders
+
     def batches(self, epoch: int, wants_ids: bool = False):
-        train = self.data.train
-        n = len(train)
-        order = torch.randperm(n, generator=runtime.epoch_generator(self.cfg.seed, epoch))
-        world = self.ctx.world_size
-        if world > 1:  # pad so every rank gets the same number of batches; padding is not recorded
-            order = torch.cat([order, order[: (-n) % world]])
-            real = torch.arange(len(order)) < n
-            order, real = order[self.ctx.rank::world], real[self.ctx.rank::world]
+        """This rank's batches: sliced from memory when the split is held there (the fast path),
+        else streamed through a DataLoader; the same plan (`epoch_plan`) either way."""
+        train, batch_size = self.data.train, self.cfg.data.batch_size
+        if in_memory(train):
+            plan = epoch_plan(len(train), self.cfg.seed, epoch, batch_size, self.ctx.rank, self.ctx.world_size)
+            read = ((augment_batch(train, train.x[p]), train.y[p], train.ids[p], keep) for p, keep in plan)
         else:
-            real = torch.ones(n, dtype=torch.bool)
-        count = max(1, math.ceil(len(order) / self.cfg.data.batch_size))
-        for positions, keep in zip(torch.tensor_split(order, count), torch.tensor_split(real, count)):
-            x = augment_batch(train, train.x[positions]).to(self.device, non_blocking=True)
-            y = train.y[positions].to(self.device, non_blocking=True)
-            ids = train.ids[positions]
-            # methods on a teacher bank or per-instance targets need the ids
-            kwargs = {"ids": ids.to(self.device)} if wants_ids else {}
-            yield Batch(inputs=(x, y), ids=ids, size=len(y), keep=keep, kwargs=kwargs)
+            read = self.loaders.train(train, epoch, batch_size)
+        try:
+            for x, y, ids, keep in read:
+                fault_point("train_batch")
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+                # methods on a teacher bank or per-instance targets need the ids
+                kwargs = {"ids": ids.to(self.device)} if wants_ids else {}
+                yield Batch(inputs=(x, y), ids=ids, size=len(y), keep=keep, kwargs=kwargs)
+        except BaseException:  # a stop or a failure: the streaming workers end with the run
+            self.close_loaders()
+            raise
+        if epoch + 1 >= self.cfg.epochs:
+            self.close_loaders()
+
+    def close_loaders(self) -> None:
+        """End the streaming workers (after the last epoch, or when training stops early)."""
+        if self._loaders is not None:
+            self._loaders.close()
 
     def step_scalars(self, out) -> dict[str, torch.Tensor]:
         values = {}
@@ -84,11 +100,11 @@ class ClassificationTask(Task):
     def predict(self, model, split: str) -> Predictions:
         """A model's logits on a split, in eval mode (for methods' evaluation hooks too)."""
         return predict(model, getattr(self.data, split), self.device, self.cfg.data.eval_batch_size,
-                       self.autocast)
+                       self.autocast, self.loaders)
 
     def eval_batches(self, split: str):
         """(x, y, ids) CPU batches of a split in order, at the evaluation batch size."""
-        return batches(getattr(self.data, split), self.cfg.data.eval_batch_size)
+        return batches(getattr(self.data, split), self.cfg.data.eval_batch_size, self.loaders)
 
     def evaluate(self, split, student, teacher, final=False) -> Evaluation:
         prediction = self.predict(student, split)
@@ -111,5 +127,5 @@ class ClassificationTask(Task):
             writer.save_images(ids, self.data.images(ids))
 
     def probe_inputs(self, count: int):
-        x, ids = probe_inputs(self.data.val if len(self.data.val) else self.data.train, count)
+        x, ids = probe_inputs(self.data.val if len(self.data.val) else self.data.train, count, self.loaders)
         return x.to(self.device), ids.tolist()

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kd_engine.data.loader import Loaders
 from kd_engine.metrics import accuracy, cka_from_grams, gram
 from kd_engine.models import feature_taps
 
@@ -34,26 +35,21 @@ class Predictions:
         return {"acc": accuracy(self.labels.numpy(), self.logits.argmax(1).numpy()), "loss": loss}
 
 
-def batches(dataset, batch_size: int):
-    """Yield (x, y, ids) in order; in-memory datasets are sliced directly."""
-    n = len(dataset)
-    for start in range(0, n, batch_size):
-        if hasattr(dataset, "x"):
-            yield (dataset.x[start:start + batch_size], dataset.y[start:start + batch_size],
-                   dataset.ids[start:start + batch_size])
-        else:
-            items = [dataset[i] for i in range(start, min(n, start + batch_size))]
-            yield tuple(torch.stack([item[k] for item in items]) for k in range(3))
+def batches(dataset, batch_size: int, loaders: Loaders | None = None):
+    """Yield (x, y, ids) in order: sliced from an in-memory split, else read through the eval
+    transform (``eval_item``, no augmentation) by ``loaders``' DataLoader (one process by default)."""
+    yield from (loaders or Loaders()).eval(dataset, batch_size)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset, device: torch.device, batch_size: int, autocast) -> Predictions:
+def predict(model: nn.Module, dataset, device: torch.device, batch_size: int, autocast,
+            loaders: Loaders | None = None) -> Predictions:
     was_training = model.training
     model.eval()
     logits, labels, ids = [], [], []
-    for x, y, i in batches(dataset, batch_size):
+    for x, y, i in batches(dataset, batch_size, loaders):
         with autocast():
-            logits.append(model(x.to(device)).float().cpu())
+            logits.append(model(x.to(device, non_blocking=True)).float().cpu())
         labels.append(y)
         ids.append(i)
     model.train(was_training)
@@ -106,18 +102,14 @@ def disparity_rows(student_feats: dict, teacher_feats: dict, pairs,
     return rows
 
 
-def probe_inputs(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_inputs(dataset, count: int, loaders: Loaders | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed probe subset: the first ``count`` items of ``dataset`` as (x, ids), sliced from
-    an in-memory dataset or read one by one without augmentation (``eval_item``) from a lazy
-    one, so every epoch probes the same images."""
-    count = min(count, len(dataset))
-    if hasattr(dataset, "x"):
-        return dataset.x[:count], dataset.ids[:count]
-    read = getattr(dataset, "eval_item", dataset.__getitem__)
-    items = [read(i) for i in range(count)]
-    if not items:
+    an in-memory dataset or read without augmentation (``eval_item``) through a DataLoader from a
+    lazy one, so every epoch probes the same images."""
+    parts = list((loaders or Loaders()).eval(dataset, max(1, count), count=count))
+    if not parts:
         return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
-    return torch.stack([item[0] for item in items]), torch.stack([torch.as_tensor(item[2]) for item in items])
+    return torch.cat([p[0] for p in parts]), torch.cat([p[2] for p in parts])
 
 
 def bytes_per_probe_sample(model: nn.Module, layers: list[str], x: torch.Tensor, autocast) -> int:

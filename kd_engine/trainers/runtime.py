@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from kd_engine.data.loader import epoch_generator  # noqa: F401 (the data order lives with the loaders)
 from kd_engine.errors import ConfigError
 
 
@@ -86,8 +87,3 @@ def seed_everything(seed: int) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """Data order depends only on (seed, epoch), so a resumed run sees the same batches."""
-    generator = torch.Generator()
-    generator.manual_seed(seed * 100_003 + epoch)
-    return generator
