@@ -6,8 +6,10 @@ per session into a temporary cache_dir, so tests reuse it instead of retraining 
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +39,14 @@ BASE_CONFIG: dict[str, Any] = {
     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005},
     "schedule": {"name": "cosine"},
 }
+
+
+def pytest_collection_finish(session) -> None:
+    """Freeze what collection imported (torch, pandas, streamlit, every test module): the garbage
+    collector then stops scanning those objects again in each full collection, which took
+    ~15 % of the CPU time of training tests."""
+    gc.collect()
+    gc.freeze()
 
 
 def set_key(raw: dict, dotted: str, value: Any) -> None:
@@ -131,16 +141,36 @@ def make_raw(tmp_path, teacher_cache):
     return factory
 
 
+PARAMETERS_CELL = '# %% tags=["parameters"]'
+
+
 @pytest.fixture
-def smoke_results(tmp_path):
+def smoke_results(tmp_path, monkeypatch):
     """Factory: run a notebook at the smoke budget into this test's tmp dir and return its results
-    JSON, after checking the header every smoke test checks (the notebook, the budget, seed 0)."""
+    JSON, after checking the header every smoke test checks (the notebook, the budget, seed 0).
+
+    The notebook's source (`notebooks/src/<name>.py`, which `test_notebooks` keeps equal to the
+    .ipynb) runs in this process with the parameters papermill would inject after its
+    parameters cell: a Jupyter kernel per notebook cost more CPU time (its start and its imports of
+    torch, pandas and plotly) than most smoke runs themselves. `kdw reproduce`'s papermill path
+    keeps its own tests in test_notebooks.py. Figures are serialised as a kernel would send them,
+    not displayed."""
 
     def run(notebook: str) -> dict[str, Any]:
-        from kd_engine.reproduce import reproduce
-
-        out = reproduce([notebook], budget="smoke", output=tmp_path)
-        payload = json.loads(out[notebook].read_text())
+        source = REPO / "notebooks" / "src" / f"{notebook}.py"
+        text = source.read_text()
+        head, params = text.split(PARAMETERS_CELL, 1)
+        end = params.find("\n# %%")
+        results, work = tmp_path / f"{notebook}.results.json", tmp_path / "work" / notebook
+        work.mkdir(parents=True)
+        injected = f"budget = 'smoke'; results_path = {str(results)!r}; work_dir = {str(work)!r}\n"
+        code = head + PARAMETERS_CELL + params[:end] + "\n" + injected + params[end + 1:]
+        monkeypatch.chdir(REPO)  # where kdw reproduce runs notebooks
+        monkeypatch.setattr("plotly.basedatatypes.BaseFigure.show", lambda fig, *a, **k: fig.to_json())
+        script = tmp_path / f"{notebook}.py"
+        script.write_text(code)
+        runpy.run_path(str(script), run_name="__main__")
+        payload = json.loads(results.read_text())
         assert payload["notebook"] == notebook and payload["budget"] == "smoke" and payload["seeds"] == [0]
         return payload
 

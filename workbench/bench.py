@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from kd_engine.bench_harness import run_and_report
+from kd_engine.bench_harness import run_and_report, timed
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_ID = "20260101-000000-bench_kd-0000"
@@ -160,16 +160,6 @@ def _fragment_script() -> None:
     st.session_state["bench_fragment_ms"] = 1000.0 * (_time.perf_counter() - started)
 
 
-def _timed(fn, totals: dict[str, float], key: str):
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            totals[key] = totals.get(key, 0.0) + 1000.0 * (time.perf_counter() - started)
-    return wrapper
-
-
 # Parts of one fragment rerun, timed by wrapping what `curves.live_curves` calls.
 PARTS = {"read": "read_new: Run.scalars(since_rowid) + merge",
          "figures": "scalar_curves: build the Plotly figures",
@@ -203,9 +193,9 @@ def curves_live_refresh(runs_dir: Path, refreshes: int, new_rows: int, log=print
     totals: dict[str, float] = {}
     originals = (curves.read_new, curves.scalar_curves, streamlit.plotly_chart)
     # the fragment looks these names up at call time, so wrapping them times its parts
-    curves.read_new = _timed(originals[0], totals, "read")
-    curves.scalar_curves = _timed(originals[1], totals, "figures")
-    streamlit.plotly_chart = _timed(originals[2], totals, "charts")
+    curves.read_new = timed(originals[0], totals, "read")
+    curves.scalar_curves = timed(originals[1], totals, "figures")
+    streamlit.plotly_chart = timed(originals[2], totals, "charts")
     try:
         for _ in range(refreshes):
             for _ in range(steps):
@@ -221,7 +211,7 @@ def curves_live_refresh(runs_dir: Path, refreshes: int, new_rows: int, log=print
                 raise RuntimeError(f"the refresh did not read exactly the new rows: {caption}")
             fragment.append(at.session_state["bench_fragment_ms"])
             for key in PARTS:
-                parts[key].append(totals.get(key, 0.0))
+                parts[key].append(1000.0 * totals.get(key, 0.0))  # seconds -> ms
             points = int(caption.split(": ")[1].split(" points")[0])
     finally:
         curves.read_new, curves.scalar_curves, streamlit.plotly_chart = originals

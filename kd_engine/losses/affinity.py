@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ._reduce import check_reduction, reduce
+from kd_engine.losses.term_registry import term
 
 KINDS = ("cosine", "distance", "pearson")
 DISTANCES = ("mse", "huber", "kl_rows")
@@ -59,6 +60,7 @@ def _pair_mask(group_mask, b: int, device) -> torch.Tensor | None:
     return m.float()
 
 
+@term("relation", "embedding")
 def relation_loss(student, teacher, kind: Literal["cosine", "distance", "pearson"] = "cosine",
                   distance: Literal["mse", "huber", "kl_rows"] = "mse",
                   normalize: bool = True, temperature: Annotated[float, Gt(0)] = 1.0, group_mask=None,

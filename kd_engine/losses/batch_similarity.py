@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt
 
 from ._reduce import check_reduction, reduce
+from kd_engine.losses.term_registry import term
 
 
 def _pair(name: str, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,6 +37,7 @@ def _cosine_probabilities(x: torch.Tensor, eps: float) -> torch.Tensor:
     return kernel / kernel.sum(dim=1, keepdim=True)
 
 
+@term("pkt", "embedding")
 def pkt(student_embedding, teacher_embedding, eps: Annotated[float, Gt(0)] = 1e-7,
         reduction: str = "mean"):
     """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018), cosine-similarity kernel.
@@ -64,6 +66,7 @@ def _row_normalised_gram(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x @ x.t(), p=2, dim=1)
 
 
+@term("similarity_preserving", "embedding")
 def similarity_preserving(student_feature, teacher_feature, reduction: str = "mean"):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019).
 
@@ -91,6 +94,7 @@ def _taylor_rbf(x: torch.Tensor, gamma: float, order: int) -> torch.Tensor:
     return math.exp(-2.0 * gamma) * series
 
 
+@term("cc", "embedding")
 def cc(student_embedding, teacher_embedding, gamma: Annotated[float, Gt(0)] = 0.4,
        order: Annotated[int, Ge(0)] = 2, reduction: str = "mean"):
     """Correlation congruence (Peng et al., ICCV 2019), Gaussian-RBF kernel by Taylor series.

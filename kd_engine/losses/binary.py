@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from ._reduce import check_reduction, reduce
+from kd_engine.losses.term_registry import term
 
 
+@term("binary_kd", "logits")
 def binary_kd(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)] = 1.0,
               weight_power: Annotated[float, Ge(0)] = 0.0, reduction: str = "mean"):
     """Per-logit binary KD: each logit is its own Bernoulli, so no softmax couples the classes.

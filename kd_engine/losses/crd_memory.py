@@ -22,6 +22,7 @@ from kd_engine.errors import ConfigError
 
 from .learned import contrast_scores, crd
 from .term_modules import ModuleTerm, TermBatch, TermSetup
+from kd_engine.losses.term_registry import term
 
 
 def _training_ids(setup: TermSetup) -> torch.Tensor:
@@ -36,6 +37,7 @@ def _training_ids(setup: TermSetup) -> torch.Tensor:
     return torch.as_tensor(np.sort(np.asarray(ids, dtype=np.int64)))
 
 
+@term("crd", "module")
 class CRDTerm(ModuleTerm):
     """Embedding heads (linear, then unit length) on both sides, and one memory per side.
 

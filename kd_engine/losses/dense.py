@@ -13,6 +13,7 @@ from annotated_types import Gt
 
 from ._reduce import check_reduction, reduce
 from .logit import _kl_rows
+from kd_engine.losses.term_registry import term
 
 
 def _check_maps(student: torch.Tensor, teacher: torch.Tensor, what: str = "logits") -> None:
@@ -32,6 +33,7 @@ def pixel_kl_map(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return _kl_rows(log_q, log_p)
 
 
+@term("pixel_kd", "logits")
 def pixel_kd(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)] = 4.0, reduction: str = "mean"):
     """Pixel-wise KD: Hinton's KD applied at every pixel of a segmentation map.
 
@@ -45,6 +47,7 @@ def pixel_kd(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)
     return reduce(per_pixel.flatten(1).mean(dim=1) * T * T, reduction)
 
 
+@term("channel_kd", "logits")
 def channel_kd(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)] = 4.0, reduction: str = "mean"):
     """Channel-wise distillation (Shu et al., ICCV 2021, "Channel-wise Knowledge Distillation for
     Dense Prediction").

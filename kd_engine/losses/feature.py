@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ._reduce import check_reduction, reduce
+from kd_engine.losses.term_registry import term
 
 
 def _attention_map(feature: torch.Tensor, p: float) -> torch.Tensor:
@@ -16,6 +17,7 @@ def _attention_map(feature: torch.Tensor, p: float) -> torch.Tensor:
     return F.normalize(feature.pow(p).mean(dim=1).flatten(1), dim=1)
 
 
+@term("attention_transfer", "features")
 def attention_transfer(student_feature, teacher_feature, p: Annotated[float, Gt(0)] = 2,
                        reduction: str = "mean"):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017), in mdistiller's form.
@@ -35,6 +37,7 @@ def attention_transfer(student_feature, teacher_feature, p: Annotated[float, Gt(
     return reduce(diff.pow(2).mean(dim=1), reduction)
 
 
+@term("fitnet", "adapted_features")
 def fitnet(student_feature, teacher_feature,
            adapter: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
            reduction: str = "mean"):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt
 
 from ._reduce import check_reduction, reduce
+from kd_engine.losses.term_registry import term
 
 
 _POOLS = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
@@ -43,6 +44,7 @@ def _poly2_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a, b.transpose(1, 2)).pow(2).flatten(1).mean(dim=1)
 
 
+@term("nst", "maps")
 def nst(student_feature, teacher_feature, reduction: str = "mean"):
     """Neuron selectivity transfer (Huang & Wang, 2017): MMD² with the degree-2 polynomial kernel.
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ._reduce import check_reduction, reduce
+from kd_engine.losses.term_registry import term
 
 
 def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -24,6 +25,7 @@ def _kl_rows(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)
 
 
+@term("kd", "logits")
 def kd(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)] = 4.0, reduction: str = "mean"):
     """Hinton et al. 2015, "Distilling the Knowledge in a Neural Network".
 
@@ -74,6 +76,7 @@ def dkd_parts(student_logits, teacher_logits, target, temperature: Annotated[flo
     return tckd, nckd
 
 
+@term("dkd", "logits_target")
 def dkd(student_logits, teacher_logits, target, alpha: Annotated[float, Ge(0)] = 1.0,
         beta: Annotated[float, Ge(0)] = 8.0, temperature: Annotated[float, Gt(0)] = 4.0, reduction: str = "mean"):
     """Decoupled KD (Zhao et al., CVPR 2022): per sample alpha·TCKD + beta·NCKD.
@@ -93,6 +96,7 @@ def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)
 
 
+@term("dist", "logits")
 def dist(student_logits, teacher_logits, beta: Annotated[float, Ge(0)] = 1.0,
          gamma: Annotated[float, Ge(0)] = 1.0, temperature: Annotated[float, Gt(0)] = 1.0, reduction: str = "mean"):
     """DIST (Huang et al., NeurIPS 2022): match relations, not exact probabilities.
@@ -123,6 +127,7 @@ def _cs_from_probs(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch
             + 0.5 * torch.log((q * q).sum(dim=1) + eps))
 
 
+@term("cs", "logits")
 def cs_divergence(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)] = 1.0,
                   reduction: str = "mean"):
     """Cauchy-Schwarz divergence (Principe et al., information-theoretic learning).

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ._reduce import check_reduction, reduce
+from kd_engine.losses.term_registry import term
 
 
 def _pairwise_distance(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -32,6 +33,7 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(diff, diff.transpose(1, 2))
 
 
+@term("rkd", "embedding")
 def rkd(student_embedding, teacher_embedding, distance_weight: Annotated[float, Ge(0)] = 25.0,
         angle_weight: Annotated[float, Ge(0)] = 50.0, reduction: str = "mean"):
     """Relational KD (Park et al., CVPR 2019): match the geometry of the batch, not points.

@@ -23,6 +23,7 @@ from kd_engine.errors import ConfigError
 
 from .feature_kernel import kdsvd, pool_to_common
 from .learned import hcl, ofd, ofd_margin, vid
+from kd_engine.losses.term_registry import term
 
 
 @dataclass
@@ -97,6 +98,7 @@ def _single_map(setup: TermSetup) -> tuple[list[str], list[str], tuple, tuple]:
     return s_names, t_names, s_shape, t_shape
 
 
+@term("vid", "module")
 class VIDTerm(ModuleTerm):
     """VID's learnable parts: the mean regressor μ(s) (three 1×1 convs with ReLUs between) and
     one variance per teacher channel, σ_c² = softplus(α_c) + ε, starting at
@@ -124,6 +126,7 @@ class VIDTerm(ModuleTerm):
         return vid(self.regressor(s), t, self.variance(), reduction="none")
 
 
+@term("ofd", "module")
 class OFDTerm(ModuleTerm):
     """OFD's connector (1×1 conv + BatchNorm, student to teacher width) and the teacher margin.
 
@@ -152,6 +155,7 @@ class OFDTerm(ModuleTerm):
         return ofd(self.connector(s), t, self.margin, reduction="none")
 
 
+@term("kdsvd", "module")
 class KDSVDTerm(ModuleTerm):
     """KDSVD reads two or more layers per side (comma-separated, shallow to deep); no weights."""
 
@@ -199,6 +203,7 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x.view(*x.shape, 1, 1) if x.dim() == 2 else x
 
 
+@term("reviewkd", "module")
 class ReviewKDTerm(ModuleTerm):
     """ReviewKD (Chen et al., CVPR 2021): knowledge review by attention-based fusion + HCL.
 
