@@ -85,7 +85,7 @@ base = apply_budget(load_raw(repo_file("configs/pointdc_rooms.yaml")), settings)
 base["record"] = {"instances": True, "eval_instances": True, "attention_maps": 2, "tensorboard": False}
 stages = dict(base["distill"]["params"])
 if budget == "smoke":  # small rooms, and one epoch of each stage so every code path runs
-    base["data"]["params"].update(scenes=6, test_scenes=2, points=512, supervoxels=50, render_points=6000)
+    base["data"]["params"].update(scenes=6, test_scenes=2, points=512, supervoxels=50, image_size=48, render_points=6000)
     stages.update(cmd_epochs=1, svc_warmup=1, svc_epochs=0, kmeans_iterations=10)
 CMD, SVC = stages["cmd_epochs"], stages["svc_warmup"] + stages["svc_epochs"]
 print(f"budget {budget}: seeds {seeds}, CMD {CMD} epochs, SVC {SVC} epochs, {base['threads']} torch thread(s) "
