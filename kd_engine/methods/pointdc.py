@@ -37,7 +37,7 @@ from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import METHODS
 from kd_engine.models import feature_taps
 from kd_engine.params import Param, read_params
-from kd_engine.parts.point_teacher import TextureTeacher, cached_point_features, point_teacher_features
+from kd_engine.parts.point_teacher import GaborTeacher, cached_point_features, log_standardise, point_teacher_features, whiten
 from kd_engine.parts.supervoxel import cosine_kmeans, scatter_mean
 from kd_engine.registry import Registry
 from annotated_types import Ge, Gt
@@ -52,8 +52,10 @@ class PointDC(Distiller):
     wants_ids = True
     defaults = {"cmd_epochs": Param(40, Ge(0)), "svc_warmup": Param(10, Ge(0)), "svc_epochs": Param(20, Ge(0)),
                 "recluster_every": Param(5, Ge(1)), "primitives": Param(20, Ge(2)), "kmeans_iterations": Param(80, Ge(1)),
-                "temperature": Param(0.1, Gt(0)), "teacher_channels": Param(32, Ge(1)), "teacher_kernel": Param(5, Ge(1)),
-                "teacher_pool": Param(5, Ge(1))}
+                "temperature": Param(0.1, Gt(0)), "teacher_min_period": Param(2.5, Ge(2)),
+                "teacher_scales": Param(3, Ge(1)), "teacher_step": Param(1.3, Gt(1)), "teacher_orientations": Param(4, Ge(1)),
+                "teacher_pool": Param(2.0, Gt(0)),
+                "teacher_components": Param(4, Ge(1))}
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, None)
@@ -65,19 +67,23 @@ class PointDC(Distiller):
         data = build_data(cfg.data, cfg.seed)
         self.train_data, self.num_classes = data.train, data.num_classes
         identity = {"data": cfg.data, "seed": cfg.seed, **{k: p[k] for k in p if k.startswith("teacher_")}}
-        net = TextureTeacher(p["teacher_channels"], p["teacher_kernel"], p["teacher_pool"])
+        net = GaborTeacher(p["teacher_min_period"], p["teacher_scales"], p["teacher_step"], p["teacher_orientations"],
+                           p["teacher_pool"])
         splits = (data.train, data.test)
 
-        def compute():
+        def compute():  # log-standardised and whitened with the training scenes' statistics (no labels)
             parts = [point_teacher_features(net, s.images, s.pixel, s.visible, s.supervoxel) for s in splits]
-            return np.concatenate([f for f, _ in parts]), np.concatenate([v for _, v in parts])
+            parts = [(log_standardise(f, v, *parts[0]), v) for f, v in parts]
+            k = min(p["teacher_components"], parts[0][0].shape[-1])
+            feats = [whiten(f, v, *parts[0], k) for f, v in parts]
+            return np.concatenate(feats), np.concatenate([v for _, v in parts])
         feats, valid = cached_point_features(cfg.cache_dir, identity, compute)
         ids = np.concatenate([s.ids.numpy() for s in splits])  # rows of the tables below are scene ids
         table, known = np.zeros((ids.max() + 1, *feats.shape[1:]), np.float32), np.zeros((ids.max() + 1, feats.shape[1]), bool)
         table[ids], known[ids] = feats, valid
         self.register_buffer("teacher_feats", torch.as_tensor(table), persistent=False)
         self.register_buffer("teacher_valid", torch.as_tensor(known), persistent=False)
-        width = student.features.out_features if hasattr(student, "features") else int(p["teacher_channels"])
+        width = student.features.out_features if hasattr(student, "features") else feats.shape[-1]
         self.align = nn.Linear(width, feats.shape[-1])
         self.head = nn.Linear(width, p["primitives"], bias=False)  # the warm-up's learnable classifier
         self.register_buffer("centroids", torch.zeros(0, width))
