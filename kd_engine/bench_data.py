@@ -37,7 +37,7 @@ ratios are medians of per-round ratios with their 25th-75th percentiles; CPU tim
 time, since it barely moves when other processes share the machine.
 
     python -m kd_engine.bench_data            # full: a few minutes on one CPU thread
-    python -m kd_engine.bench_data --quick    # smoke test: seconds, the numbers mean little
+    python -m kd_engine.bench_data --quick    # smoke test (no TensorBoard mirror): the numbers mean little
 """
 from __future__ import annotations
 
@@ -108,6 +108,8 @@ def run_streaming(rounds, epochs_per_sample, threads, device, quick, runs_dir, l
 
     raw = copy.deepcopy(WORKLOAD)
     raw.update(device=device, threads=threads, runs_dir=str(runs_dir / "stream"), cache_dir=str(runs_dir / "cache"))
+    if quick:  # stopping each arm's TensorBoard mirror takes seconds (untimed, but the smoke test waits)
+        raw["record"] = {"tensorboard": False}
     base = validate(raw, "bench_data streaming")
     dev = runtime.resolve_device(base.device)
     runtime.seed_everything(base.seed)
@@ -169,8 +171,10 @@ def run_recording(rounds, epochs_per_sample, threads, device, quick, runs_dir, l
                    "params": {"train_size": total, "test_size": 8, "num_classes": 100}}
     raw.update(device=device, threads=threads, epochs=1000, runs_dir=str(runs_dir / "recording"),
                cache_dir=str(runs_dir / "cache"))
+    if quick:
+        raw["record"] = {"tensorboard": False}
     on = validate(raw, "bench_data recording_on")
-    off = validate({**raw, "record": {"instances": False}}, "bench_data recording_off")
+    off = validate({**raw, "record": {**raw.get("record", {}), "instances": False}}, "bench_data recording_off")
     dev = runtime.resolve_device(on.device)
     runtime.seed_everything(on.seed)
     data = build_data(on.data, on.seed)
