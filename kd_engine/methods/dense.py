@@ -10,6 +10,8 @@ samples in classification.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,7 +88,7 @@ class DenseStandard(Standard):
         super().__init__(cfg, student, teacher, input_shape)
         self.weighting = build_weighting(cfg.weighting.strategy, cfg.weighting.params, task="dense")
         for index, term in enumerate(self.terms):
-            if term.spec.inputs in ("logits", "logits_target") and not getattr(term.spec.fn, "dense", False):
+            if term.spec.inputs in ("logits", "logits_target") and not getattr(inspect.unwrap(term.spec.fn), "dense", False):
                 raise ConfigError(f"distill.terms.{index}.loss: {cfg.distill.terms[index].loss} takes (B, C) "
                                   "logits; a dense run distils per pixel with pixel_kd or channel_kd, or "
                                   "with a feature term")
