@@ -5,9 +5,7 @@ waits for a GPU to show up. DKD's warm-up is checked on its config.
 
 The two-step runs are kept cheap: 8 fake images in batches of 4, one thread, no per-instance or
 feature recording, and each teacher trained once for one epoch into a cache shared by all runs.
-ImageNet configs run on 64-px images instead of 224: their methods (KD, DKD, DIST) read logits
-only and torchvision's models pool adaptively, so every shape a config can get wrong is the same,
-at a twelfth of the convolution work (224 px made them the slowest tests of the suite)."""
+ImageNet configs run at 224 px, the shape they train on (34 s for the six on a quiet machine)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +19,7 @@ from kd_engine.config import load_config, load_raw, validate
 ROOT = Path(__file__).resolve().parent.parent / "configs"
 CONFIGS = sorted((ROOT / "cifar100").rglob("*.yaml"))
 IMAGENET = sorted((ROOT / "imagenet").rglob("*.yaml"))
-IMAGENET_SMOKE_SIZE = 64  # see the module docstring
+IMAGENET_SMOKE_SIZE = 224  # the shape the configs train on
 NO_RECORDING = {"instances": False, "eval_instances": False, "feature_probe_size": 2, "attention_maps": 0,
                 "tensorboard": False}
 
