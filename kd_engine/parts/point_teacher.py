@@ -21,6 +21,8 @@ back-projected features clustered no better than the raw point inputs.
 """
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +160,8 @@ def cached_point_features(cache_dir: str | Path, identity: dict, compute) -> tup
             return stored["features"], stored["valid"]
     features, valid = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, features=features, valid=valid)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # this process's own: arms run side by side
+    with open(tmp, "wb") as handle:
+        np.savez(handle, features=features, valid=valid)
     tmp.replace(path)
     return features, valid

@@ -21,6 +21,8 @@ maps of a set of scene images under ``<cache_dir>/vl_features/<hash>.npy`` (floa
 """
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -135,8 +137,9 @@ def cached_feature_maps(model: DenseVLNet, images: torch.Tensor, teacher_path: s
     maps = torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)]) if len(images) else \
         torch.zeros(0, model.class_embeddings.shape[1], *images.shape[2:])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # this process's own: arms run side by side
     stored = maps.numpy().astype(np.float16)
-    np.save(tmp, stored)
+    with open(tmp, "wb") as handle:
+        np.save(handle, stored)
     tmp.replace(path)
     return torch.from_numpy(stored.astype(np.float32))  # the stored precision, first time or not
