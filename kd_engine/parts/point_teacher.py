@@ -22,7 +22,6 @@ back-projected features clustered no better than the raw point inputs.
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 
 import numpy as np

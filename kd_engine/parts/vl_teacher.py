@@ -22,7 +22,6 @@ maps of a set of scene images under ``<cache_dir>/vl_features/<hash>.npy`` (floa
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
