@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-ARMS = {"bce", "softmax_kd", "mld", "mld_led", "mld_led_card", "teacher"}
+ARMS = {"bce", "softmax_kd", "mld", "mld_led", "mld_led_ref", "teacher"}
 
 
 def test_p25_l2d_smoke(smoke_results):

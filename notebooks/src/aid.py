@@ -498,7 +498,7 @@ else:
                       if adaptive else "the gain from adaptivity (AID − constant-mean) is not resolved on either pair")
             + ".")
     if budget == "full":
-        head += (" The full CPU budget trains far fewer steps than the card's 3000, so these mAPs are low and "
+        head += (" The full CPU budget trains far fewer steps than the reference setting's 3000, so these mAPs are low and "
                  "this is not a test of the paper's claim.")
 lines.append("Informative settings (RetinaNet, α = 0.1): " + "; ".join(
     describe(tables[("ret_" + st_, MAP)], f"ret_aid_{st_}", f"{st_}: AID vs base") for st_ in SETTINGS)

@@ -242,7 +242,7 @@ else:
                  else "the MCTS-chosen distiller is **worse** than vanilla KD (resolved)")
     else:
         part2 = "the MCTS-chosen distiller is **within noise** of vanilla KD in final test accuracy"
-    claim = (f"Over {n} seeds: {part1}; {part2}. The card's claim (MCTS ≥ random at equal budget; the winner "
+    claim = (f"Over {n} seeds: {part1}; {part2}. The paper's claim (MCTS ≥ random at equal budget; the winner "
              "matches or beats vanilla KD) is judged on these two lines; 'within noise' means the miniature "
              "cannot tell them apart, not that they are equal.")
 picked = "; ".join(f"{a} s{s}: {c}" for a, s, c in zip(chosen["arm"], chosen["seed"], chosen["chosen"]))
@@ -255,7 +255,7 @@ display(Markdown(verdict_text))
 
 # %%
 ctx.save(results_path, [(reward_summary, "random"), (proxy_test_summary, "random"), (final_summary, "kd")],
-         title="Auto-KD (card §3, reconstruction): MCTS vs random search over distillers on digits "
+         title="Auto-KD (paper 3, reconstruction): MCTS vs random search over distillers on digits "
                "(CNN w32 → w8)",
          notes=verdict_text.replace("**", "") + f" Searches took {search_wall:.0f} s, final training "
                f"{final_wall:.0f} s, the rank check {rank_wall:.0f} s.")

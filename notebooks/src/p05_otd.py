@@ -172,16 +172,16 @@ if n < 2:
 else:
     up = [a for a in ("stream1", "stream2", "both") if claim_of(h, a) == "holds"]
     down = [a for a in ("stream1", "stream2", "both") if claim_of(h, a) == "contradicted"]
-    claim = ("the card's claim that projection raises H is "
+    claim = ("the paper's claim that projection raises H is "
              + (f"supported for {', '.join(up)}" if up else "not shown (no projection arm is resolved above self-training)")
              + (f"; resolved *below* self-training: {', '.join(down)}" if down else "") + ". "
              + f"Mean H: " + ", ".join(f"{a} {v:.3f}" for a, v in means.items()) + ". "
              + f"Premise: on average the top 3 of 30 source gradients hold {e3:.2f} of the buffer's energy and "
              + f"{r90:.1f} directions reach 90 %, so the gradients are "
              + ("low-rank" if r90 <= 10 else "not strongly low-rank") + " in this miniature.")
-verdict_text = (f"Reconstruction (card §5, abstract only). Over {n} seed(s), paired against self-training: "
+verdict_text = (f"Reconstruction (paper 5, abstract only). Over {n} seed(s), paired against self-training: "
                 + "; ".join(lines) + ". In words: " + claim
-                + f" (Miniature: {base['epochs']} epochs instead of the card's 40; 3 seeds instead of 5.)")
+                + f" (Miniature: {base['epochs']} epochs instead of the reference setting's 40; 3 seeds instead of 5.)")
 display(Markdown(verdict_text))
 
 # %% [markdown]
@@ -189,7 +189,7 @@ display(Markdown(verdict_text))
 
 # %%
 ctx.save(results_path, [(h, "self_train"), (shared, "self_train"), (novel, "self_train"), (acc, "self_train")],
-         title="OTD (card §5, reconstruction): gradient-subspace steering on stained digits with new classes",
+         title="OTD (paper 5, reconstruction): gradient-subspace steering on stained digits with new classes",
          notes=verdict_text.replace("**", "").replace("*", ""))
 wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} runs in {wall:.0f} s")

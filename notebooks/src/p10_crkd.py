@@ -206,11 +206,11 @@ else:
     up = [a for a, v in verdicts.items() if v == "holds"]
     down = [a for a, v in verdicts.items() if v == "contradicted"]
     if "crkd" in up:
-        claim = "The card's first claim **holds** here: Cr-KD (α = 0.1, gate on) raises novel clustering accuracy over UNO (resolved)."
+        claim = "The paper's first claim **holds** here: Cr-KD (α = 0.1, gate on) raises novel clustering accuracy over UNO (resolved)."
     elif "crkd" in down:
-        claim = "The card's first claim is **contradicted** here: Cr-KD (α = 0.1, gate on) *lowers* novel clustering accuracy (resolved)."
+        claim = "The paper's first claim is **contradicted** here: Cr-KD (α = 0.1, gate on) *lowers* novel clustering accuracy (resolved)."
     else:
-        claim = "The card's first claim is **not shown** here: Cr-KD (α = 0.1, gate on) does not change novel clustering accuracy beyond noise."
+        claim = "The paper's first claim is **not shown** here: Cr-KD (α = 0.1, gate on) does not change novel clustering accuracy beyond noise."
     others = [f"{a} {'up' if a in up else 'down'}" for a in up + down if a != "crkd"]
     claim += (" Other resolved arms: " + ", ".join(others) + "." if others else " No other arm is resolved against UNO.")
     gate = reporting.claim(gate_summary, "crkd")
@@ -230,7 +230,7 @@ verdict_text = (
     + "; ".join(describe(summaries["test/all_acc"], a) for a in ORDER[1:]) + ". " + claim
     + f" Last-epoch entropy of the known-head distribution on unlabelled samples: UNO {last_ent.get('uno', float('nan')):.3f}, "
     f"Cr-KD {last_ent.get('crkd', float('nan')):.3f}. " + gap_text + " (one seed's relation matrix; a descriptive "
-    "check of the second claim, not a test). Miniature deviations from the card: CNN width "
+    "check of the second claim, not a test). Miniature deviations from the reference setting: CNN width "
     f"{base['student']['params']['width']}, batch {base['data']['batch_size']}, "
     f"{base['distill']['params']['stage1_epochs']} + {base['epochs']} epochs.")
 display(Markdown(verdict_text))
@@ -240,7 +240,7 @@ display(Markdown(verdict_text))
 
 # %%
 ctx.save(results_path, [(summaries[m], "uno") for m in COLS] + [(gate_summary, "crkd_nogate")],
-         title="Cr-KD (card §10): class-relation KD for novel class discovery on digits (0-4 known, 5-9 novel)",
+         title="Cr-KD (paper 10): class-relation KD for novel class discovery on digits (0-4 known, 5-9 novel)",
          notes=verdict_text.replace("**", ""))
 wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} runs in {wall:.0f} s")

@@ -232,13 +232,13 @@ else:
                 "barely above chance (0.5), so the scores hardly tell shifted digits from outliers"
                 if min(auc_means.values()) > 0.5 else
                 "a score below 0.5 means the selection prefers *outliers* over digits")
-             + ". The card's claim that selection matters most in the outlier-heavy pool is "
+             + ". The paper's claim that selection matters most in the outlier-heavy pool is "
              + ("consistent in direction (a larger combined-selection gain on the heavy pool)"
                 if gain_heavy > gain_default else "not seen (the combined-selection gain is not larger on the heavy pool)")
              + f": {gain_default:+.4f} default vs {gain_heavy:+.4f} heavy, mean paired accuracy difference.")
-verdict_text = (f"Reconstruction (card §12, abstract only). Over {n} seed(s), paired against KD on the whole pool: "
+verdict_text = (f"Reconstruction (paper 12, abstract only). Over {n} seed(s), paired against KD on the whole pool: "
                 + "; ".join(lines) + ". In words: " + claim
-                + " (Miniature: pool of 1500 and 20 epochs instead of the card's 3000 and 40.)")
+                + " (Miniature: pool of 1500 and 20 epochs instead of the reference setting's 3000 and 40.)")
 display(Markdown(verdict_text))
 
 # %% [markdown]
@@ -248,7 +248,7 @@ display(Markdown(verdict_text))
 ctx.save(results_path,
          [(acc, "kd_all"), (acc_heavy, "heavy_kd_all"), (shifted, "kd_all"), (prec, "kd_all"),
           (prec_heavy, "heavy_kd_all"), (auc, "teacher_sel")],
-         title="KD³ (card §12, reconstruction): KD from a shifted web pool on digits (CNN w32 → w8)",
+         title="KD³ (paper 12, reconstruction): KD from a shifted web pool on digits (CNN w32 → w8)",
          notes=verdict_text.replace("**", "").replace("*", ""))
 wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} student runs + {len(teachers)} teacher(s) in {wall:.0f} s")

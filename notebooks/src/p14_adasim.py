@@ -213,9 +213,9 @@ if n < 2:
     claim = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
     nn_claim, ada_claim = claim_of(knn, "naive_nn"), claim_of(knn, "adasim")
-    part1 = ("naive NN bootstrapping is resolved *worse* than DINO in kNN accuracy, as the card expects"
+    part1 = ("naive NN bootstrapping is resolved *worse* than DINO in kNN accuracy, as the paper expects"
              if nn_claim == "contradicted" else
-             "naive NN bootstrapping is not resolved worse than DINO in kNN accuracy, so the card's first "
+             "naive NN bootstrapping is not resolved worse than DINO in kNN accuracy, so the paper's first "
              "claim is not shown here")
     part2 = ("AdaSim is resolved *better* than DINO" if ada_claim == "holds"
              else "AdaSim is resolved *worse* than DINO" if ada_claim == "contradicted"
@@ -234,7 +234,7 @@ else:
     claim = f"{part1}; {part2}; {part3}; {part4}; {part5}."
 verdict_text = (f"Over {n} seed(s), paired against DINO (baseline), with ζ = {zeta:g} chosen on tuning seed "
                 f"{TUNING_SEED} by validation kNN: " + "; ".join(lines) + ". In words: " + claim +
-                f" (Miniature: 30 epochs and V = 5 instead of the card's 60 and 10.)")
+                f" (Miniature: 30 epochs and V = 5 instead of the reference setting's 60 and 10.)")
 display(Markdown(verdict_text))
 
 # %% [markdown]
@@ -244,7 +244,7 @@ display(Markdown(verdict_text))
 ctx.save(results_path,
          [(knn, "dino"), (probe, "dino"), (online, "dino"), (std_s, "dino"), (rank_s, "dino"),
           (ent_s, "dino"), (boot, "dino")],
-         title="AdaSim (card §14): DINO vs naive vs adaptive NN bootstrapping on digits (CNN w8)",
+         title="AdaSim (paper 14): DINO vs naive vs adaptive NN bootstrapping on digits (CNN w8)",
          notes=verdict_text.replace("**", "").replace("*", ""))
 wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame) + len(grid)} runs in {wall:.0f} s")

@@ -226,7 +226,7 @@ else:
     else:
         parts.append(f"early (epoch {early_epoch + 1}) FerKD is not resolved ahead of FKD")
     full = ("holds" if claim_of(acc_summary, "ferkd") == "holds" and hard_below else "is not shown")
-    claim = (f"The card's ordering FerKD ≥ FKD ≥ hard {full} in this miniature: " + "; ".join(parts) + ".")
+    claim = (f"The paper's ordering FerKD ≥ FKD ≥ hard {full} in this miniature: " + "; ".join(parts) + ".")
 online = row(acc_summary, "kd_online")
 contrast = (f"Online KD on full images reaches {online['mean']:.4f} test accuracy against FKD's "
             f"{row(acc_summary, 'fkd')['mean']:.4f}: training only on crops of 8×8 digits (scale down to 0.08, "
@@ -234,7 +234,7 @@ contrast = (f"Online KD on full images reaches {online['mean']:.4f} test accurac
 below, relabel_share = float((conf < TAU).float().mean()), float(mask.float().mean())
 bottom = base["distill"]["params"]["bottom_frac"]
 mechanism = (f"Why: in seed {seeds[0]}'s bank {below:.3f} of the stored crops have p_T[y] < τ_low = {TAU} (the "
-             f"teacher was trained on full images only, as on the card, and never saw crops), so the rule relabels "
+             f"teacher was trained on full images only, as in the paper's setting, and never saw crops), so the rule relabels "
              f"{relabel_share:.3f} of them, far more than the bottom-{bottom:.0%} floor; a relabelled crop gets a "
              f"nearly hard label (ε = {base['distill']['params']['epsilon']})")
 if claim_of(acc_summary, "hard") == "contradicted":
@@ -256,7 +256,7 @@ display(Markdown(verdict_text))
 
 # %%
 ctx.save(results_path, [(acc_summary, "fkd"), (early_summary, "fkd")],
-         title="FerKD (card §15): calibrated crop soft labels from a teacher bank on digits "
+         title="FerKD (paper 15): calibrated crop soft labels from a teacher bank on digits "
                "(ResNet-16 → ResNet-8; calibration rule: reconstruction)",
          notes=verdict_text.replace("**", ""))
 wall = ctx.wall_s

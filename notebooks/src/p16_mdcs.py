@@ -263,7 +263,7 @@ display(Markdown(verdict_text))
 ctx.save(results_path,
          [(summaries[m], "single_ce") for m in summaries]
          + [(claim_few, "experts_ce"), (claim_full, "diversity"), (claim_cis, "no_cis"), (disagree, "experts_ce")],
-         title="MDCS (card §16): diverse logit-adjusted experts + CIS consistency self-distillation "
+         title="MDCS (paper 16): diverse logit-adjusted experts + CIS consistency self-distillation "
                "on long-tailed digits (cosine scale: reconstruction)",
          notes=verdict_text.replace("**", ""))
 wall = ctx.wall_s

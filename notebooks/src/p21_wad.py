@@ -236,7 +236,7 @@ display(Markdown(verdict_text))
 ctx.save(results_path,
          [(auroc_summary, "chance")] + [(by_m[m], f"supervised@m{m}") for m in MISMATCH]
          + [(wad_vs_unw[m], f"unweighted@m{m}") for m in MISMATCH] + [(gap_summary, "gap@m0.3")],
-         title="WAD (card §21): SimCLR-exemplar pseudo-labels weighted by the top-2 margin, "
+         title="WAD (paper 21): SimCLR-exemplar pseudo-labels weighted by the top-2 margin, "
                "digits 0–4 with unknown digits 5–9 in the unlabelled pool",
          notes=verdict_text.replace("**", ""))
 wall = ctx.wall_s

@@ -193,14 +193,14 @@ else:
     kd_higher = reporting.claim(kd_summary, "kd_dot", lower_is_better=True) == "contradicted"
     ce_worse = reporting.claim(ce_summary, "kd_dot", lower_is_better=True) == "contradicted"
     if holds("kd_dot"):
-        claim = ("At the card's Δ = 0.075 the claim **holds** in this miniature: DOT ends with a resolved "
+        claim = ("At the paper's Δ = 0.075 the claim **holds** in this miniature: DOT ends with a resolved "
                  "lower KD loss and a CE that is not resolved worse.")
     elif kd_higher:
-        claim = ("At the card's Δ = 0.075 the claim is **contradicted** in this miniature: DOT ends with a "
+        claim = ("At the paper's Δ = 0.075 the claim is **contradicted** in this miniature: DOT ends with a "
                  "resolved *higher* KD loss than SGD" + (" and a resolved higher CE." if ce_worse else
                                                          " (its CE is not resolved worse)."))
     else:
-        claim = ("At the card's Δ = 0.075 the claim is **not shown** in this miniature: DOT's final KD loss "
+        claim = ("At the paper's Δ = 0.075 the claim is **not shown** in this miniature: DOT's final KD loss "
                  "is not resolved lower than SGD's" + (" and its CE is resolved worse." if ce_worse else "."))
     fits = [f"Δ={delta_of[a]}" for a in sweep if a != "kd_sgd" and holds(a)]
     claim += (" In the sweep, the claimed pattern (KD resolved lower, CE not resolved worse) appears only at "
@@ -233,7 +233,7 @@ display(Markdown(verdict_text))
 
 # %%
 ctx.save(results_path, [(acc_summary, "kd_sgd"), (ce_summary, "kd_sgd"), (kd_summary, "kd_sgd")],
-         title="DOT (card §22): split momentum for KD on digits (MLP 256-256 → MLP 32)",
+         title="DOT (paper 22): split momentum for KD on digits (MLP 256-256 → MLP 32)",
          notes=verdict_text.replace("**", ""))
 wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} student runs + {len(teachers)} teacher(s) "

@@ -175,7 +175,7 @@ else:
     part2 = (f"against SD, BOSS is {diff.mean():+.4f} ± {diff.std(ddof=1):.4f} "
              + ("(resolved, " + ("higher)" if diff.mean() > 0 else "lower)") if v == "resolved" else "(within noise)"))
     claim = (f"Over {n} seeds, on the test accuracy of the best-validation trial: {part1}; {part2}. "
-             "The card's claim (BOSS ≥ BO and BOSS ≥ SD) is judged on these lines; within noise means this "
+             "The paper's claim (BOSS ≥ BO and BOSS ≥ SD) is judged on these lines; within noise means this "
              "miniature cannot separate them.")
 verdict_text = claim + " Paired differences: " + "; ".join(lines) + "."
 display(Markdown(verdict_text))
@@ -185,7 +185,7 @@ display(Markdown(verdict_text))
 
 # %%
 ctx.save(results_path, [(test_summary, "bo"), (val_summary, "bo")],
-         title="BOSS (card §23): Optuna TPE with self-distillation from the best-k trial checkpoints, "
+         title="BOSS (paper 23): Optuna TPE with self-distillation from the best-k trial checkpoints, "
                "digits MLP 64-128-10",
          notes=verdict_text.replace("**", "") + f" Studies took {search_wall:.0f} s; "
                "sampler: Optuna TPE (installed).")

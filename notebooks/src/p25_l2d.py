@@ -29,7 +29,7 @@
 # * `softmax_kd`: + T²·KL between softmax(z/T) of teacher and student over the 10 labels, T = 4;
 # * `mld`: + 10·L_MLD (one-vs-all binary KD);
 # * `mld_led`: + 10·L_MLD + 1·L_CD + 10·L_ID (the full method at rescaled weights);
-# * `mld_led_card`: the full method at the reference weights (10, 100, 1000).
+# * `mld_led_ref`: the full method at the reference weights (10, 100, 1000).
 #
 # **Metrics:** macro mAP over the 10 labels (`kd_engine.metrics_extra.multilabel_map`) and
 # micro-F1 at threshold 0.5, on the test mosaics, from each run's final student weights (the
@@ -88,7 +88,7 @@ arms = {"bce": dict(off),
         "softmax_kd": {**off, "distill.params.softmax_kd_weight": 1.0},
         "mld": {"distill.params.cd_weight": 0.0, "distill.params.id_weight": 0.0},
         "mld_led": {},
-        "mld_led_card": {"distill.params.cd_weight": 100.0, "distill.params.id_weight": 1000.0}}
+        "mld_led_ref": {"distill.params.cd_weight": 100.0, "distill.params.id_weight": 1000.0}}
 order = list(arms)
 for name, overrides in arms.items():
     print(f"{name:<13} {overrides}")
@@ -231,7 +231,7 @@ else:
              f"Claim 'softmax KL ≈ BCE': {link(map_summary, 'softmax_kd', '≈')}.")
 verdict_text = (f"Over {n} seed(s), test macro mAP (mean): " + ", ".join(f"{a} {means[a]:.4f}" for a in order + ["teacher"])
                 + ". " + "; ".join(lines) + ". " + claim
-                + f" The card's structure weights (CD 100, ID 1000) give mAP {means['mld_led_card']:.4f} "
+                + f" The paper's structure weights (CD 100, ID 1000) give mAP {means['mld_led_ref']:.4f} "
                 f"against {means['mld_led']:.4f} at the rescaled 1 / 10. Mean |student − teacher| of the "
                 f"normalised class-0 distance matrix of 12 test mosaics (seed {seed0}, a single noisy "
                 f"example): bce {gap['bce']:.4f}, mld_led {gap['mld_led']:.4f}. "
@@ -245,8 +245,8 @@ display(Markdown(verdict_text))
 ctx.save(results_path,
          [(map_summary, "bce"), (f1_summary, "bce"), (mld_vs_soft, "softmax_kd"), (full_vs_mld, "mld"),
           (cd_summary, "bce"), (id_summary, "bce")],
-         title="L2D (card §25): one-vs-all binary KD + label-wise embedding structure on 2x2 digit mosaics "
-               "(structure weights rescaled from the card's)",
+         title="L2D (paper 25): one-vs-all binary KD + label-wise embedding structure on 2x2 digit mosaics "
+               "(structure weights rescaled from the paper's)",
          notes=verdict_text.replace("**", ""))
 wall = ctx.wall_s
 print(f"budget {budget}: {len(seeds)} seed(s), {len(frame)} runs in {wall:.0f} s")

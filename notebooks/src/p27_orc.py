@@ -176,12 +176,12 @@ else:
     verdicts = claims(orc_vs, "orc")
     beats, loses = verdicts["holds"], verdicts["contradicted"]
     if len(beats) == 2:
-        claim = "The card's claim **holds** here: ORC-style training beats both KD from T0 and DML (resolved)."
+        claim = "The paper's claim **holds** here: ORC-style training beats both KD from T0 and DML (resolved)."
     elif loses:
-        claim = (f"The card's claim is **contradicted** here: ORC-style training is resolved *worse* than "
+        claim = (f"The paper's claim is **contradicted** here: ORC-style training is resolved *worse* than "
                  f"{' and '.join(loses)}" + (f" (and resolved better than {', '.join(beats)})." if beats else "."))
     else:
-        claim = ("The card's claim is **not shown** here: ORC-style training does not beat "
+        claim = ("The paper's claim is **not shown** here: ORC-style training does not beat "
                  + " and ".join(o for o in orc_vs if o not in beats) + " beyond noise"
                  + (f" (it does beat {', '.join(beats)})." if beats else "."))
 lines = [describe(sel_summary, a) for a in ARMS[1:]]
@@ -216,7 +216,7 @@ display(Markdown(verdict_text))
 ctx.save(results_path,
          [(sel_summary, "independent"), (mean_summary, "independent"), (orc_vs["kd"], "kd"),
           (orc_vs["dml"], "dml")],
-         title="ORC-style group distillation with online role change (card §27, reconstruction) on digits "
+         title="ORC-style group distillation with online role change (paper 27, reconstruction) on digits "
                "(T0 MLP 256 → students MLP 32/32/48/24)",
          notes=verdict_text.replace("**", ""))
 wall = ctx.wall_s
