@@ -22,15 +22,12 @@ is no validation split (nothing is selected; the last epoch is reported).
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
-import torch
 from annotated_types import Ge, Interval
 
 from kd_engine.data.base import DataBundle, cfg_get
 from kd_engine.data.registry import DATASETS
-from kd_engine.data.rooms3d import PointSceneDataset, local_shape
+from kd_engine.data.rooms3d import local_shape, scene_splits
 from kd_engine.data.scenes3d import GROUND, GROUND_CLASSES, make_ground_pair
 from kd_engine.errors import ConfigError
 from kd_engine.params import Param, read_params
@@ -69,33 +66,15 @@ def scene_arrays(seed: int, p: dict) -> dict[str, np.ndarray]:
             "images": view.image[None], "pixel": view.pixel[keep][None], "visible": view.visible[keep][None]}
 
 
-@lru_cache(maxsize=4)
-def _scenes(split_seed: int, key: tuple) -> dict[str, np.ndarray]:
-    p = dict(key)
-    rows = [scene_arrays(1000 * split_seed + i, p) for i in range(p["scenes"])]
-    return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
-
-
-def _split(arrays: dict, rows: np.ndarray) -> PointSceneDataset:
-    picked = {k: v[rows] for k, v in arrays.items()}
-    return PointSceneDataset(picked.pop("x"), picked.pop("y"), torch.as_tensor(rows), **picked)
-
-
 @DATASETS.register("ground3d")
 def ground3d(data_cfg, seed: int) -> DataBundle:
     p = read_params(cfg_get(data_cfg, "params", {}) or {}, PARAMS, "data.params", "dataset ground3d")
-    if not 1 <= p["test_scenes"] < p["scenes"]:
-        raise ConfigError(f"data.params.test_scenes: must be in 1..{p['scenes'] - 1} (data.params.scenes - 1), "
-                          f"got {p['test_scenes']!r}")
     if p["points"] < MAX_OBJECTS * p["points_per_object"] + 16:
         raise ConfigError(f"data.params.points: must be at least {MAX_OBJECTS * p['points_per_object'] + 16} "
                           f"({MAX_OBJECTS} objects × data.params.points_per_object + 16 ground points), "
                           f"got {p['points']}")
-    arrays = _scenes(int(seed), tuple(sorted(p.items())))
-    train_rows = np.arange(p["scenes"] - p["test_scenes"])
-    test_rows = np.arange(p["scenes"] - p["test_scenes"], p["scenes"])
-    return DataBundle(train=_split(arrays, train_rows), val=_split(arrays, train_rows[:0]),
-                      test=_split(arrays, test_rows), num_classes=len(GROUND_CLASSES),
+    train, val, test = scene_splits(scene_arrays, seed, p)
+    return DataBundle(train=train, val=val, test=test, num_classes=len(GROUND_CLASSES),
                       input_shape=(p["points"], len(FEATURES)), class_names=list(GROUND_CLASSES), name="ground3d",
                       meta={"features": list(FEATURES), "params": p})
 

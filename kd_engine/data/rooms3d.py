@@ -86,9 +86,9 @@ def scene_arrays(seed: int, p: dict) -> dict[str, np.ndarray]:
 
 
 @lru_cache(maxsize=8)
-def _scenes(split_seed: int, key: tuple) -> dict[str, np.ndarray]:
+def _scenes(make, split_seed: int, key: tuple) -> dict[str, np.ndarray]:
     p = dict(key)
-    rows = [scene_arrays(1000 * split_seed + i, p) for i in range(p["scenes"])]
+    rows = [make(1000 * split_seed + i, p) for i in range(p["scenes"])]
     return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
 
 
@@ -97,20 +97,26 @@ def _split(arrays: dict, rows: np.ndarray) -> PointSceneDataset:
     return PointSceneDataset(picked.pop("x"), picked.pop("y"), torch.as_tensor(rows), **picked)
 
 
-@DATASETS.register("rooms3d")
-def rooms3d(data_cfg, seed: int) -> DataBundle:
-    p = read_params(cfg_get(data_cfg, "params", {}) or {}, PARAMS, "data.params", "dataset rooms3d")
+def scene_splits(make, split_seed: int, p: dict) -> tuple[PointSceneDataset, PointSceneDataset, PointSceneDataset]:
+    """Train, (empty) val and test splits of the scenes ``make(1000·split_seed + i, p)``, built once
+    per setting: the first ``scenes − test_scenes`` train, the rest test (ids are the scene index)."""
     if not 1 <= p["test_scenes"] < p["scenes"]:
         raise ConfigError(f"data.params.test_scenes: must be in 1..{p['scenes'] - 1} (data.params.scenes - 1), "
                           f"got {p['test_scenes']!r}")
+    arrays = _scenes(make, int(split_seed), tuple(sorted(p.items())))
+    train_rows = np.arange(p["scenes"] - p["test_scenes"])
+    return (_split(arrays, train_rows), _split(arrays, train_rows[:0]),
+            _split(arrays, np.arange(p["scenes"] - p["test_scenes"], p["scenes"])))
+
+
+@DATASETS.register("rooms3d")
+def rooms3d(data_cfg, seed: int) -> DataBundle:
+    p = read_params(cfg_get(data_cfg, "params", {}) or {}, PARAMS, "data.params", "dataset rooms3d")
     if p["supervoxels"] > p["points"]:
         raise ConfigError(f"data.params.supervoxels: must be at most data.params.points ({p['points']}), "
                           f"got {p['supervoxels']}")
-    arrays = _scenes(int(seed), tuple(sorted(p.items())))
-    train_rows = np.arange(p["scenes"] - p["test_scenes"])
-    test_rows = np.arange(p["scenes"] - p["test_scenes"], p["scenes"])
-    return DataBundle(train=_split(arrays, train_rows), val=_split(arrays, train_rows[:0]),
-                      test=_split(arrays, test_rows), num_classes=len(ROOM_CLASSES),
+    train, val, test = scene_splits(scene_arrays, seed, p)
+    return DataBundle(train=train, val=val, test=test, num_classes=len(ROOM_CLASSES),
                       input_shape=(p["points"], len(FEATURES)), class_names=list(ROOM_CLASSES), name="rooms3d",
                       meta={"features": list(FEATURES), "params": p})
 
