@@ -13,14 +13,18 @@ of an old class is ≥ ``threshold``; ω_i is that probability. Prototypes μ_c 
     L = L_task + logit_kd·KD_τ(z^S[known], z^T[known]) + feature_mse·‖f^S − f^T‖²/D
         + between·L_BC(μ, π) + within·L_WC(f, μ, z, ω)
 
-(`kd_engine.losses.class_structure`). With every weight 0 this is fine-tuning (the lower
-bound); fine-tuning on the ``joint`` stage is the upper bound. Reconstruction: the paper's
+(`kd_engine.losses.class_structure`). ``classes: old`` builds the prototypes from the
+teacher-assigned (old) objects only, leaving new ones out of L_BC and L_WC (our ablation: the
+teacher knows nothing about the new classes' structure). With every weight 0 this is
+fine-tuning (the lower bound); fine-tuning on the ``joint`` stage is the upper bound. Reconstruction: the paper's
 formulas are not public; the known-output softmax, ω = T's old-class probability (also on
 labelled new objects) and the mean reductions are this engine's choices.
 Recorded per object: the assignment used and its source, ω, T's and S's predictions and the
 per-object KD and L_WC values.
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +38,7 @@ from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.incremental_base import FEATURE_LAYER, INCREMENTAL_METHODS, object_pass
 from kd_engine.methods.registry import METHODS
 from kd_engine.params import Param, read_params
-from kd_engine.parts.prototypes import assign_classes, class_prototypes
+from kd_engine.parts.prototypes import TEACHER, assign_classes, class_prototypes
 from kd_engine.weights import fit_state_dict
 
 WEIGHTS = ("logit_kd", "feature_mse", "between", "within")
@@ -45,7 +49,8 @@ WEIGHTS = ("logit_kd", "feature_mse", "between", "within")
 class WCBC(Distiller):
     defaults = {"logit_kd": Param(0.0, Ge(0)), "feature_mse": Param(0.0, Ge(0)), "between": Param(1.0, Ge(0)),
                 "within": Param(1.0, Ge(0)), "tau": Param(2.0, Gt(0)), "threshold": Param(0.5, Interval(ge=0, le=1)),
-                "min_count": Param(2, Ge(1)), "start_from_teacher": True, "layer": FEATURE_LAYER}
+                "min_count": Param(2, Ge(1)), "start_from_teacher": True, "layer": FEATURE_LAYER,
+                "classes": Param("all", kind=Literal["all", "old"])}
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, teacher)
@@ -97,6 +102,8 @@ class WCBC(Distiller):
     def structure_losses(self, s, t, z_s, z_t, assignment, per_object) -> dict[str, torch.Tensor]:
         """L_BC and L_WC over the assigned objects whose class has a prototype in this batch."""
         classes, tau, k = assignment.classes, self.p["tau"], self.num_classes
+        if self.p["classes"] == "old":  # prototypes of the teacher's classes only (new objects left out)
+            classes = torch.where(assignment.source == TEACHER, classes, torch.full_like(classes, -1))
         mu_s, present = class_prototypes(s.features, classes, k, self.p["min_count"])
         mu_t, _ = class_prototypes(t.features, classes, k, self.p["min_count"])
         pi_s, _ = class_prototypes((z_s / tau).softmax(1), classes, k, self.p["min_count"])
