@@ -1,8 +1,10 @@
-"""The Instances page on a class-incremental WCBC run (meta `task: incremental`), rendered with
-AppTest against a real one-epoch run of configs/wcbc_cells.yaml at a tiny size: the training
+"""The dashboard on class-incremental WCBC runs (meta `task: incremental`), rendered with AppTest
+against real one-epoch runs of configs/wcbc_cells.yaml at a tiny size. Instances: the training
 split shows the class assignment by kind of cell (counts from the recorded rows), the ω
 histograms and one mosaic with every cell's decision; the test split shows the old/new/harmonic
-accuracies and the teacher and student class distance matrices."""
+accuracies and the teacher and student class distance matrices. Features: the distance matrices
+and their correlations. Compare, run against run (wcbc against fine-tuning): objects matched on
+(image, cell)."""
 from __future__ import annotations
 
 import json
@@ -29,6 +31,9 @@ def wcbc_run(tmp_path_factory) -> tuple[Path, str]:
     raw["distill"]["params"]["threshold"] = 0.0  # an untrained teacher: let it assign every unlabelled cell
     raw["record"] = {"tensorboard": False, "attention_maps": 0, "feature_probe_size": 8}
     run_dir = train(validate(raw, "incremental dashboard test"), distributed=False)
+    raw.update(name="wcbc_finetune")
+    raw["distill"]["params"].update(between=0.0, within=0.0)
+    train(validate(raw, "incremental dashboard test, fine-tuning"), distributed=False)
     return base / "runs", Path(run_dir).name
 
 
@@ -72,3 +77,28 @@ def test_test_split_shows_accuracies_and_distance_matrices(wcbc_run, monkeypatch
     assert at.metric[labels.index("old acc")].value == f"{final['test/student_old_acc']:.3f}"
     spec = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "class means (D_f)" in c.proto.spec][0]
     assert len(spec["data"]) == 2 and [a["text"] for a in spec["layout"]["annotations"]][:2] == ["teacher", "student"]
+
+
+def test_features_and_compare_pages_show_class_structure_and_match_objects(wcbc_run, monkeypatch):
+    runs_dir, run_id = wcbc_run
+    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.session_state["kdw_run"] = run_id
+    at.run()
+    at.switch_page("workbench/pages/features.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    final = open_run(runs_dir / run_id).final_metrics()
+    assert at.metric[0].value == f"{final['test/student_df_corr']:.3f}"
+    assert any("class means (D_f)" in t for t in titles(at))
+    other = next(p.name for p in runs_dir.iterdir() if "wcbc_finetune" in p.name)
+    at.switch_page("workbench/pages/compare.py").run()
+    at.radio(key="cmp_mode").set_value("Run vs run").run()
+    at.selectbox(key="cmp_a").set_value(run_id).run()
+    at.selectbox(key="cmp_b").set_value(other).run()
+    at.radio(key="cmp_rr_split").set_value("test").run()
+    assert not at.exception, [e.value for e in at.exception]
+    a_rows, b_rows = (open_run(runs_dir / r).instances(split="test") for r in (run_id, other))
+    merged = a_rows.merge(b_rows, on=["instance_id", "cell"], suffixes=("_a", "_b"))
+    assert len(merged) == len(a_rows) == 24 * 4  # one row per object, never a cross product of cells
+    differ = next(d.value for d in at.dataframe if "student_pred_a" in d.value.columns)
+    assert len(differ) == int((merged["student_pred_a"] != merged["student_pred_b"]).sum())
