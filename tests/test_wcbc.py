@@ -195,3 +195,27 @@ def test_student_starts_from_the_teacher_and_errors_name_the_field(tmp_path):
         train(_config(tmp_path, data={"name": "digits"}), distributed=False)
     with pytest.raises(ConfigError, match="distill.params.threshold: expected a number"):
         train(_config(tmp_path, distill={"params": {"threshold": 1.5}}), distributed=False)
+
+
+def test_one_step_records_the_assignment_used_and_always_the_same_losses(tmp_path):
+    from types import SimpleNamespace
+
+    from kd_engine.methods.wcbc import WCBC
+
+    data = SimpleNamespace(meta={"old": [0, 1, 2, 3, 4], "background": 10}, num_classes=11)
+    x = torch.rand(6, 1, 16, 16)
+    y = torch.tensor([[5, 10, 7, 10]] * 6)  # two labelled new objects and two unlabelled cells per image
+    for classes in ("all", "old"):
+        cfg = _config(tmp_path, distill={"params": {"classes": classes, "threshold": 0.0}})
+        student, teacher = (build_model(spec, (1, 16, 16), 11) for spec in (cfg.student, cfg.teacher))
+        method = WCBC(cfg, student, teacher, (1, 16, 16))
+        method.check_data(data)
+        out = method(x, y)
+        assert set(out.losses) == {"task", "between", "within"} and all(torch.isfinite(v) for v in out.losses.values())
+        assigned, source = out.per_sample["assigned"], out.per_sample["source"]
+        assert len(assigned) == 24 and (source[y.reshape(-1) != 10] == GROUND_TRUTH).all()
+        new = y.reshape(-1) != 10
+        expected_new = y.reshape(-1)[new] if classes == "all" else torch.full((12,), -1)
+        assert torch.equal(assigned[new], expected_new)  # the old-only ablation leaves new objects out
+        assert (assigned[~new] >= 0).all() and (assigned[~new] <= 4).all()  # threshold 0: the teacher assigns all
+        out.total.backward()

@@ -91,24 +91,26 @@ class WCBC(Distiller):
             losses["logit_kd"] = self.p["logit_kd"] * per_object["kd"].mean()
         if self.p["feature_mse"]:
             losses["feature_mse"] = self.p["feature_mse"] * (s.features - t.features).pow(2).mean()
+        classes = assignment.classes
+        if self.p["classes"] == "old":  # prototypes of the teacher's classes only (new objects left out)
+            classes = torch.where(assignment.source == TEACHER, classes, torch.full_like(classes, -1))
         if self.p["between"] or self.p["within"]:
-            losses.update(self.structure_losses(s, t, z_s, z_t, assignment, per_object))
-        per_sample = {"task_loss": task.detach(), "assigned": assignment.classes, "source": assignment.source,
+            losses.update(self.structure_losses(s, t, z_s, z_t, classes, assignment.confidence, per_object))
+        per_sample = {"task_loss": task.detach(), "assigned": classes, "source": assignment.source,
                       "omega": assignment.confidence, "teacher_pred": t.logits.argmax(1),
                       "student_pred": s.logits.detach().argmax(1),
                       **{f"{k}_loss": v.detach() for k, v in per_object.items()}}
         return StepOutput(logits, losses, per_sample)
 
-    def structure_losses(self, s, t, z_s, z_t, assignment, per_object) -> dict[str, torch.Tensor]:
-        """L_BC and L_WC over the assigned objects whose class has a prototype in this batch."""
-        classes, tau, k = assignment.classes, self.p["tau"], self.num_classes
-        if self.p["classes"] == "old":  # prototypes of the teacher's classes only (new objects left out)
-            classes = torch.where(assignment.source == TEACHER, classes, torch.full_like(classes, -1))
+    def structure_losses(self, s, t, z_s, z_t, classes, omega, per_object) -> dict[str, torch.Tensor]:
+        """L_BC and L_WC over the assigned objects whose class has a prototype in this batch (each
+        weighted term is always returned, 0 in a batch without enough classes)."""
+        tau, k = self.p["tau"], self.num_classes
         mu_s, present = class_prototypes(s.features, classes, k, self.p["min_count"])
         mu_t, _ = class_prototypes(t.features, classes, k, self.p["min_count"])
         pi_s, _ = class_prototypes((z_s / tau).softmax(1), classes, k, self.p["min_count"])
         pi_t, _ = class_prototypes((z_t / tau).softmax(1), classes, k, self.p["min_count"])
-        losses = {}
+        losses = {name: z_s.new_zeros(()) for name in ("between", "within") if self.p[name]}
         if self.p["between"] and int(present.sum()) >= 2:
             losses["between"] = self.p["between"] * between_class(mu_s[present], mu_t[present], pi_s[present],
                                                                   pi_t[present], reduction="mean")
@@ -116,7 +118,7 @@ class WCBC(Distiller):
         if self.p["within"] and bool(used.any()):
             c = classes[used]
             wc = within_class(s.features[used], t.features[used], mu_s[c], mu_t[c], z_s[used], z_t[used],
-                              assignment.confidence[used], temperature=tau, reduction="none")
+                              omega[used], temperature=tau, reduction="none")
             per_object["within"] = per_object["within"].masked_scatter(used, wc)
             losses["within"] = self.p["within"] * wc.mean()
         return losses
