@@ -43,8 +43,7 @@ class IncrementalTask(ClassificationTask):
     methods = INCREMENTAL_METHODS
     headline = ("old_acc", "new_acc", "harmonic")
 
-    def setup(self) -> None:
-        self._teacher_eval: dict[str, dict] = {}
+    def setup(self) -> None:  # the teacher's evaluation cache is ClassificationTask's `_teacher_eval`
         self.layer = FEATURE_LAYER
         meta = self.data.meta
         self.old, self.new, self.background = list(meta["old"]), list(meta["new"]), int(meta["background"])
