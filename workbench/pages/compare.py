@@ -12,7 +12,7 @@ import streamlit as st
 from kd_engine.store import Run, StoreError, open_run
 from workbench import components as ui
 from workbench.figures import confusion_matrix, image_gallery, per_class_accuracy, tradeoff
-from workbench.pages import bev_views, compare_generation, dense_views, points_views
+from workbench.pages import bev_views, compare_generation, dense_views, incremental_views, points_views
 
 COLUMNS = ("instance_id", "label", "teacher_pred", "student_pred", "teacher_conf", "student_conf")
 GALLERY = 16
@@ -40,6 +40,7 @@ RUN_VS_RUN = {
     "bev": PairView(lambda a, b, split: bev_views.compare_runs(a, b), split=False),  # AP per class, heatmaps
     "points": PairView(lambda a, b, split: points_views.compare_runs(a, b), split=False),  # mIoU/oAcc, 3-D
     "generation": PairView(compare_generation.render),  # edits: judged success, distance, side by side
+    "incremental": PairView(incremental_views.compare_runs),  # old/new/H, per digit, per-object disagreements
 }
 
 

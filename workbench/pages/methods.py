@@ -53,7 +53,7 @@ CATALOGUE = [
 
 
 # Engine and notebook names that spell a catalogued method differently from its short name.
-ALIASES = {"MM-Ego-KD": {"mmego"}}
+ALIASES = {"MM-Ego-KD": {"mmego"}, "WCBC-IOD": {"wcbc"}}
 
 
 def _fold(text: str) -> str:
