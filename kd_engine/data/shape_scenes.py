@@ -7,7 +7,7 @@ which real datasets with inaccurate annotations do not have. Here the generator 
 
 * A shape fills its box exactly: a rectangle the box, an ellipse the inscribed ellipse, a
   triangle the base on one horizontal edge and the apex at the middle of the other, so the
-  tight box of its pixels is the true box (to within the pixel grid). Sides are uniform in
+  tight box of its pixels is the true box (boxes have integer corners; a test checks this). Sides are uniform in
   [``min_side``, ``max_side``] px; a new shape overlaps an earlier one by IoU < 0.3. Shapes have a
   brightness in [0.5, 1] on a black canvas with Gaussian pixel noise ``pixel_noise``.
 * **Box noise** (`noisy_boxes`): each edge moves by U(−ρ, ρ) × the box's width (x0, x1) or
@@ -56,8 +56,10 @@ def draw_shape(canvas: np.ndarray, kind: int, box: np.ndarray, value: float) -> 
         inside &= ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
     elif kind == 2:
         up = int(x0 + y0) % 2 == 0
-        depth = (yy - y0) / (y1 - y0) if up else (y1 - yy) / (y1 - y0)  # 0 at the apex, 1 at the base
-        inside &= np.abs(xx - (x0 + x1) / 2) <= depth * (x1 - x0) / 2
+        # the triangle's width at the pixel row's edge nearer the base (0 at the apex, 1 at the
+        # base), plus half a pixel: a pixel the triangle touches is filled, so the apex row shows
+        depth = np.minimum((yy + 0.5 - y0) if up else (y1 - yy + 0.5), y1 - y0) / (y1 - y0)
+        inside &= np.abs(xx - (x0 + x1) / 2) <= depth * (x1 - x0) / 2 + 0.5
     canvas[inside] = value
 
 
