@@ -49,3 +49,13 @@ def test_test_split_shows_ious_and_one_image_with_three_kinds_of_box(refine_run,
     assert names == ["true", "noisy", "pseudo"]
     # three boxes per object plus the bag's ten proposals each
     assert len(image["layout"]["shapes"]) == len(objects) * (3 + 10)
+
+
+def test_methods_page_lists_ssd_det_with_its_notebook_and_config():
+    """The Methods page computes SSD-Det's status from the repository: registered, a notebook and
+    a demo config ("reproduced" once docs/results.md carries its rows)."""
+    from workbench.pages import methods
+
+    row = methods.catalogue().set_index("method").loc["SSD-Det"]
+    assert row["status"] in ("notebook", "reproduced") and row["notebook"] == "notebooks/p01_ssd_det.ipynb"
+    assert row["demo config"] == "configs/ssd_det_shapes.yaml" and "ssd_det" in row["registered as"].split(", ")
