@@ -59,3 +59,34 @@ def test_methods_page_lists_ssd_det_with_its_notebook_and_config():
     row = methods.catalogue().set_index("method").loc["SSD-Det"]
     assert row["status"] in ("notebook", "reproduced") and row["notebook"] == "notebooks/p01_ssd_det.ipynb"
     assert row["demo config"] == "configs/ssd_det_shapes.yaml" and "ssd_det" in row["registered as"].split(", ")
+
+
+def test_compare_run_vs_run_and_teacher_view(refine_run, monkeypatch, tmp_path):
+    """Two runs on the same scenes (MIL only against the shipped config): the means shown are the
+    recorded rows', and the teacher-vs-student view explains there is no separate teacher."""
+    from kd_engine.run import train
+
+    runs_dir, run_id = refine_run
+    raw = load_raw(REPO / "configs" / "ssd_det_shapes.yaml")
+    raw.update(epochs=1, eval_every=1, runs_dir=str(runs_dir), cache_dir=str(tmp_path / "cache"), device="cpu",
+               name="mil_only")
+    raw["data"]["params"].update(n_train=32, n_val=0, n_test=16)
+    raw["distill"]["params"].update(spsd=False, sisd=False)
+    raw["record"] = {"tensorboard": False, "attention_maps": 0}
+    other = Path(train(validate(raw, "mil only"), distributed=False)).name
+    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.session_state["kdw_run"] = run_id
+    at.run()
+    at.switch_page("workbench/pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("self-distillation" in i.value for i in at.info)
+    at.radio(key="cmp_mode").set_value("Run vs run").run()
+    at.selectbox(key="cmp_a").set_value(run_id).run()
+    at.selectbox(key="cmp_b").set_value(other).run()
+    at.radio(key="cmp_rr_split").set_value("test").run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {m.label: m.value for m in at.metric}
+    b_rows = open_run(runs_dir / other).instances(split="test")
+    assert shown["mean IoU, run B's pseudo boxes"] == f"{b_rows['pseudo_iou'].mean():.4f}"
+    assert len([c for c in at.get("plotly_chart") if "image #" in c.proto.spec]) == 2
