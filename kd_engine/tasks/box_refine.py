@@ -111,7 +111,8 @@ class BoxRefineTask(Task):
     def evaluate(self, split, student, teacher, final=False) -> Evaluation:
         objects, parts = self.refine(split)
         cat = lambda get: torch.cat([get(d).float().cpu() for d in parts])  # noqa: E731
-        columns = {k: cat(lambda d, k=k: d.columns()[k]) for k in parts[0].columns()}
+        per_part = [d.columns() for d in parts]
+        columns = {k: torch.cat([c[k].float().cpu() for c in per_part]) for k in per_part[0]}
         rows = self.rows(split, objects, cat(lambda d: d.pseudo), columns)
         metrics = {**iou_metrics(f"{split}/student_pseudo_iou", rows["pseudo_iou"].numpy()),
                    **iou_metrics(f"{split}/noisy_iou", rows["noisy_iou"].numpy())}
