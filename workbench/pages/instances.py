@@ -11,8 +11,9 @@ import streamlit as st
 
 from kd_engine.store import Run
 from workbench import components as ui
-from workbench.pages import (dense_views, instances_anomaly, instances_bev, instances_detection,
-                             instances_diagnosis, instances_generation, instances_incremental, instances_points)
+from workbench.pages import (dense_views, instances_anomaly, instances_bev, instances_box_refine,
+                             instances_detection, instances_diagnosis, instances_generation,
+                             instances_incremental, instances_points)
 from workbench.figures import image_gallery, weight_histogram, weight_scatter, weight_trajectories
 
 TABLE_ROWS = 2000
@@ -172,6 +173,7 @@ TASK_VIEWS = {
     "bev": instances_bev.render,  # scenes: heatmaps, disparity and the regions a method selected
     "points": instances_points.render,  # rows per scene; 3-D scatters of probe scenes
     "incremental": instances_incremental.render,  # rows per object: class assignment, ω, distance matrices
+    "box_refine": instances_box_refine.render,  # rows per object: noisy, pseudo and true boxes of one image
 }
 
 
