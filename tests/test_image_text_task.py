@@ -50,7 +50,7 @@ def test_run_records_ranks_affinities_and_inherited_weights(tinyclip_run):
     runs_dir, run_id = tinyclip_run
     run = open_run(runs_dir / run_id)
     meta = run.meta()
-    assert meta["task"] == "image_text" and meta["inherit"] and meta["distill_scale"] == 50.0
+    assert meta["task"] == "image_text" and meta["inherit"] and meta["distill_scale"] == 20.0
     assert meta["inherited"]["image.blocks.1.attn.qkv.weight"] == "image.blocks.2.attn.qkv.weight"
     final = run.final_metrics()
     for role in ("student", "teacher"):

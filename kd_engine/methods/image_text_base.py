@@ -4,8 +4,10 @@ the from-scratch student (`clip_scratch`) and the per-modality embedding baselin
 The base reads the student's normalised embeddings I_S = n(f_img(x)), X_S = n(f_txt(tokens)) and,
 for a method with a teacher, the cached CLIP stand-in's I_T, X_T (`kd_engine.parts.clip_teacher`,
 trained once on the run's training pairs at its split seed; ``needs_teacher`` is False because
-the method builds it, not the config's ``teacher`` section). The hard contrastive term is CLIP's
-InfoNCE at the student's own ``logit_scale``; a distillation method mixes it as
+the method builds it, not the config's ``teacher`` section). Pairs are not augmented, so the
+teacher's embeddings of the training pairs are computed once and looked up by id. The hard
+contrastive term is CLIP's InfoNCE at the student's own ``logit_scale``; a distillation method
+mixes it as
 
     L = α·L_distill + (1 − α)·L_InfoNCE        (α = ``alpha``; α = 1 turns InfoNCE off)
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import torch
 from annotated_types import Ge, Gt, Interval
 
+from kd_engine.data import build_data
 from kd_engine.data.registry import DATASETS
 from kd_engine.errors import ConfigError
 from kd_engine.losses.image_text import affinity_excess, clip_infonce, embedding_mse
@@ -36,6 +39,7 @@ class ImageTextDistiller(Distiller):
     """forward(images, tokens, digits) -> StepOutput((B, B) student image→text affinities, ...)."""
 
     needs_teacher = False
+    wants_ids = True  # the teacher's embeddings are looked up per training pair
     uses_teacher = True
     defaults: dict = TEACHER_DEFAULTS
 
@@ -54,7 +58,21 @@ class ImageTextDistiller(Distiller):
                                                 cfg.data.test_fraction, epochs=p["teacher_epochs"])
         super().__init__(student, teacher)
         self.p, self.teacher_path = p, path
+        if teacher is not None:
+            self.memo_teacher(build_data(cfg.data, cfg.seed).train)
         self.setup(cfg)
+
+    @torch.no_grad()
+    def memo_teacher(self, train) -> None:
+        """The frozen teacher's embeddings of every training pair, computed once: pairs are not
+        augmented, so each step only looks its batch up by instance id (``teacher_rows``)."""
+        image = torch.cat([self.teacher.encode_image(train.x[i:i + 512]) for i in range(0, len(train), 512)])
+        text = torch.cat([self.teacher.encode_text(train.tokens[i:i + 512]) for i in range(0, len(train), 512)])
+        rows = torch.full((int(train.ids.max()) + 1,), -1, dtype=torch.long)
+        rows[train.ids] = torch.arange(len(train))
+        self.register_buffer("teacher_image", image, persistent=False)
+        self.register_buffer("teacher_text", text, persistent=False)
+        self.register_buffer("teacher_row", rows, persistent=False)
 
     def setup(self, cfg) -> None:
         """A subclass's own checks and state, once student and teacher are set."""
@@ -63,7 +81,7 @@ class ImageTextDistiller(Distiller):
         """Per-pair distillation loss and extra per-pair columns (methods with a teacher)."""
         raise NotImplementedError
 
-    def forward(self, x, tokens, y) -> StepOutput:
+    def forward(self, x, tokens, y, ids=None) -> StepOutput:
         s_img, s_txt = self.student.encode_image(x), self.student.encode_text(tokens)
         scale = float(self.student.logit_scale)
         logits = scale * s_img @ s_txt.T
@@ -71,7 +89,8 @@ class ImageTextDistiller(Distiller):
         if self.teacher is None:
             return StepOutput(logits, {"infonce": nce.mean()}, {"student_loss": nce.detach()})
         with torch.no_grad():
-            t_img, t_txt = self.teacher.encode_image(x), self.teacher.encode_text(tokens)
+            rows = self.teacher_row[ids.to(self.teacher_row.device)]
+            t_img, t_txt = self.teacher_image[rows], self.teacher_text[rows]
             kl = affinity_excess(s_img, s_txt, t_img, t_txt, self.p["scale"], reduction="none")
             t_logits = t_img @ t_txt.T
             t_rank = 1 + (t_logits > t_logits.diagonal()[:, None]).sum(1)

@@ -4,7 +4,8 @@ affinity mimicking and weight inheritance.
 - **Affinity mimicking.** Within a batch the student reproduces the teacher's image→text and
   text→image similarity distributions: per pair, the row-wise soft cross-entropy of the
   student's affinity rows against the softmax of the teacher's, both directions averaged, at one
-  logit scale for both models (``scale``, 50 by default, as the public script passes; logged),
+  logit scale for both models (``scale``: 50 by default, as the public script passes; the digit
+  config uses the teacher's own InfoNCE scale, 20; logged in the run's metadata),
   `kd_engine.losses.image_text.affinity_soft_ce`. With α = 1 (the default) the hard InfoNCE term
   is off, as in the public code.
 - **Weight inheritance** (``inherit: true``). Before training, the student's towers take a
