@@ -97,3 +97,19 @@ def test_instances_page_shows_both_affinity_matrices_and_ranks(tinyclip_run, mon
     heatmaps = [t for t in matrices[0]["data"] if t["type"] == "heatmap"]
     assert [a["text"] for a in matrices[0]["layout"]["annotations"]] == ["teacher", "student"] and len(heatmaps) == 2
     assert any("image→text rank" in ((s["layout"].get("title") or {}).get("text", "")) for s in specs)
+
+
+def test_compare_page_shows_teacher_and_student_of_the_run(tinyclip_run, monkeypatch):
+    runs_dir, run_id = tinyclip_run
+    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.session_state["kdw_run"] = run_id
+    at.run()
+    at.switch_page("workbench/pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "") for c in at.get("plotly_chart")]
+    assert "teacher and student cosines of one test batch" in titles
+    assert any(t.startswith("each test image's caption rank") for t in titles)
+    final = open_run(runs_dir / run_id).final_metrics()
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["student image→text R@1"] == f"{final['test/student_r1']:.4f}"

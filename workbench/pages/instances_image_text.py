@@ -24,28 +24,32 @@ FIRST_COLUMNS = ["instance_id", "label", "rank", "teacher_rank", "affinity_kl", 
                  "student_positive", "teacher_positive"]
 
 
-def affinity_section(run: Run) -> None:
-    try:
-        artifacts = run.artifacts(kind="affinity")
-    except StoreError as exc:
-        st.warning(f"The affinity matrices could not be read: {exc}")
-        return
-    if artifacts.empty:
-        st.info("No affinity matrices yet: the last test pass saves them when the run finishes.")
-        return
+def load_affinities(run: Run) -> tuple[dict[str, np.ndarray], list[str] | None, list[int] | None]:
+    """The run's saved affinity matrices by role (teacher first), their captions and pair ids."""
     matrices, captions, ids = {}, None, None
-    for row in artifacts.itertuples():
+    for row in run.artifacts(kind="affinity").itertuples():
         info = json.loads(row.meta) if isinstance(row.meta, str) else (row.meta or {})
         matrices[row.role or row.name] = run.load_artifact(row.name).astype(np.float32)
         captions, ids = info.get("captions"), info.get("instance_ids")
-    order = [r for r in ("teacher", "student") if r in matrices] + [r for r in matrices if r not in ("teacher", "student")]
-    st.plotly_chart(affinity_matrices({r: matrices[r] for r in order}, captions,
+    order = sorted(matrices, key=lambda r: {"teacher": 0, "student": 1}.get(r, 2))
+    return {r: matrices[r] for r in order}, captions, ids
+
+
+def affinity_section(run: Run) -> None:
+    try:
+        matrices, captions, ids = load_affinities(run)
+    except StoreError as exc:
+        st.warning(f"The affinity matrices could not be read: {exc}")
+        return
+    if not matrices:
+        st.info("No affinity matrices yet: the last test pass saves them when the run finishes.")
+        return
+    st.plotly_chart(affinity_matrices(matrices, captions,
                                       title=f"image–caption cosines of one test batch ({len(ids or [])} pairs)"),
                     key="it_affinity")
     if ids:
         table = pd.DataFrame({"pair": range(len(ids)), "instance_id": ids, "caption": captions})
-        for role in order:
-            m = matrices[role]
+        for role, m in matrices.items():
             table[f"{role}_top"] = m.argmax(1)
             table[f"{role}_own_cos"] = np.diag(m).round(3)
         st.dataframe(table, hide_index=True, key="it_affinity_table")
