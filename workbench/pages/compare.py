@@ -12,7 +12,7 @@ import streamlit as st
 from kd_engine.store import Run, StoreError, open_run
 from workbench import components as ui
 from workbench.figures import confusion_matrix, image_gallery, per_class_accuracy, tradeoff
-from workbench.pages import (bev_views, compare_box_refine, compare_generation, dense_views,
+from workbench.pages import (bev_views, compare_box_refine, compare_generation, dense_views, image_text_views,
                              incremental_views, points_views)
 
 COLUMNS = ("instance_id", "label", "teacher_pred", "student_pred", "teacher_conf", "student_conf")
@@ -35,6 +35,7 @@ TEACHER_VS_STUDENT = {
     "bev": bev_views.compare,  # AP per class, teacher and student heatmaps of one probe scene
     "points": points_views.compare,  # mIoU/oAcc, teacher and student predictions as 3-D scatters
     "box_refine": compare_box_refine.self_distillation,  # no separate teacher: the run's IoUs
+    "image_text": image_text_views.compare,  # zero-shot/R@1, T and S affinity matrices, ranks
 }
 # Run against run, used when either run has the task (run A's first):
 RUN_VS_RUN = {
@@ -44,6 +45,7 @@ RUN_VS_RUN = {
     "generation": PairView(compare_generation.render),  # edits: judged success, distance, side by side
     "incremental": PairView(incremental_views.compare_runs),  # old/new/H, per digit, per-object disagreements
     "box_refine": PairView(compare_box_refine.render),  # pseudo-box IoU per object, both runs' boxes on one image
+    "image_text": PairView(lambda a, b, split: image_text_views.compare_runs(a, b), split=False),  # affinities
 }
 
 
