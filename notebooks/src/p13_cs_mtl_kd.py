@@ -207,7 +207,7 @@ else:
     cs_beats_kl_miou = reporting.claim(vs_kl["mIoU"], "cs")
     less = {label: reporting.claim(spreads[label], "cs spread", lower_is_better=True) for label in spreads}
     alt = reporting.claim(summarize(main[main["arm"].isin(["cs", "cs_alt"])], DELTA, baseline="cs"), "cs_alt")
-    lines += [describe(spreads[label], "cs spread", f"CS spread − KL spread over T, {label}", words=("larger", "smaller"),
+    lines += [describe(spreads[label], "cs spread", f"CS spread − KL spread over T, {label}", words=("smaller", "larger"),
                        lower_is_better=True) for label in spreads]
     claim_text = (f"Claim 'CS beats KL' (Δ_MTL at T = 1): {cs_beats_kl}; on mIoU: {cs_beats_kl_miou}. "
                   "Claim 'CS varies less across T': " + ", ".join(f"{k} {v}" for k, v in less.items()) + ". "
