@@ -1,4 +1,4 @@
-"""The Instances page on a harmonization run (meta `task: harmonization`), rendered with AppTest
+"""The Instances, Features and Compare pages on a harmonization run (meta `task: harmonization`), rendered with AppTest
 against a real one-epoch GiftNet run of configs/giftnet_composites.yaml at a tiny size: the test
 split's composite / output / real panels show the stored probe images, and the relation heatmaps
 show the stored relation rows of the probe's foreground cells."""
@@ -66,3 +66,21 @@ def test_test_split_shows_composite_output_real_and_relations(harmonization_run,
     rows = mask.reshape(4, 4, 4, 4).mean(axis=(1, 3)).ravel() > 0.5
     expected = run.load_artifact("harmonization/test/relation_real")[k][rows]
     assert np.asarray(relations["data"][0]["z"], dtype=float) == pytest.approx(expected, abs=1e-4)
+
+
+def test_features_and_compare_pages_render_the_run(harmonization_run, monkeypatch):
+    runs_dir, run_id = harmonization_run
+    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
+    rows = open_run(runs_dir / run_id).instances("train")
+    for page in ("features", "compare"):
+        at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+        at.session_state["kdw_run"] = run_id
+        at.run()
+        at.switch_page(f"workbench/pages/{page}.py").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        specs = {(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", ""): json.loads(c.proto.spec)
+                 for c in at.get("plotly_chart")}
+        assert any("foreground–background relations" in t for t in specs), (page, list(specs))
+        if page == "features":
+            curve = specs["mean relation loss L_rel (train)"]["data"][-1]["y"]
+            assert curve == pytest.approx(rows.groupby("epoch")["relation"].mean().tolist())

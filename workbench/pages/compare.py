@@ -12,7 +12,7 @@ import streamlit as st
 from kd_engine.store import Run, StoreError, open_run
 from workbench import components as ui
 from workbench.figures import confusion_matrix, image_gallery, per_class_accuracy, tradeoff
-from workbench.pages import bev_views, compare_generation, dense_views, points_views
+from workbench.pages import bev_views, compare_generation, dense_views, harmonization_views, points_views
 
 COLUMNS = ("instance_id", "label", "teacher_pred", "student_pred", "teacher_conf", "student_conf")
 GALLERY = 16
@@ -33,6 +33,7 @@ TEACHER_VS_STUDENT = {
     "dense": dense_views.compare,  # IoU per class and label maps instead of a confusion matrix
     "bev": bev_views.compare,  # AP per class, teacher and student heatmaps of one probe scene
     "points": points_views.compare,  # mIoU/oAcc, teacher and student predictions as 3-D scatters
+    "harmonization": harmonization_views.compare,  # fMSE/PSNR vs the composite, relation pair
 }
 # Run against run, used when either run has the task (run A's first):
 RUN_VS_RUN = {
@@ -40,6 +41,7 @@ RUN_VS_RUN = {
     "bev": PairView(lambda a, b, split: bev_views.compare_runs(a, b), split=False),  # AP per class, heatmaps
     "points": PairView(lambda a, b, split: points_views.compare_runs(a, b), split=False),  # mIoU/oAcc, 3-D
     "generation": PairView(compare_generation.render),  # edits: judged success, distance, side by side
+    "harmonization": PairView(lambda a, b, split: harmonization_views.compare_runs(a, b), split=False),
 }
 
 

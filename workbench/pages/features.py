@@ -11,7 +11,7 @@ from kd_engine.store import Run
 from workbench import components as ui
 from workbench.pages import features_layers
 from workbench.figures import disparity_curves, disparity_heatmap, map_panels
-from workbench.pages import bev_views, dense_views, points_views
+from workbench.pages import bev_views, dense_views, harmonization_views, points_views
 
 
 def channel_map(array: np.ndarray) -> np.ndarray:
@@ -84,6 +84,7 @@ TASK_VIEWS = {
     "dense": dense_views.features,  # per-pixel teacher-student disparity maps of probe images
     "bev": bev_views.features,  # per-cell disparity maps of probe scenes, CKA/disparity scalars
     "points": points_views.features,  # per-point teacher-student disagreement (3-D), confusion matrices
+    "harmonization": harmonization_views.features,  # relation loss per epoch, relation matrices
 }
 
 

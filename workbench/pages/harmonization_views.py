@@ -1,4 +1,4 @@
-"""Instances page for image-harmonization runs (meta `task: harmonization`).
+"""Instances, Features and Compare views of image-harmonization runs (meta `task: harmonization`).
 
 Rows per training image hold the method's values (reconstruction loss, foreground MSE, the
 foreground–background relation loss); evaluation rows the output's and the untouched
@@ -6,7 +6,9 @@ composite's MSE, fMSE and PSNR. From the final test pass a few probe images are 
 shows one of them as composite, output and real image with the mask and the output's squared
 error, and the relation matrices (foreground positions × 4 background prototypes) of the encoder
 on the real image and of the transformed features on the composite: what relation distillation
-pulls together.
+pulls together. Features: the relation loss per epoch and the relation matrices; Compare: the
+"teacher" is the network's own encoder on the real image (shown as the relation pair), and two
+runs side by side on their metrics and the same probe image.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import streamlit as st
 
 from kd_engine.store import Run
 from workbench import components as ui
-from workbench.figures import harmonization_panels, relation_heatmaps, weight_histogram
+from workbench.figures import harmonization_panels, relation_heatmaps, scalar_curves, weight_histogram
 
 TABLE_ROWS = 2000
 MAPS = ("composite", "output", "real", "mask", "relation_real", "relation_composite")
@@ -80,3 +82,50 @@ def render(run: Run, split: str, epoch: int, frame: pd.DataFrame, names: list[st
     sort_by = st.selectbox("Sort by", numeric or ["instance_id"], key="harm_sort")
     data = frame.dropna(axis=1, how="all").sort_values(sort_by, ascending=False, na_position="last")
     st.dataframe(data.head(TABLE_ROWS), hide_index=True, key="harm_table")
+
+
+# -- Features ------------------------------------------------------------------------------------
+def features(run: Run) -> None:
+    st.subheader("Foreground–background relation: composite path against the real-image path")
+    if "relation" in run.instance_columns():
+        rows = ui.cached_instances(str(run.run_dir), ui.data_token(run), "train", None, ("epoch", "relation"))
+        curve = rows.dropna().groupby("epoch", as_index=False)["relation"].mean()
+        if len(curve):
+            scalars = curve.assign(key="train/relation", step=curve["epoch"], value=curve["relation"])
+            fig = scalar_curves(scalars, "train/relation", x="epoch", title="mean relation loss L_rel (train)")
+            st.plotly_chart(fig.update_xaxes(dtick=1), key="harm_feat_curve")
+            st.caption("Recorded whether or not the loss is optimised (relation_weight 0 records it too).")
+    probe_section(run)
+
+
+# -- Compare -------------------------------------------------------------------------------------
+def compare(run: Run) -> None:
+    """Within one run there is no teacher model: the real-image path is the target."""
+    final = run.final_metrics()
+    keys = [(f"{role} {m}", f"test/{role}_{m}") for role in ("student", "composite") for m in ("fmse", "psnr")]
+    shown = [(label, final[key]) for label, key in keys if key in final]
+    for col, (label, value) in zip(st.columns(max(1, len(shown))), shown):
+        col.metric(label, f"{value:.4f}")
+    st.caption("A harmonization run has no teacher model: the composite's untouched error is the reference, and "
+               "the relation target is the network's own encoder on the real image (below).")
+    probe_section(run)
+
+
+def compare_runs(a: Run, b: Run) -> None:
+    """Two harmonization runs: their test metrics and the same probe image's outputs."""
+    finals = [a.final_metrics(), b.final_metrics()]
+    cols = st.columns(4)
+    for i, (label, final) in enumerate(zip(("A", "B"), finals)):
+        for j, metric in enumerate(("fmse", "psnr")):
+            if f"test/student_{metric}" in final:
+                cols[2 * i + j].metric(f"{label} {metric}", f"{final[f'test/student_{metric}']:.4f}")
+    (ids_a, arr_a), (ids_b, arr_b) = probes(a), probes(b)
+    shared = [i for i in ids_a if i in ids_b]
+    if not shared or "output" not in arr_a or "output" not in arr_b:
+        st.info("The runs share no probe image (different data or unfinished runs).")
+        return
+    iid = st.selectbox("Probe image (test split)", shared, key="harm_rr_image")
+    ka, kb = ids_a.index(int(iid)), ids_b.index(int(iid))
+    st.plotly_chart(harmonization_panels({"composite": arr_a["composite"][ka], "A output": arr_a["output"][ka],
+                                          "B output": arr_b["output"][kb], "real": arr_a["real"][ka]},
+                                         title=f"image {iid}: run A against run B"), key="harm_rr_panels", width="content")
