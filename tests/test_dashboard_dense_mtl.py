@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import test_dashboard_dense as dense_pages
+from conftest_dashboard import open_instances
 from kd_engine.store import open_run
 from test_dense_task import config
 
@@ -31,7 +32,7 @@ def mtl_dir(tmp_path_factory):
 
 
 def test_instances_page_draws_depth_and_edge_rows(mtl_dir, monkeypatch):
-    at = dense_pages.open_page(mtl_dir, monkeypatch, RUN, "instances")
+    at = open_instances(mtl_dir, RUN, monkeypatch)
     iid = at.selectbox(key="dense_inst_image").value
     run = open_run(mtl_dir / RUN)
     for output in ("depth", "edges"):

@@ -1,7 +1,8 @@
-"""The Instances, Features and Compare pages on a harmonization run (meta `task: harmonization`), rendered with AppTest
-against a real one-epoch GiftNet run of configs/giftnet_composites.yaml at a tiny size: the test
-split's composite / output / real panels show the stored probe images, and the relation heatmaps
-show the stored relation rows of the probe's foreground cells."""
+"""The Instances, Features and Compare pages on a harmonization run (meta `task: harmonization`),
+rendered with AppTest against a real one-epoch GiftNet run of configs/giftnet_composites.yaml at a
+tiny size: the test split's composite / output / real panels show the stored probe images, the
+relation heatmaps the stored relation rows of the probe's foreground cells, and the Features page
+the recorded relation loss per epoch."""
 from __future__ import annotations
 
 import base64
@@ -10,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import REPO
+from conftest_dashboard import REPO, charts, open_instances, open_page
 from kd_engine.config import load_raw, validate
 from kd_engine.store import open_run
 
@@ -40,19 +40,14 @@ def _array(z) -> np.ndarray:
 
 def test_test_split_shows_composite_output_real_and_relations(harmonization_run, monkeypatch):
     runs_dir, run_id = harmonization_run
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/instances.py").run()
+    at = open_instances(runs_dir, run_id, monkeypatch)
     at.radio(key="inst_split").set_value("test").run()
     assert not at.exception, [e.value for e in at.exception]
     run = open_run(runs_dir / run_id)
     final = run.final_metrics()
     metrics = {m.label: float(m.value) for m in at.metric}
     assert metrics["student fmse"] == pytest.approx(final["test/student_fmse"], abs=1e-4)
-    specs = {(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", ""): json.loads(c.proto.spec)
-             for c in at.get("plotly_chart")}
+    specs = charts(at)
     iid = at.selectbox(key="harm_image").value
     panels = specs[f"image {iid}: composite, output, real"]
     names = [a["text"] for a in panels["layout"]["annotations"]]
@@ -70,16 +65,9 @@ def test_test_split_shows_composite_output_real_and_relations(harmonization_run,
 
 def test_features_and_compare_pages_render_the_run(harmonization_run, monkeypatch):
     runs_dir, run_id = harmonization_run
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
     rows = open_run(runs_dir / run_id).instances("train")
     for page in ("features", "compare"):
-        at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-        at.session_state["kdw_run"] = run_id
-        at.run()
-        at.switch_page(f"workbench/pages/{page}.py").run()
-        assert not at.exception, (page, [e.value for e in at.exception])
-        specs = {(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", ""): json.loads(c.proto.spec)
-                 for c in at.get("plotly_chart")}
+        specs = charts(open_page(runs_dir, run_id, page, monkeypatch))
         assert any("foreground–background relations" in t for t in specs), (page, list(specs))
         if page == "features":
             curve = specs["mean relation loss L_rel (train)"]["data"][-1]["y"]
