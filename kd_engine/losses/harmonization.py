@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from annotated_types import Ge
 
 from ._reduce import check_reduction, reduce
+from kd_engine.models.film_unet import bottleneck_mask
+from kd_engine.models.taps import feature_taps
 
 EPS = 1e-8
 
@@ -79,3 +81,13 @@ def relation_l1(student_relation: torch.Tensor, teacher_relation: torch.Tensor, 
     gap = (student_relation - teacher_relation.detach()).abs() * keep
     per_image = gap.sum((1, 2)) / (keep.sum((1, 2)) * student_relation.shape[-1]).clamp_min(1.0)
     return reduce(per_image, reduction)
+
+
+def relations(model, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, relation (B, hw, 4) of the model's tapped ``layer``, foreground share (B, 1, h, w))
+    of one pass over x = [RGB, mask]: what the method distils and the task stores for the dashboard."""
+    with feature_taps(model, [layer]) as feats:
+        out = model(x)
+    features = feats[layer]
+    fg = bottleneck_mask(x[:, 3], features.shape[-2:])
+    return out, fg_bg_relation(features, fg), fg

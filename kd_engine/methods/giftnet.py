@@ -21,27 +21,16 @@ computed, not optimised, when its weight is 0).
 from __future__ import annotations
 
 import torch
+from annotated_types import Ge
 
 from kd_engine.errors import ConfigError
-from kd_engine.losses.harmonization import fg_bg_relation, foreground_mse, harmonization_loss, relation_l1
+from kd_engine.losses.harmonization import foreground_mse, harmonization_loss, relation_l1, relations
 from kd_engine.methods.base import Distiller, StepOutput
 from kd_engine.methods.registry import HARMONIZATION_METHODS, METHODS
-from kd_engine.models import feature_taps
-from kd_engine.models.film_unet import bottleneck_mask
 from kd_engine.params import Param, read_params
-from annotated_types import Ge
 
 DEFAULTS = {"relation_weight": Param(1.0, Ge(0)), "fg_weight": Param(1.0, Ge(0))}
 TAPS = ("encoder", "transformed")
-
-
-def relations(model, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(output, relation (B, hw, 4) of the tapped ``layer``, foreground share (B, 1, h, w)) of one pass."""
-    with feature_taps(model, [layer]) as feats:
-        out = model(x)
-    features = feats[layer]
-    fg = bottleneck_mask(x[:, 3], features.shape[-2:])
-    return out, fg_bg_relation(features, fg), fg
 
 
 @HARMONIZATION_METHODS.register("giftnet")

@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+import kd_engine.methods  # noqa: F401  (registers every method)
 from kd_engine.dense_metrics import foreground_mse, image_mse, psnr
-from kd_engine.methods.giftnet import relations
+from kd_engine.losses.harmonization import relations
 from kd_engine.methods.registry import HARMONIZATION_METHODS
 from kd_engine.tasks.base import TASKS, Artifact, Batch, Evaluation
 from kd_engine.tasks.classification import ClassificationTask

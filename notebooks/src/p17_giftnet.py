@@ -53,7 +53,7 @@ from IPython.display import Markdown, display
 
 from kd_engine import reporting
 from kd_engine.experiment import arm_config, collect_instances, format_summary, setup, summarize
-from kd_engine.methods.giftnet import relations
+from kd_engine.losses.harmonization import relations
 from kd_engine.models import build_model
 from kd_engine.store import open_run
 from workbench.figures import arm_comparison, harmonization_panels, paired_differences, relation_heatmaps
