@@ -1,5 +1,8 @@
 """Metrics of dense prediction: IoU per class and mIoU for label maps, RMSE for continuous maps.
 
+Also the F1 of a thresholded edge map and Δ_MTL, the multi-task summary of several metrics
+against a baseline (Maninis et al., CVPR 2019; Vandenhende et al., TPAMI 2021).
+
 Pure functions of arrays. A dataset's IoU comes from one confusion matrix summed over all its
 pixels (the usual definition, as in the PASCAL VOC and Cityscapes benchmarks), not from a mean
 of per-image IoUs; the per-image values (``image_miou``) serve the per-instance records.
@@ -8,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pixel_confusion", "iou_per_class", "miou", "image_miou", "rmse", "image_rmse"]
+__all__ = ["pixel_confusion", "iou_per_class", "miou", "image_miou", "rmse", "image_rmse", "edge_counts",
+           "f1_from_counts", "edge_f1", "delta_mtl", "image_mse", "foreground_mse", "psnr"]
 
 
 def pixel_confusion(true: np.ndarray, pred: np.ndarray, num_classes: int,
@@ -62,3 +66,62 @@ def image_rmse(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """(N,) RMSE of each image of (N, H, W) maps."""
     diff = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)
     return np.sqrt((diff.reshape(len(diff), -1) ** 2).mean(axis=1))
+
+
+def edge_counts(true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of the pixels with ``prob`` >= threshold
+    as predicted edges against ``true`` > 0.5 (pixel-exact, no boundary tolerance)."""
+    true = np.asarray(true).reshape(-1) > 0.5
+    pred = np.asarray(prob).reshape(-1) >= threshold
+    if true.shape != pred.shape:
+        raise ValueError(f"true and predicted edge maps differ in size: {true.size} and {pred.size} pixels")
+    return int((true & pred).sum()), int((~true & pred).sum()), int((true & ~pred).sum())
+
+
+def f1_from_counts(tp: int, fp: int, fn: int) -> float:
+    """2·TP / (2·TP + FP + FN); NaN when there is neither a true nor a predicted positive."""
+    denominator = 2 * tp + fp + fn
+    return float(2 * tp / denominator) if denominator else float("nan")
+
+
+def edge_f1(true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> float:
+    """F1 of the edge pixels at a probability threshold (0.5 by default), over all pixels given."""
+    return f1_from_counts(*edge_counts(true, prob, threshold))
+
+
+def delta_mtl(metrics: dict[str, float], baseline: dict[str, float], lower_is_better: set[str] | frozenset = frozenset()) -> float:
+    """Δ_MTL = (1/T) Σ_t s_t (M_t − B_t) / B_t over the T metrics of ``baseline``, with s_t = −1 for
+    a metric where lower is better (an error such as RMSE) and +1 otherwise: the mean relative
+    improvement over the baseline, positive when the model is better on average."""
+    if not baseline:
+        raise ValueError("delta_mtl: the baseline has no metrics")
+    missing = sorted(set(baseline) - set(metrics))
+    if missing:
+        raise ValueError(f"delta_mtl: metrics {missing} are in the baseline but not in the model's values")
+    terms = [(-1.0 if name in lower_is_better else 1.0) * (metrics[name] - base) / base
+             for name, base in baseline.items()]
+    return float(np.mean(terms))
+
+
+def image_mse(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(N,) mean squared error of each image of (N, C, H, W) arrays."""
+    diff = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)
+    return (diff.reshape(len(diff), -1) ** 2).mean(axis=1)
+
+
+def foreground_mse(true: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(N,) fMSE: each image's squared error averaged over its foreground pixels (``mask`` (N, H, W)
+    > 0.5) and channels; NaN for an image without foreground."""
+    diff = (np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)) ** 2
+    keep = (np.asarray(mask) > 0.5)[:, None]
+    count = keep.reshape(len(diff), -1).sum(axis=1) * diff.shape[1]
+    total = (diff * keep).reshape(len(diff), -1).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def psnr(true: np.ndarray, pred: np.ndarray, peak: float = 1.0) -> np.ndarray:
+    """(N,) peak signal-to-noise ratio of each image, 10·log10(peak² / MSE) in dB (inf when equal)."""
+    mse = image_mse(true, pred)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(peak ** 2 / mse)

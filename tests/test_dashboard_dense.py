@@ -109,10 +109,12 @@ def test_instances_page_shows_rows_and_the_probe_maps(dense_dir, monkeypatch):
     assert at.selectbox(key="dense_inst_image").value == worst  # highest disparity first
     fig = titled(at, f"image {worst}: true, teacher and student maps")
     shown, k = panels(fig), ids.index(worst)
-    assert list(shown) == ["image", "true", "teacher", "student", "disparity", "true_depth", "teacher_depth",
-                           "student_depth"]
+    assert list(shown) == ["image", "true", "teacher", "student", "disparity"]
+    shown.update(panels(titled(at, f"image {worst}: depth, true, teacher, student")))
+    assert list(shown)[5:] == ["true_depth", "teacher_depth", "student_depth", "depth_disparity"]
     for name, what in (("true", "true_mask"), ("teacher", "teacher_mask"), ("student", "student_mask"),
-                       ("disparity", "disparity"), ("student_depth", "student_depth")):
+                       ("disparity", "disparity"), ("student_depth", "student_depth"),
+                       ("depth_disparity", "depth_disparity")):
         assert shown[name] == pytest.approx(stored(dense_dir / DENSE_A, what)[0][k].astype(float), abs=1e-3), name
     image = run.images([worst])[worst]
     assert shown["image"] == pytest.approx(image, abs=1e-3)

@@ -75,7 +75,8 @@ def test_dense_evaluation_matches_metrics_recomputed_from_its_maps():
     ev = task.evaluate("test", distiller.student, distiller.teacher, final=True)
     arts = {a.name.split("/")[-1]: a for a in ev.artifacts}
     assert set(arts) == {"true_mask", "student_mask", "teacher_mask", "student_depth", "teacher_depth",
-                         "true_depth", "disparity"}
+                         "true_depth", "disparity", "depth_disparity"}
+    assert arts["depth_disparity"].array == pytest.approx(np.abs(arts["teacher_depth"].array - arts["student_depth"].array))
     assert all(a.kind == "dense_map" and a.meta["instance_ids"] == data.test.ids.tolist() for a in arts.values())
     true = arts["true_mask"].array
     assert np.array_equal(true, data.test.y.numpy())

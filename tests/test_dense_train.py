@@ -46,7 +46,8 @@ def test_seg_digits_kd_trains_and_records_dense_rows_and_maps(tmp_path):
     assert abs(final["test/disparity"] - test["disparity"].mean()) < 1e-6
     maps = run.artifacts("dense_map")
     assert sorted(maps["name"]) == sorted(f"dense/test/{m}" for m in (
-        "true_mask", "student_mask", "teacher_mask", "disparity", "true_depth", "student_depth", "teacher_depth"))
+        "true_mask", "student_mask", "teacher_mask", "disparity", "true_depth", "student_depth", "teacher_depth",
+        "depth_disparity"))
     disparity = run.load_artifact("dense/test/disparity")
     assert disparity.shape == (4, 16, 16) and (disparity >= 0).all()
     assert np.allclose(disparity.astype(float).mean(axis=(1, 2)), test.sort_values("instance_id")["disparity"][:4],

@@ -12,7 +12,7 @@ from ._reduce import REDUCTIONS, reduce
 from .affinity import relation_loss, relation_matrix
 from .batch_similarity import cc, pkt, similarity_preserving
 from .binary import binary_kd
-from .dense import channel_kd, pixel_kd, pixel_kl_map
+from .dense import channel_cs, channel_kd, pixel_cs, pixel_cs_map, pixel_kd, pixel_kl_map
 from .feature import attention_transfer, fitnet
 from .feature_kernel import kdsvd, nst
 from .learned import crd, hcl, nce, ofd, ofd_margin, vid
@@ -26,6 +26,7 @@ __all__ = [
     "binary_kd",
     "cc",
     "crd",
+    "channel_cs",
     "channel_kd",
     "cs_divergence",
     "dist",
@@ -40,6 +41,8 @@ __all__ = [
     "ofd",
     "ofd_margin",
     "pkt",
+    "pixel_cs",
+    "pixel_cs_map",
     "pixel_kd",
     "pixel_kl_map",
     "reduce",

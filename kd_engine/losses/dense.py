@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from annotated_types import Gt
 
 from ._reduce import check_reduction, reduce
-from .logit import _kl_rows
+from .logit import _cs_from_probs, _kl_rows
 from kd_engine.losses.term_registry import term
 
 
@@ -67,6 +67,50 @@ def channel_kd(student_logits, teacher_logits, temperature: Annotated[float, Gt(
     return reduce(per_channel.mean(dim=1) * T * T, reduction)
 
 
-for _fn in (pixel_kd, channel_kd):
+def pixel_cs_map(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                 temperature: Annotated[float, Gt(0)] = 1.0) -> torch.Tensor:
+    """(B, H, W) map of the Cauchy-Schwarz divergence between softmax(t/T) and softmax(s/T) over
+    the classes at every pixel."""
+    _check_maps(student_logits, teacher_logits)
+    T = float(temperature)
+    q = F.softmax(student_logits / T, dim=1)
+    p = F.softmax(teacher_logits.detach() / T, dim=1)
+    return _cs_from_probs(p, q, dim=1)
+
+
+@term("pixel_cs", "logits")
+def pixel_cs(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)] = 1.0, reduction: str = "mean"):
+    """Cauchy-Schwarz divergence per pixel, over classes: the classification ``cs`` at every pixel.
+
+    Per image: (1 / HW) Σ_pixels D_CS(softmax(t/T), softmax(s/T)), with
+    D_CS(p, q) = −log Σ_c p_c q_c + ½ log Σ_c p_c² + ½ log Σ_c q_c² (ε = 1e-8 inside the logs).
+    D_CS ≥ 0, symmetric, 0 iff p = q, and unchanged when p or q is rescaled. No T² factor (as
+    for ``cs``): Hinton's T² compensates KL's gradients shrinking like 1/T², a derivation that
+    does not carry over to D_CS, so the loss is used as written and the temperature grid of the
+    multi-task notebook shows what T does to it. With H = W = 1 it is exactly ``cs``.
+    """
+    check_reduction(reduction)
+    return reduce(pixel_cs_map(student_logits, teacher_logits, temperature).flatten(1).mean(dim=1), reduction)
+
+
+@term("channel_cs", "logits")
+def channel_cs(student_logits, teacher_logits, temperature: Annotated[float, Gt(0)] = 1.0, reduction: str = "mean"):
+    """Cauchy-Schwarz divergence per channel, over the H·W positions (the spatial axis).
+
+    Each channel's map becomes a distribution over positions, φ(y_c) = softmax(y_c / T) over
+    space (as in ``channel_kd``), and per image the loss is (1 / C) Σ_c D_CS(φ(t_c), φ(s_c)).
+    This is how a continuous map (depth, edge logits, features) enters a CS loss: D_CS ignores the
+    scale of its arguments, so raw regression values would leave it blind to their magnitude;
+    the softmax over space turns each map into "where it is high". With H = W = 1 the loss is 0.
+    """
+    check_reduction(reduction)
+    _check_maps(student_logits, teacher_logits)
+    T = float(temperature)
+    q = F.softmax(student_logits.flatten(2) / T, dim=2)  # (B, C, HW)
+    p = F.softmax(teacher_logits.detach().flatten(2) / T, dim=2)
+    return reduce(_cs_from_probs(p, q, dim=2).mean(dim=1), reduction)
+
+
+for _fn in (pixel_kd, channel_kd, pixel_cs, channel_cs):
     _fn.batch_level = False
     _fn.dense = True  # takes (B, C, H, W) logits: what a dense run's distiller accepts as a logit term

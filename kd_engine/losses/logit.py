@@ -120,11 +120,13 @@ def dist(student_logits, teacher_logits, beta: Annotated[float, Ge(0)] = 1.0,
     return reduce(T * T * (beta * inter + gamma * intra), reduction)
 
 
-def _cs_from_probs(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Per-row Cauchy-Schwarz divergence; invariant to rescaling p or q (up to eps)."""
-    cross = (p * q).sum(dim=1)
-    return (-torch.log(cross + eps) + 0.5 * torch.log((p * p).sum(dim=1) + eps)
-            + 0.5 * torch.log((q * q).sum(dim=1) + eps))
+def _cs_from_probs(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8, dim: int = 1) -> torch.Tensor:
+    """Cauchy-Schwarz divergence of the distributions laid along ``dim`` (rows by default; the
+    dense terms use the class axis of a (B, C, H, W) map or the positions of a (B, C, HW) one);
+    invariant to rescaling p or q (up to eps)."""
+    cross = (p * q).sum(dim=dim)
+    return (-torch.log(cross + eps) + 0.5 * torch.log((p * p).sum(dim=dim) + eps)
+            + 0.5 * torch.log((q * q).sum(dim=dim) + eps))
 
 
 @term("cs", "logits")

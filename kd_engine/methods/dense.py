@@ -3,7 +3,8 @@
 A dense model returns per-pixel logits (B, K, H, W); a model with a continuous head names it in
 ``dense_outputs`` (``{"depth": "<module path>"}``) and the map is read through a feature tap.
 The task loss of one image is the mean pixel cross-entropy, plus the mean squared depth error
-when both the model and the data have a depth map (one loss per image, equally weighted, so the
+when both the model and the data have a depth map, plus the mean binary cross-entropy of the edge
+logits when both have an edge map (one loss per image, equally weighted, so the
 teacher, trained by ``scratch``, learns both maps). Every per-image quantity is one value per
 image, so the weighting strategies and the run store see images as instances, as they see
 samples in classification.
@@ -25,33 +26,50 @@ from kd_engine.weighting import build_weighting
 DENSE_METHODS: Registry = Registry("dense method")
 
 
-def dense_forward(model: nn.Module, x: torch.Tensor, layers=()) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """(logits, depth map (B, H, W) or None, tapped features) of one forward pass."""
-    depth_layer = getattr(model, "dense_outputs", {}).get("depth")
-    names = sorted(set(layers) | ({depth_layer} if depth_layer else set()))
+def dense_predict(model: nn.Module, x: torch.Tensor, layers=()) -> tuple[torch.Tensor, dict, dict]:
+    """(logits, {output name: (B, H, W) map} for the model's ``dense_outputs`` (``depth``: the
+    predicted depth, ``edges``: edge logits), tapped features) of one forward pass."""
+    outputs = dict(getattr(model, "dense_outputs", {}))
+    names = sorted(set(layers) | set(outputs.values()))
     with _taps(model, names) as feats:
         logits = model(x)
-    depth = feats[depth_layer][:, 0] if depth_layer else None
-    return logits, depth, feats
+    return logits, {name: feats[layer][:, 0] for name, layer in outputs.items()}, feats
+
+
+def dense_forward(model: nn.Module, x: torch.Tensor, layers=()) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """(logits, depth map (B, H, W) or None, tapped features) of one forward pass."""
+    logits, preds, feats = dense_predict(model, x, layers)
+    return logits, preds.get("depth"), feats
 
 
 def task_losses(logits: torch.Tensor, y: torch.Tensor, depth_pred: torch.Tensor | None,
-                maps: dict | None) -> dict[str, torch.Tensor]:
+                maps: dict | None, edge_pred: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-image task losses: ``ce`` (mean pixel cross-entropy), ``depth_mse`` when there is a
-    depth head and a depth map, and ``total`` (their sum)."""
+    depth head and a depth map, ``edge_bce`` (mean binary cross-entropy of the edge logits) when
+    there is an edge head and an edge map, and ``total`` (their sum)."""
     ce = F.cross_entropy(logits.float(), y, reduction="none").flatten(1).mean(dim=1)
     out = {"ce": ce, "total": ce}
-    depth = (maps or {}).get("depth")
+    depth, edges = (maps or {}).get("depth"), (maps or {}).get("edges")
     if depth_pred is not None and depth is not None:
         out["depth_mse"] = (depth_pred.float() - depth.float()).pow(2).flatten(1).mean(dim=1)
-        out["total"] = ce + out["depth_mse"]
+        out["total"] = out["total"] + out["depth_mse"]
+    if edge_pred is not None and edges is not None:
+        out["edge_bce"] = F.binary_cross_entropy_with_logits(edge_pred.float(), edges.float(),
+                                                             reduction="none").flatten(1).mean(dim=1)
+        out["total"] = out["total"] + out["edge_bce"]
     return out
+
+
+def predict_losses(logits: torch.Tensor, y: torch.Tensor, preds: dict, maps: dict | None) -> dict[str, torch.Tensor]:
+    """``task_losses`` of a ``dense_predict`` result."""
+    return task_losses(logits, y, preds.get("depth"), maps, preds.get("edges"))
 
 
 def _per_image(prefix: str, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     values = {f"{prefix}_loss": losses["total"].detach()}
-    if "depth_mse" in losses:
-        values[f"{prefix}_depth_mse"] = losses["depth_mse"].detach()
+    for key in ("depth_mse", "edge_bce"):
+        if key in losses:
+            values[f"{prefix}_{key}"] = losses[key].detach()
     return values
 
 
@@ -65,14 +83,14 @@ class DenseScratch(Distiller):
         super().__init__(student, teacher)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, maps: dict | None = None) -> StepOutput:
-        logits, depth, _ = dense_forward(self.student, x)
-        student = task_losses(logits, y, depth, maps)
+        logits, preds, _ = dense_predict(self.student, x)
+        student = predict_losses(logits, y, preds, maps)
         per_sample = _per_image("student", student)
         teacher_logits = None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits, t_depth, _ = dense_forward(self.teacher, x)
-            per_sample.update(_per_image("teacher", task_losses(teacher_logits, y, t_depth, maps)))
+                teacher_logits, t_preds, _ = dense_predict(self.teacher, x)
+            per_sample.update(_per_image("teacher", predict_losses(teacher_logits, y, t_preds, maps)))
         return StepOutput(logits, {"task": student["total"].mean()}, per_sample, teacher_logits)
 
 
@@ -95,9 +113,9 @@ class DenseStandard(Standard):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, maps: dict | None = None) -> StepOutput:
         with torch.no_grad():
-            t_logits, t_depth, t_feats = dense_forward(self.teacher, x, self.teacher_layers)
-        s_logits, s_depth, s_feats = dense_forward(self.student, x, self.student_layers)
-        student, teacher = task_losses(s_logits, y, s_depth, maps), task_losses(t_logits, y, t_depth, maps)
+            t_logits, t_preds, t_feats = dense_predict(self.teacher, x, self.teacher_layers)
+        s_logits, s_preds, s_feats = dense_predict(self.student, x, self.student_layers)
+        student, teacher = predict_losses(s_logits, y, s_preds, maps), predict_losses(t_logits, y, t_preds, maps)
         per_sample: dict[str, torch.Tensor] = {}
         distill = torch.zeros_like(student["total"])
         for term in self.terms:

@@ -26,6 +26,7 @@ from kd_engine.models import experts, query_head  # noqa: F401
 from kd_engine.models import external  # noqa: F401
 from kd_engine.models import cifar_resnet, cifar_compact  # noqa: F401
 from kd_engine.models import fcn  # noqa: F401
+from kd_engine.models import film_unet  # noqa: F401
 from kd_engine.models import editor  # noqa: F401
 from kd_engine.models import clip_cnn  # noqa: F401
 from kd_engine.models import two_tower  # noqa: F401

@@ -6,11 +6,14 @@
   distillation terms) plus the student's and teacher's pixel accuracy and the share of pixels
   where their predicted classes differ (``disagreement``).
 - Evaluation: mIoU and IoU per class from one confusion matrix over the split's pixels, pixel
-  accuracy, the task loss and, with a depth head, RMSE; per image the same plus ``disparity``,
-  the mean over pixels of KL(teacher ‖ student) at T = 1.
+  accuracy, the task loss, with a depth head RMSE, and with an edge head the edge F1 (pixels with
+  sigmoid(edge logit) >= 0.5 against the true edges, counted over the split); per image the same
+  plus ``disparity``, the mean over pixels of KL(teacher ‖ student) at T = 1.
 - Artifacts of the final pass (``kind="dense_map"``): for the first ``record.attention_maps``
   images of the split, the true, student and teacher label maps, the per-pixel disparity map and,
-  with depth, the true, student and teacher depth maps; the images are in the image bank.
+  per continuous output (depth; edges as probabilities), the true, student and teacher maps and
+  their disparity |teacher − student| (``depth_disparity``, ``edges_disparity``); the images are
+  in the image bank.
 """
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ import re
 import numpy as np
 import torch
 
-from kd_engine.dense_metrics import iou_per_class, pixel_confusion
+from kd_engine.dense_metrics import edge_counts, f1_from_counts, iou_per_class, pixel_confusion
 from kd_engine.losses.dense import pixel_kl_map
-from kd_engine.methods.dense import DENSE_METHODS, dense_forward, task_losses
+from kd_engine.methods.dense import DENSE_METHODS, dense_predict, predict_losses
 from kd_engine.tasks.base import TASKS, Artifact, Batch, Evaluation
 from kd_engine.tasks.classification import ClassificationTask
 
@@ -41,14 +44,20 @@ class _Accumulator:
         self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
         self.columns: dict[str, list[np.ndarray]] = {}
         self.sq_error, self.pixels = 0.0, 0
+        self.edge_counts = np.zeros(3, dtype=np.int64)  # TP, FP, FN over the split
         self.masks: list[np.ndarray] = []
-        self.depths: list[np.ndarray] = []
+        self.outputs: dict[str, list[np.ndarray]] = {}  # probe maps per continuous output
 
-    def add(self, logits, depth, y, maps, probe: int) -> None:
+    @staticmethod
+    def shown(preds: dict) -> dict:
+        """The continuous outputs as drawn and compared: depth as predicted, edges as probabilities."""
+        return {name: torch.sigmoid(value) if name == "edges" else value for name, value in preds.items()}
+
+    def add(self, logits, preds: dict, y, maps, probe: int) -> None:
         pred = logits.argmax(1)
         true = y.numpy()
         self.confusion += pixel_confusion(true, pred.numpy(), self.num_classes)
-        losses = task_losses(logits, y, depth, maps)
+        losses = predict_losses(logits, y, preds, maps)
         values = {"loss": losses["total"], "pixel_acc": (pred == y).float().flatten(1).mean(1)}
         miou = []
         for t, p in zip(true, pred.numpy()):
@@ -59,12 +68,17 @@ class _Accumulator:
             values["rmse"] = losses["depth_mse"].sqrt()
             self.sq_error += float(losses["depth_mse"].sum()) * y[0].numel()
             self.pixels += y.numel()
+        shown = self.shown(preds)
+        if "edge_bce" in losses:
+            counts = [edge_counts(t, p) for t, p in zip(maps["edges"].numpy(), shown["edges"].numpy())]
+            self.edge_counts += np.asarray(counts, dtype=np.int64).sum(axis=0)
+            values["edge_f1"] = torch.as_tensor([f1_from_counts(*c) for c in counts])
         for key, value in values.items():
             self.columns.setdefault(key, []).append(value.numpy())
         if probe > 0:
             self.masks.append(pred[:probe].numpy())
-            if depth is not None:
-                self.depths.append(depth[:probe].numpy())
+            for name, value in shown.items():
+                self.outputs.setdefault(name, []).append(value[:probe].numpy())
 
     def metrics(self, prefix: str, class_names: list[str]) -> dict[str, float]:
         iou = iou_per_class(self.confusion)
@@ -74,6 +88,8 @@ class _Accumulator:
         out.update({f"{prefix}_IoU_{_safe(name)}": float(v) for name, v in zip(class_names, iou) if np.isfinite(v)})
         if self.pixels:
             out[f"{prefix}_rmse"] = float(np.sqrt(self.sq_error / self.pixels))
+        if "edge_f1" in self.columns:
+            out[f"{prefix}_edge_f1"] = f1_from_counts(*self.edge_counts.tolist())
         return out
 
 
@@ -126,8 +142,8 @@ class DenseTask(ClassificationTask):
             for role, model in roles.items():
                 model.eval()
                 with self.autocast():
-                    logits, depth, _ = dense_forward(model, x)
-                outputs[role] = (logits.float().cpu(), None if depth is None else depth.float().cpu())
+                    logits, preds, _ = dense_predict(model, x)
+                outputs[role] = (logits.float().cpu(), {k: v.float().cpu() for k, v in preds.items()})
                 acc[role].add(*outputs[role], y, maps, max(0, probe - start))
             if teacher is not None:
                 kl = pixel_kl_map(outputs["student"][0], outputs["teacher"][0], temperature=1.0)
@@ -158,12 +174,16 @@ class DenseTask(ClassificationTask):
         out = [art("true_mask", dataset.y[:probe].numpy(), dtype="int16")]
         for role, a in acc.items():
             out.append(art(f"{role}_mask", np.concatenate(a.masks), role, dtype="int16"))
-            if a.depths:
-                out.append(art(f"{role}_depth", np.concatenate(a.depths), role))
-        if "depth" in getattr(dataset, "maps", {}) and any(a.depths for a in acc.values()):
-            out.append(art("true_depth", dataset.maps["depth"][:probe].numpy()))
+            out += [art(f"{role}_{name}", np.concatenate(maps), role) for name, maps in a.outputs.items()]
+        predicted = set().union(*(a.outputs for a in acc.values()))
+        for name in sorted(predicted & set(getattr(dataset, "maps", {}))):
+            out.append(art(f"true_{name}", dataset.maps[name][:probe].numpy()))
         if disparity_maps:
             out.append(art("disparity", np.concatenate(disparity_maps)))
+        if {"teacher", "student"} <= set(acc):
+            for name in sorted(set(acc["teacher"].outputs) & set(acc["student"].outputs)):
+                gap = np.abs(np.concatenate(acc["teacher"].outputs[name]) - np.concatenate(acc["student"].outputs[name]))
+                out.append(art(f"{name}_disparity", gap))
         return out
 
     # -- what the dashboard needs -----------------------------------------------------------------

@@ -42,7 +42,8 @@ def dense_panels(maps: Mapping[str, np.ndarray], class_names: Sequence[str], tit
                  disparity_max: float | None = None) -> go.Figure:
     """One row of panels. Names: ``image`` (grey, [0, 1]), ``true`` / ``teacher`` / ``student``
     (label maps on the class colour scale), ``disparity`` (per-pixel KL, its own colour bar from 0
-    to ``disparity_max`` or the map's maximum), anything else (depth maps) on a shared 0-1 Viridis
+    to ``disparity_max`` or the map's maximum), ``<output>_disparity`` (|teacher − student| of a
+    continuous output, 0-1 Inferno), anything else (depth, edge probabilities) on a shared 0-1 Viridis
     scale. Rows are flipped so row 0 of a map is drawn at the top, as in the image."""
     names = list(maps)
     k = len(class_names)
@@ -58,6 +59,10 @@ def dense_panels(maps: Mapping[str, np.ndarray], class_names: Sequence[str], tit
             trace = go.Heatmap(z=z[::-1].astype(float).tolist(), zmin=0.0, zmax=top, colorscale="Inferno",
                                name=name, colorbar={"title": {"text": "KL"}, "len": 0.8, "thickness": 10},
                                hovertemplate="KL(teacher ‖ student): %{z:.3f}<extra></extra>")
+        elif name.endswith("_disparity"):
+            trace = go.Heatmap(z=z[::-1].astype(float).tolist(), zmin=0.0, zmax=1.0, colorscale="Inferno",
+                               name=name, colorbar={"title": {"text": "|T − S|"}, "len": 0.8, "thickness": 10},
+                               hovertemplate="|teacher − student|: %{z:.3f}<extra></extra>")
         elif name == "image":
             trace = go.Heatmap(z=z[::-1].astype(float).tolist(), zmin=0.0, zmax=1.0, colorscale="gray",
                                showscale=False, name=name, hoverinfo="skip")

@@ -12,8 +12,8 @@ import streamlit as st
 from kd_engine.store import Run, StoreError, open_run
 from workbench import components as ui
 from workbench.figures import confusion_matrix, image_gallery, per_class_accuracy, tradeoff
-from workbench.pages import (bev_views, compare_box_refine, compare_generation, dense_views, image_text_views,
-                             incremental_views, points_views)
+from workbench.pages import (bev_views, compare_box_refine, compare_generation, dense_views,
+                             harmonization_views, image_text_views, incremental_views, points_views)
 
 COLUMNS = ("instance_id", "label", "teacher_pred", "student_pred", "teacher_conf", "student_conf")
 GALLERY = 16
@@ -36,6 +36,7 @@ TEACHER_VS_STUDENT = {
     "points": points_views.compare,  # mIoU/oAcc, teacher and student predictions as 3-D scatters
     "box_refine": compare_box_refine.self_distillation,  # no separate teacher: the run's IoUs
     "image_text": image_text_views.compare,  # zero-shot/R@1, T and S affinity matrices, ranks
+    "harmonization": harmonization_views.compare,  # fMSE/PSNR vs the composite, relation pair
 }
 # Run against run, used when either run has the task (run A's first):
 RUN_VS_RUN = {
@@ -46,6 +47,7 @@ RUN_VS_RUN = {
     "incremental": PairView(incremental_views.compare_runs),  # old/new/H, per digit, per-object disagreements
     "box_refine": PairView(compare_box_refine.render),  # pseudo-box IoU per object, both runs' boxes on one image
     "image_text": PairView(lambda a, b, split: image_text_views.compare_runs(a, b), split=False),  # affinities
+    "harmonization": PairView(lambda a, b, split: harmonization_views.compare_runs(a, b), split=False),
 }
 
 

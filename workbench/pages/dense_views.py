@@ -3,7 +3,8 @@
 A dense run records one row per image (losses, weight, distillation terms, pixel accuracy, the
 share of pixels where teacher and student disagree) and, from its final test pass, the maps of a
 few probe images (`dense_map` artifacts): true, teacher and student label maps, the per-pixel
-KL(teacher ‖ student) disparity and, with a depth head, depth maps. The pages call the functions
+KL(teacher ‖ student) disparity and, per continuous output (depth, edges of multi-task runs), the
+true, teacher and student maps with their disparity |teacher − student|, one row per output. The pages call the functions
 here when the run's meta says `task: dense`.
 """
 from __future__ import annotations
@@ -19,7 +20,11 @@ from workbench import components as ui
 from workbench.figures import dense_panels, iou_bars, iou_frame, paired_scatter, scalar_curves, weight_histogram
 
 TABLE_ROWS = 2000
-MAP_ORDER = ("image", "true", "teacher", "student", "disparity", "true_depth", "teacher_depth", "student_depth")
+SEGMENTATION_PANELS = ("image", "true", "teacher", "student", "disparity")
+CONTINUOUS_OUTPUTS = ("depth", "edges")  # one row of panels each: true, teacher, student, |teacher − student|
+MAP_ORDER = SEGMENTATION_PANELS + tuple(f"{role}_{name}" for name in CONTINUOUS_OUTPUTS
+                                        for role in ("true", "teacher", "student")) \
+    + tuple(f"{name}_disparity" for name in CONTINUOUS_OUTPUTS)
 
 
 def probe_maps(run: Run) -> dict[str, dict]:
@@ -65,11 +70,22 @@ def probe_section(run: Run, names: list[str], key: str) -> bool:
                        ids, key=f"{key}_image")
     panels = image_maps(run, maps, int(iid))
     top = float(maps["disparity"].max()) if "disparity" in maps else None
-    st.plotly_chart(dense_panels(panels, names, title=f"image {iid}: true, teacher and student maps",
+    seg = {name: panels[name] for name in SEGMENTATION_PANELS if name in panels}
+    st.plotly_chart(dense_panels(seg, names, title=f"image {iid}: true, teacher and student maps",
                                  disparity_max=top), key=f"{key}_panels", width="content")
     if "disparity" in panels:
         st.caption("disparity: KL(teacher ‖ student) over classes at each pixel (T = 1), on one colour scale "
                    "for every probe image of the split.")
+    for output in CONTINUOUS_OUTPUTS:
+        row = {name: panels[name] for name in (f"true_{output}", f"teacher_{output}", f"student_{output}",
+                                                f"{output}_disparity") if name in panels}
+        if row:
+            st.plotly_chart(dense_panels(row, names, title=f"image {iid}: {output}, true, teacher, student and "
+                                                           "|teacher − student|"),
+                            key=f"{key}_{output}_panels", width="content")
+    if any(f"{output}_disparity" in panels for output in CONTINUOUS_OUTPUTS):
+        st.caption("Continuous outputs on a 0–1 scale (edges as probabilities); their disparity is the absolute "
+                   "difference between the teacher's and the student's map at each pixel.")
     return True
 
 

@@ -11,7 +11,7 @@ from kd_engine.store import Run
 from workbench import components as ui
 from workbench.pages import features_layers
 from workbench.figures import disparity_curves, disparity_heatmap, map_panels
-from workbench.pages import bev_views, dense_views, incremental_views, points_views
+from workbench.pages import bev_views, dense_views, harmonization_views, incremental_views, points_views
 
 
 def channel_map(array: np.ndarray) -> np.ndarray:
@@ -85,6 +85,7 @@ TASK_VIEWS = {
     "bev": bev_views.features,  # per-cell disparity maps of probe scenes, CKA/disparity scalars
     "points": points_views.features,  # per-point teacher-student disagreement (3-D), confusion matrices
     "incremental": incremental_views.features,  # teacher and student class distance matrices
+    "harmonization": harmonization_views.features,  # relation loss per epoch, relation matrices
 }
 
 
