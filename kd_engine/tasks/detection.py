@@ -55,6 +55,10 @@ class DetectionTask(Task):
 
     def setup(self) -> None:
         self._teacher_dets: dict[str, list] = {}
+        self._method = None
+
+    def bind(self, distiller) -> None:
+        self._method = distiller  # for a method's own final artifacts (``detection_artifacts``)
 
     @classmethod
     def build_data(cls, cfg):
@@ -142,6 +146,8 @@ class DetectionTask(Task):
                 artifacts.append(Artifact(f"detections/{split}/{role}", _detection_rows(dets, label_of),
                                           kind="boxes", dtype="float64", role=role,
                                           meta={"columns": _BOX_COLUMNS, "split": split}))
+        if final and hasattr(self._method, "detection_artifacts"):  # e.g. UniKD's query attention maps
+            artifacts += [Artifact(**spec) for spec in self._method.detection_artifacts(split)]
         return Evaluation(metrics, columns, artifacts)
 
     # -- what the dashboard needs -----------------------------------------------------------------
