@@ -13,6 +13,7 @@ from kd_engine.store import Run
 from workbench import components as ui
 from workbench.pages import (dense_views, instances_anomaly, instances_bev, instances_detection,
                              instances_diagnosis, instances_generation, instances_points)
+from workbench.pages import instances_echo
 from workbench.figures import image_gallery, weight_histogram, weight_scatter, weight_trajectories
 
 TABLE_ROWS = 2000
@@ -171,6 +172,7 @@ TASK_VIEWS = {
     "generation": instances_generation.render,  # edits: source, target class, timestep, entropy
     "bev": instances_bev.render,  # scenes: heatmaps, disparity and the regions a method selected
     "points": instances_points.render,  # rows per scene; 3-D scatters of probe scenes
+    "echo_depth": instances_echo.render,  # rooms: per-azimuth depth maps, query cross-attention
 }
 
 
