@@ -71,3 +71,13 @@ def test_echo_views_on_train_and_test(echo_run, monkeypatch):
     heat = next(t for t in attention["data"] if t["type"] == "heatmap")
     assert np.asarray(heat["z"]).shape == (64, 32)
     assert any("from above" in k for k in found)
+
+
+def test_methods_page_lists_sam_with_its_notebook_and_config():
+    """The Methods page's status is computed from the repository: SAM is registered, has a notebook
+    and a demo config (its results rows come when the lead regenerates docs/results.md)."""
+    from workbench.pages import methods
+
+    row = methods.catalogue().set_index("method").loc["SAM (audio)"]
+    assert row["notebook"] == "notebooks/p09_sam.ipynb" and row["demo config"] == "configs/sam_echoes.yaml"
+    assert "sam" in row["registered as"].split(", ") and row["status"] in ("notebook", "reproduced")
