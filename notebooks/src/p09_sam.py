@@ -55,11 +55,11 @@
 # all); SAM better than its own λ = 0 control. **Metrics:** depth RMSE (m) and abs-rel over every
 # test azimuth, wall/obstacle mIoU from one confusion matrix over the test azimuths.
 #
-# **Budgets.** `smoke`: 1 seed, 2 epochs, 400 rooms (plumbing check; no verdict). `full`: 3 seeds,
+# **Budgets.** `smoke`: 1 seed, 2 epochs, 300 rooms (plumbing check; no verdict). `full`: 3 seeds,
 # 10 epochs, 2000 rooms, two runs at a time; its wall time is measured below.
 
 # %% tags=["parameters"]
-budget = "smoke"      # "smoke": 1 seed, 2 epochs, 400 rooms; "full": 3 seeds, 10 epochs, 2000 rooms
+budget = "smoke"      # "smoke": 1 seed, 2 epochs, 300 rooms; "full": 3 seeds, 10 epochs, 2000 rooms
 results_path = None   # where `kdw reproduce` wants the results JSON (None: nothing is written)
 work_dir = None       # runs and the teacher cache go here (None: a fresh temporary directory)
 
@@ -89,7 +89,7 @@ WORKERS = 1 if budget == "smoke" else 2
 work, runs_dir, cache_dir = work_dirs(work_dir, "p09-sam")
 base = apply_budget(load_raw(repo_file("configs/sam_echoes.yaml")), settings)
 if budget == "smoke":
-    base["data"]["params"].update(rooms=400, test_rooms=100)
+    base["data"]["params"].update(rooms=300, test_rooms=75)
 base["record"] = {"instances": True, "eval_instances": True, "attention_maps": 16, "tensorboard": False}
 print(f"budget {budget}: seeds {seeds}, epochs {base['epochs']}, teacher epochs {base['teacher']['train']['epochs']}, "
       f"rooms {base['data']['params']}, {base['threads']} torch thread(s) per run, {WORKERS} run(s) at a time")
