@@ -81,3 +81,25 @@ def test_methods_page_lists_sam_with_its_notebook_and_config():
     row = methods.catalogue().set_index("method").loc["SAM (audio)"]
     assert row["notebook"] == "notebooks/p09_sam.ipynb" and row["demo config"] == "configs/sam_echoes.yaml"
     assert "sam" in row["registered as"].split(", ") and row["status"] in ("notebook", "reproduced")
+
+
+def test_compare_page_teacher_vs_student_and_run_vs_run(echo_run, monkeypatch):
+    runs_dir, run_id = echo_run
+    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.session_state["kdw_run"] = run_id
+    at.run()
+    at.switch_page("workbench/pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    rows = open_run(runs_dir / run_id).instances(split="test")
+    scatter = next(v for k, v in charts(at).items() if "teacher vs student" in k)["data"][0]
+    assert sorted(scatter["y"]) == pytest.approx(sorted(rows["student_rmse"]))
+    assert sorted(scatter["x"]) == pytest.approx(sorted(rows["teacher_rmse"]))
+    teacher_run = next(p.name for p in runs_dir.iterdir() if p.name != run_id)  # the cached teacher's own run
+    at.radio(key="cmp_mode").set_value("Run vs run").run()
+    at.selectbox(key="cmp_a").set_value(run_id).run()
+    at.selectbox(key="cmp_b").set_value(teacher_run).run()
+    assert not at.exception, [e.value for e in at.exception]
+    pair = next(v for k, v in charts(at).items() if "run A vs run B" in k)["data"][0]
+    assert sorted(pair["x"]) == pytest.approx(sorted(rows["student_rmse"]))
+    assert sorted(pair["y"]) == pytest.approx(sorted(rows["teacher_rmse"]), rel=1e-5)  # B's student is the teacher

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = ["azimuth_depth_polar", "echo_attention_map", "room_plan"]
+__all__ = ["azimuth_depth_polar", "echo_attention_map", "room_error_scatter", "room_plan"]
 
 ROLE_STYLE = {"truth": ("black", "solid"), "teacher": ("#1f77b4", "dash"), "student": ("#d62728", "solid")}
 
@@ -74,4 +74,17 @@ def room_plan(geometry: np.ndarray, title: str = "room from above") -> go.Figure
     fig.update_layout(title=title, xaxis={"range": [-0.3, width + 0.3], "title": "x (m)"},
                       yaxis={"range": [-0.3, height + 0.3], "title": "y (m)", "scaleanchor": "x"},
                       template="plotly_white", height=420, showlegend=False)
+    return fig
+
+
+def room_error_scatter(x: np.ndarray, y: np.ndarray, ids: Sequence[int], x_label: str, y_label: str,
+                       title: str) -> go.Figure:
+    """One point per room (e.g. teacher RMSE against student RMSE, or run A against run B), with the
+    diagonal: points above it are rooms where the y-axis model errs more."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    top = float(np.nanmax(np.concatenate([x, y]))) if len(x) else 1.0
+    fig = go.Figure(go.Scatter(x=x.tolist(), y=y.tolist(), mode="markers", text=[f"room #{int(i)}" for i in ids],
+                               name="rooms", marker={"size": 5, "opacity": 0.6}))
+    fig.add_scatter(x=[0, top], y=[0, top], mode="lines", name="equal", line={"color": "gray", "dash": "dot"})
+    fig.update_layout(title=title, xaxis_title=x_label, yaxis_title=y_label, template="plotly_white", height=420)
     return fig

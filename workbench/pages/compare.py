@@ -13,6 +13,7 @@ from kd_engine.store import Run, StoreError, open_run
 from workbench import components as ui
 from workbench.figures import confusion_matrix, image_gallery, per_class_accuracy, tradeoff
 from workbench.pages import bev_views, compare_generation, dense_views, points_views
+from workbench.pages import compare_echo
 
 COLUMNS = ("instance_id", "label", "teacher_pred", "student_pred", "teacher_conf", "student_conf")
 GALLERY = 16
@@ -33,12 +34,14 @@ TEACHER_VS_STUDENT = {
     "dense": dense_views.compare,  # IoU per class and label maps instead of a confusion matrix
     "bev": bev_views.compare,  # AP per class, teacher and student heatmaps of one probe scene
     "points": points_views.compare,  # mIoU/oAcc, teacher and student predictions as 3-D scatters
+    "echo_depth": compare_echo.compare,  # RMSE/abs-rel/mIoU, per-room teacher vs student RMSE
 }
 # Run against run, used when either run has the task (run A's first):
 RUN_VS_RUN = {
     "dense": PairView(lambda a, b, split: dense_views.compare_runs(a, b), split=False),  # IoU, per-image mIoU
     "bev": PairView(lambda a, b, split: bev_views.compare_runs(a, b), split=False),  # AP per class, heatmaps
     "points": PairView(lambda a, b, split: points_views.compare_runs(a, b), split=False),  # mIoU/oAcc, 3-D
+    "echo_depth": PairView(lambda a, b, split: compare_echo.compare_runs(a, b), split=False),  # per-room RMSE
     "generation": PairView(compare_generation.render),  # edits: judged success, distance, side by side
 }
 
