@@ -49,7 +49,9 @@
 # * `sam_2`: queries on `stage1` and `stage2` matched to `layer1` and `layer2` (λ = 1);
 # * `control`: the `sam_1` architecture with λ = 0 — the same queries feed the decoder, nothing is
 #   distilled. Because Ŝ feeds the decoder, a gain of SAM over `no_kd` may be extra capacity;
-#   only SAM against this control speaks for the distillation.
+#   only SAM against this control speaks for the distillation. The control has `sam_1`'s
+#   architecture (one aligner), so `sam_1` − `control` isolates the distillation exactly, while
+#   `sam_2` − `control` also includes the second aligner's extra capacity.
 #
 # **Claims to test:** depth RMSE ordering SAM < direct KD < no KD (direct KD may not help at
 # all); SAM better than its own λ = 0 control. **Metrics:** depth RMSE (m) and abs-rel over every
@@ -130,7 +132,9 @@ display(frame.pivot_table(index="seed", columns="arm", values=RMSE).round(4))
 # **Reporting rule.** Each arm: mean ± std (n−1) over seeds. Paired by seed against a baseline:
 # the difference, mean ± std; *resolved* only if |mean diff| > 2·std/√n, otherwise *within
 # noise*. Baselines: `no_kd` for every arm; then `direct_kd` for SAM (the ordering claim) and
-# `control` for SAM (architecture against distillation).
+# `control` for SAM (architecture against distillation). At this budget the students may never
+# call an azimuth an obstacle (obstacle IoU 0, 13% of the azimuths): then every student's mIoU is
+# half its wall IoU, flat across arms, and says nothing about distillation; depth is the signal.
 
 # %%
 METRICS = {"depth RMSE (m)": RMSE, "abs-rel": REL, "mIoU": MIOU}
@@ -233,7 +237,10 @@ fig.update_layout(title="mean alignment loss per training room (all seeds)", xax
 # architecture without distillation. **What it cannot say:** anything about the paper's setting
 # (real binaural recordings, RGB-D teachers, 2-D and 3-D outputs, its numbers), or about the
 # aligner's true design, which is inferred; with 3 seeds only differences of a few standard
-# deviations resolve.
+# deviations resolve. The teacher sees an almost noise-free panorama, so its features carry little
+# beyond the labels the student already trains on; a miniature with a richer teacher (or unlabelled
+# rooms for distillation) could show more. Read `sam_2` − `control` with the caveat of section 0
+# (a second aligner besides the distillation).
 
 # %%
 n = len(seeds)
