@@ -103,3 +103,14 @@ def test_compare_page_teacher_vs_student_and_run_vs_run(echo_run, monkeypatch):
     pair = next(v for k, v in charts(at).items() if "run A vs run B" in k)["data"][0]
     assert sorted(pair["x"]) == pytest.approx(sorted(rows["student_rmse"]))
     assert sorted(pair["y"]) == pytest.approx(sorted(rows["teacher_rmse"]), rel=1e-5)  # B's student is the teacher
+
+
+def test_attention_page_shows_the_cross_attention_of_an_echo_run(echo_run, monkeypatch):
+    runs_dir, run_id = echo_run
+    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.session_state["kdw_run"] = run_id
+    at.run()
+    at.switch_page("workbench/pages/attention.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    assert any("azimuth query x echo time" in k for k in charts(at))

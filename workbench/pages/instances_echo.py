@@ -82,6 +82,19 @@ def room_section(run: Run, split: str, frame: pd.DataFrame) -> None:
                          key=f"echo_attention_{stage}")
 
 
+def attention(run: Run) -> None:
+    """The Attention page of an echo run: the query aligners' cross-attention over echo time for one
+    probe room of the test split (the image attribution methods do not apply to echo inputs)."""
+    epochs = run.instance_epochs("test")
+    frame = run.instances(split="test", epoch=max(epochs)) if epochs else pd.DataFrame()
+    if frame.empty:
+        st.info("No test rooms recorded yet: the cross-attention maps are saved at the last test pass.")
+        return
+    st.caption("Rooms are heard, not seen: the attention shown is each azimuth query's cross-attention over "
+               "the echo-time tokens (SAM's aligner), with the true round-trip delays drawn over it.")
+    room_section(run, "test", frame)
+
+
 def render(run: Run, split: str, epoch: int, frame: pd.DataFrame, names: list[str]) -> None:
     """The echo views of one epoch of one split (`frame`: that epoch's rows)."""
     if split == "train":
