@@ -48,10 +48,9 @@
 # * `sam_1`: queries on `stage2` matched to the teacher's `layer2` (λ = 1);
 # * `sam_2`: queries on `stage1` and `stage2` matched to `layer1` and `layer2` (λ = 1);
 # * `control`: the `sam_1` architecture with λ = 0 — the same queries feed the decoder, nothing is
-#   distilled. Because Ŝ feeds the decoder, a gain of SAM over `no_kd` may be extra capacity;
-#   only SAM against this control speaks for the distillation. The control has `sam_1`'s
-#   architecture (one aligner), so `sam_1` − `control` isolates the distillation exactly, while
-#   `sam_2` − `control` also includes the second aligner's extra capacity.
+#   distilled; `control_2`: the same for `sam_2` (two aligners, λ = 0). Because Ŝ feeds the
+#   decoder, a gain of SAM over `no_kd` may be extra capacity; only SAM against its own control
+#   (`sam_1` − `control`, `sam_2` − `control_2`) speaks for the distillation.
 #
 # **Claims to test:** depth RMSE ordering SAM < direct KD < no KD (direct KD may not help at
 # all); SAM better than its own λ = 0 control. **Metrics:** depth RMSE (m) and abs-rel over every
@@ -112,7 +111,10 @@ ARMS = {"no_kd": {"method": "scratch", "student.params.aligned": [], "distill.pa
         "sam_1": {},
         "sam_2": {"student.params.aligned": ["stage1", "stage2"],
                   "distill.params": {"teacher_layers": ["layer1", "layer2"], "weight": 1.0}},
-        "control": {"distill.params": {**sam_params, "weight": 0.0}}}
+        "control": {"distill.params": {**sam_params, "weight": 0.0}},
+        "control_2": {"student.params.aligned": ["stage1", "stage2"],
+                      "distill.params": {"teacher_layers": ["layer1", "layer2"], "weight": 0.0}}}
+CONTROLS = {"sam_1": "control", "sam_2": "control_2"}  # each SAM arm against its own architecture at λ = 0
 for arm, overrides in ARMS.items():
     print(f"{arm:<10} {overrides}")
 
@@ -132,7 +134,7 @@ display(frame.pivot_table(index="seed", columns="arm", values=RMSE).round(4))
 # **Reporting rule.** Each arm: mean ± std (n−1) over seeds. Paired by seed against a baseline:
 # the difference, mean ± std; *resolved* only if |mean diff| > 2·std/√n, otherwise *within
 # noise*. Baselines: `no_kd` for every arm; then `direct_kd` for SAM (the ordering claim) and
-# `control` for SAM (architecture against distillation). At this budget the students may never
+# each SAM arm's own λ = 0 control (architecture against distillation). At this budget the students may never
 # call an azimuth an obstacle (obstacle IoU 0, 13% of the azimuths): then every student's mIoU is
 # half its wall IoU, flat across arms, and says nothing about distillation; depth is the signal.
 
@@ -140,13 +142,14 @@ display(frame.pivot_table(index="seed", columns="arm", values=RMSE).round(4))
 METRICS = {"depth RMSE (m)": RMSE, "abs-rel": REL, "mIoU": MIOU}
 LOWER = {RMSE: True, REL: True, MIOU: False}
 vs_nokd = {label: summarize(frame, metric, baseline="no_kd") for label, metric in METRICS.items()}
-sam_arms = frame[frame["arm"].isin(["sam_1", "sam_2", "control"])]
-vs_control = {label: summarize(sam_arms, metric, baseline="control") for label, metric in METRICS.items()}
+vs_control = {arm: {label: summarize(frame[frame["arm"].isin([arm, control])], metric, baseline=control)
+                    for label, metric in METRICS.items()} for arm, control in CONTROLS.items()}
 vs_direct = summarize(frame[frame["arm"].isin(["direct_kd", "sam_1", "sam_2"])], RMSE, baseline="direct_kd")
 for label, summary in vs_nokd.items():
     display(Markdown(f"**{label}** (baseline `no_kd`)"), format_summary(summary))
-for label, summary in vs_control.items():
-    display(Markdown(f"**{label}, SAM against its λ = 0 control**"), format_summary(summary))
+for arm, control in CONTROLS.items():
+    for label, summary in vs_control[arm].items():
+        display(Markdown(f"**{label}, {arm} against its λ = 0 control `{control}`**"), format_summary(summary))
 display(Markdown("**depth RMSE, SAM against direct KD**"), format_summary(vs_direct))
 order = list(ARMS)
 arm_comparison(frame, RMSE, order=order, title=f"test depth RMSE (m): mean ± std over {len(seeds)} seed(s), points = seeds").show()
@@ -181,11 +184,13 @@ def delay_correlation(run) -> float:
 
 
 corr_rows = [{"arm": arm, "seed": seed, "test/delay_correlation": delay_correlation(run_of(arm, seed))}
-             for arm in ("sam_1", "sam_2", "control") for seed in seeds]
+             for arm in ("sam_1", "sam_2", "control", "control_2") for seed in seeds]
 correlations = pd.DataFrame(corr_rows)
-vs_control_delay = summarize(correlations, "test/delay_correlation", baseline="control")
-display(Markdown("**Delay structure: correlation of the attention's mean token with the true delay**"),
-        format_summary(vs_control_delay))
+vs_control_delay = {arm: summarize(correlations[correlations["arm"].isin([arm, control])], "test/delay_correlation",
+                                   baseline=control) for arm, control in CONTROLS.items()}
+for arm, summary in vs_control_delay.items():
+    display(Markdown(f"**Delay structure (stage 2): correlation of the attention's mean token with the true delay, "
+                     f"{arm} against `{CONTROLS[arm]}`**"), format_summary(summary))
 for arm in ("sam_1", "control"):
     run = run_of(arm)
     attention = run.load_artifact("echo/test/attention_stage2")
@@ -217,7 +222,7 @@ for arm in ("no_kd", "direct_kd", "sam_1", "control"):
 
 # %%
 curves = []
-for row in frame[frame["arm"].isin(["sam_1", "sam_2", "control"])].itertuples():
+for row in frame[frame["arm"].isin(["sam_1", "sam_2", "control", "control_2"])].itertuples():
     rows = open_run(row.run_dir).instances(split="train", columns=["epoch", "align_loss"])
     curves.append(rows.groupby("epoch")["align_loss"].mean().reset_index().assign(arm=row.arm, seed=row.seed))
 curves = pd.concat(curves, ignore_index=True)
@@ -239,33 +244,34 @@ fig.update_layout(title="mean alignment loss per training room (all seeds)", xax
 # aligner's true design, which is inferred; with 3 seeds only differences of a few standard
 # deviations resolve. The teacher sees an almost noise-free panorama, so its features carry little
 # beyond the labels the student already trains on; a miniature with a richer teacher (or unlabelled
-# rooms for distillation) could show more. Read `sam_2` − `control` with the caveat of section 0
-# (a second aligner besides the distillation).
+# rooms for distillation) could show more.
 
 # %%
 n = len(seeds)
 describe = reporting.describe
 lines = [describe(vs_nokd["depth RMSE (m)"], arm, f"{arm} − no_kd, depth RMSE", words=("lower", "higher"),
-                  lower_is_better=True) for arm in ("direct_kd", "sam_1", "sam_2", "control")]
-lines += [describe(vs_control[label], arm, f"{arm} − control, {label}", lower_is_better=LOWER[METRICS[label]],
-                   words=("better", "worse")) for label in METRICS for arm in ("sam_1", "sam_2")]
+                  lower_is_better=True) for arm in ("direct_kd", "sam_1", "sam_2", "control", "control_2")]
+lines += [describe(vs_control[arm][label], arm, f"{arm} − {CONTROLS[arm]}, {label}",
+                   lower_is_better=LOWER[METRICS[label]], words=("better", "worse"))
+          for label in METRICS for arm in CONTROLS]
 lines += [describe(vs_direct, arm, f"{arm} − direct_kd, depth RMSE", words=("lower", "higher"), lower_is_better=True)
           for arm in ("sam_1", "sam_2")]
 lines += [describe(vs_nokd["mIoU"], arm, f"{arm} − no_kd, mIoU") for arm in ("direct_kd", "sam_1")]
-lines.append(describe(vs_control_delay, "sam_1", "sam_1 − control, delay correlation of the attention"))
+lines += [describe(vs_control_delay[arm], arm, f"{arm} − {CONTROLS[arm]}, delay correlation of the attention")
+          for arm in CONTROLS]
 if n < 2:
     verdict = f"Only {n} seed at the `{budget}` budget: no verdict is possible. Run the full budget."
 else:
     rmse_claims = {arm: reporting.claim(vs_nokd["depth RMSE (m)"], arm, lower_is_better=True)
                    for arm in ("direct_kd", "sam_1", "sam_2")}
     over_direct = {arm: reporting.claim(vs_direct, arm, lower_is_better=True) for arm in ("sam_1", "sam_2")}
-    distilled = {arm: reporting.claim(vs_control["depth RMSE (m)"], arm, lower_is_better=True)
-                 for arm in ("sam_1", "sam_2")}
+    distilled = {arm: reporting.claim(vs_control[arm]["depth RMSE (m)"], arm, lower_is_better=True)
+                 for arm in CONTROLS}
     supported = [arm for arm, c in distilled.items() if c == "holds"]
     verdict = (f"Claim 'SAM < no KD (RMSE)': sam_1 {rmse_claims['sam_1']}, sam_2 {rmse_claims['sam_2']}. "
                f"Claim 'direct KD < no KD': {rmse_claims['direct_kd']}. "
                f"Claim 'SAM < direct KD': sam_1 {over_direct['sam_1']}, sam_2 {over_direct['sam_2']}. "
-               f"SAM against its λ = 0 control (RMSE): sam_1 {distilled['sam_1']}, sam_2 {distilled['sam_2']}. ")
+               f"SAM against its own λ = 0 control (RMSE): sam_1 {distilled['sam_1']}, sam_2 {distilled['sam_2']}. ")
     if supported:
         verdict += (f"The distillation claim is supported for {', '.join(supported)}: the gain is not only the "
                     "extra capacity of the query path.")
@@ -289,8 +295,9 @@ load = ", ".join(f"{v:.1f}" for v in os.getloadavg())  # the CPU may be shared: 
 usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
 cpu = sum(u.ru_utime + u.ru_stime for u in usage)  # this kernel and its finished worker processes
 save_results(results_path, "p09_sam",
-             [(vs_nokd[label], "no_kd") for label in METRICS] + [(vs_control[label], "control") for label in METRICS]
-             + [(vs_direct, "direct_kd"), (vs_control_delay, "control")],
+             [(vs_nokd[label], "no_kd") for label in METRICS]
+             + [(vs_control[arm][label], control) for arm, control in CONTROLS.items() for label in METRICS]
+             + [(vs_direct, "direct_kd")] + [(vs_control_delay[arm], control) for arm, control in CONTROLS.items()],
              budget, seeds, wall,
              title="SAM: learnable azimuth queries cross-attending over binaural echo tokens, matched to a "
                    "panorama teacher (depth RMSE / abs-rel / wall-obstacle mIoU per azimuth; reconstruction: the "
