@@ -34,6 +34,7 @@ from kd_engine.data import rooms3d  # noqa: F401
 from kd_engine.data import ground3d  # noqa: F401
 from kd_engine.data import incremental  # noqa: F401
 from kd_engine.data import shape_scenes  # noqa: F401
+from kd_engine.data import room_echoes  # noqa: F401
 from kd_engine.data.detection import builders as _detection_builders  # noqa: F401
 from kd_engine.data.generators import GENERATORS
 

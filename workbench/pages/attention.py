@@ -13,6 +13,7 @@ from kd_engine import inspection as kinspect
 from kd_engine.store import Run
 from workbench import components as ui
 from workbench.figures import map_panels
+from workbench.pages import instances_echo
 
 METHOD_LABELS = {"gradcam": "Grad-CAM (LayerGradCam, upsampled)", "saliency": "Saliency",
                  "integrated_gradients": "Integrated Gradients", "vit_attention": "ViT attention (last layer)",
@@ -152,6 +153,9 @@ def main() -> None:
     if run is None:
         return
     ui.run_banner(run)
+    if run.meta().get("task") == "echo_depth":  # echo inputs: the query aligners' cross-attention instead
+        instances_echo.attention(run)
+        return
     names = [str(c) for c in run.meta().get("class_names") or []]
     index = ui.artifact_index(run, "attention_map")
     recorded = sorted({i for ids in index["ids"] for i in ids}) if not index.empty else []

@@ -12,7 +12,7 @@ import streamlit as st
 from kd_engine.store import Run, StoreError, open_run
 from workbench import components as ui
 from workbench.figures import confusion_matrix, image_gallery, per_class_accuracy, tradeoff
-from workbench.pages import (bev_views, compare_box_refine, compare_generation, dense_views,
+from workbench.pages import (bev_views, compare_box_refine, compare_echo, compare_generation, dense_views,
                              harmonization_views, image_text_views, incremental_views, points_views)
 
 COLUMNS = ("instance_id", "label", "teacher_pred", "student_pred", "teacher_conf", "student_conf")
@@ -37,12 +37,14 @@ TEACHER_VS_STUDENT = {
     "box_refine": compare_box_refine.self_distillation,  # no separate teacher: the run's IoUs
     "image_text": image_text_views.compare,  # zero-shot/R@1, T and S affinity matrices, ranks
     "harmonization": harmonization_views.compare,  # fMSE/PSNR vs the composite, relation pair
+    "echo_depth": compare_echo.compare,  # RMSE/abs-rel/mIoU, per-room teacher vs student RMSE
 }
 # Run against run, used when either run has the task (run A's first):
 RUN_VS_RUN = {
     "dense": PairView(lambda a, b, split: dense_views.compare_runs(a, b), split=False),  # IoU, per-image mIoU
     "bev": PairView(lambda a, b, split: bev_views.compare_runs(a, b), split=False),  # AP per class, heatmaps
     "points": PairView(lambda a, b, split: points_views.compare_runs(a, b), split=False),  # mIoU/oAcc, 3-D
+    "echo_depth": PairView(lambda a, b, split: compare_echo.compare_runs(a, b), split=False),  # per-room RMSE
     "generation": PairView(compare_generation.render),  # edits: judged success, distance, side by side
     "incremental": PairView(incremental_views.compare_runs),  # old/new/H, per digit, per-object disagreements
     "box_refine": PairView(compare_box_refine.render),  # pseudo-box IoU per object, both runs' boxes on one image

@@ -11,12 +11,9 @@ import streamlit as st
 
 from kd_engine.store import Run
 from workbench import components as ui
-from workbench.pages import (dense_views, instances_anomaly, instances_bev, instances_box_refine,
-                             instances_detection, instances_diagnosis, instances_generation,
+from workbench.pages import (dense_views, harmonization_views, instances_anomaly, instances_bev, instances_box_refine,
+                             instances_detection, instances_diagnosis, instances_echo, instances_generation,
                              instances_image_text, instances_incremental, instances_points)
-from workbench.pages import (dense_views, instances_anomaly, instances_bev, instances_detection,
-                             instances_diagnosis, instances_generation, instances_points)
-from workbench.pages import harmonization_views
 from workbench.figures import image_gallery, weight_histogram, weight_scatter, weight_trajectories
 
 TABLE_ROWS = 2000
@@ -179,6 +176,7 @@ TASK_VIEWS = {
     "box_refine": instances_box_refine.render,  # rows per object: noisy, pseudo and true boxes of one image
     "image_text": instances_image_text.render,  # rows per pair: ranks, affinity KL; T/S affinity matrices
     "harmonization": harmonization_views.render,  # composite / output / real, relation matrices
+    "echo_depth": instances_echo.render,  # rooms: per-azimuth depth maps, query cross-attention
 }
 
 
