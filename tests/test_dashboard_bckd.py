@@ -4,15 +4,13 @@ discrepancy weights ``disc_c<label>``), rendered with AppTest against a fixture 
 the image selector ranks images by their mean weight, the curves follow the epochs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import REPO
+from conftest_dashboard import chart_specs, open_instances
 from kd_engine.store import RunWriter
 
 CATS = ["car", "pedestrian", "cyclist"]
@@ -53,20 +51,14 @@ def runs_dir(tmp_path_factory) -> Path:
     return base
 
 
-def titled(at: AppTest, text: str) -> dict:
-    found = [f for f in (json.loads(el.proto.spec) for el in at.get("plotly_chart"))
-             if text in (f["layout"].get("title") or {}).get("text", "")]
+def titled(at, text: str) -> dict:
+    found = [f for f in chart_specs(at) if text in (f["layout"].get("title") or {}).get("text", "")]
     assert found, text
     return found[0]
 
 
 def test_bckd_instances_show_per_class_weights(runs_dir, monkeypatch):
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = RUN
-    at.run()
-    at.switch_page("workbench/pages/instances.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_instances(runs_dir, RUN, monkeypatch)
     w = disc(EPOCHS - 1)
     heat = titled(at, "mean weight per level and class, all images")["data"][0]
     assert heat["x"] == CATS and heat["y"] == ["level 0", "level 1"]
