@@ -25,8 +25,8 @@
 # **The miniature.** Procedural traffic scenes at 64×64 px (car, pedestrian, cyclist; 1–4 objects,
 # 0–2 clutter items, boxes ≥ 5 px), 512 training and 128 test images, one split for every seed
 # (`data.split_seed: 0`). Teacher: FCOS on a ResNet 16/32/64/128 × 2 blocks + FPN 32, 16 epochs,
-# trained once and cached; student: FCOS on ResNet 8/16/32/64 × 1 block + FPN 32, 6 epochs
-# (384 steps of batch 8), AdamW 2e-3, cosine. The teacher's pass is cached per image, so a
+# trained once and cached; student: FCOS on ResNet 8/16/32/64 × 1 block + FPN 32, 5 epochs
+# (320 steps of batch 8), AdamW 2e-3, cosine. The teacher's pass is cached per image, so a
 # distillation step costs a student step plus the two terms. mAP@[.5:.95] by pycocotools.
 #
 # **Arms** (the same seeds, which fix the student's initialisation and the batch order):
@@ -148,7 +148,7 @@ display(final_disc.round(5).to_frame("mean discrepancy, last epoch"))
 # recorded weights, whether each KD makes the student reproduce the teacher's absolute scores.
 # **What it cannot say:** anything about the paper's COCO numbers (GFL-R101 → R50/R34/R18, 1× schedule),
 # about GFL's quality-focal head, or about gains of one or two mAP points, which the seed noise of
-# a 384-step student on 128 test images (a few points) hides.
+# a 320-step student on 128 test images (a few points) hides.
 
 # %%
 describe = partial(reporting.describe, threshold=False)
