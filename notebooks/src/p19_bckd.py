@@ -26,8 +26,8 @@
 # 0–2 clutter items, boxes ≥ 5 px), 512 training and 128 test images, one split for every seed
 # (`data.split_seed: 0`). Teacher: FCOS on a ResNet 16/32/64/128 × 1 block + FPN 32, 12 epochs
 # (768 steps), trained once and cached (a deeper 16/32/64/128 × 2 teacher trained 1024 steps
-# reached only 0.025 test mAP at this size, below the student alone, and was dropped); student: FCOS on ResNet 8/16/32/64 × 1 block + FPN 32, 5 epochs
-# (320 steps of batch 8), AdamW 2e-3, cosine. The teacher's pass is cached per image, so a
+# reached only 0.025 test mAP at this size, below the student alone, and was dropped); student:
+# FCOS on ResNet 8/16/32/64 × 1 block + FPN 32, 5 epochs (320 steps of batch 8), AdamW 2e-3, cosine. The teacher's pass is cached per image, so a
 # distillation step costs a student step plus the two terms. mAP@[.5:.95] by pycocotools.
 #
 # **Arms** (the same seeds, which fix the student's initialisation and the batch order):
