@@ -11,6 +11,7 @@ of the transformed tensors here; the parts themselves are in ``term_modules``/``
 from ._reduce import REDUCTIONS, reduce
 from .affinity import relation_loss, relation_matrix
 from .batch_similarity import cc, pkt, similarity_preserving
+from .bckd import binary_discrepancy_kd, giou_box_kd, softmax_kd_dense
 from .binary import binary_kd
 from .dense import channel_cs, channel_kd, pixel_cs, pixel_cs_map, pixel_kd, pixel_kl_map
 from .feature import attention_transfer, fitnet

@@ -204,7 +204,9 @@ def fcos_teacher_losses(model: FCOS, images, targets, grad: bool = False,
                         features=None) -> TeacherLosses:
     """Per-instance FCOS losses: focal over all locations (cls); GIoU + centerness BCE on
     foreground (box side, since both grade localisation). torchvision divides by the batch-wide
-    foreground count; per image here divides by the image's count (see ``parts``)."""
+    foreground count; per image here divides by the image's count (see ``parts``).
+    ``parts`` also carries the head's raw outputs at every location for output distillation
+    (BCKD): ``cls_logits`` (B, N, K) and ``boxes`` (B, N, 4), the decoded x0, y0, x1, y1."""
     with nullcontext() if grad else torch.no_grad():
         images_t, targets_t, feats = _prepare(model, images, targets, features)
         flist = list(feats.values())
@@ -216,7 +218,7 @@ def fcos_teacher_losses(model: FCOS, images, targets, grad: bool = False,
         tags, L = _level_tags(flist, N, logits.device)
         level_sizes = torch.bincount(tags, minlength=L).tolist()
         coder = model.head.box_coder
-        matched, cls_a, giou_a, ctr_a = [], [], [], []
+        matched, cls_a, giou_a, ctr_a, decoded = [], [], [], [], []
         for b, t in enumerate(targets_t):
             m = _fcos_match(model, anchors[b], t["boxes"], level_sizes)
             fg = m >= 0
@@ -224,10 +226,10 @@ def fcos_teacher_losses(model: FCOS, images, targets, grad: bool = False,
             onehot[fg, t["labels"][m[fg]]] = 1.0
             cls_a.append(sigmoid_focal_loss(logits[b], onehot, reduction="none").sum(-1))
             giou, cness = logits.new_zeros(N), logits.new_zeros(N)
+            decoded.append(coder.decode(deltas[b], anchors[b]))  # every location (BCKD's box KD)
             if fg.any():
                 gt, anc = t["boxes"][m[fg]], anchors[b][fg]
-                pred = coder.decode(deltas[b][fg], anc)
-                giou[fg] = generalized_box_iou_loss(pred, gt, reduction="none")
+                giou[fg] = generalized_box_iou_loss(decoded[-1][fg], gt, reduction="none")
                 ltrb = coder.encode(anc, gt)
                 lr, tb = ltrb[:, [0, 2]], ltrb[:, [1, 3]]
                 target = torch.sqrt(lr.amin(-1) / lr.amax(-1) * (tb.amin(-1) / tb.amax(-1)))
@@ -242,7 +244,7 @@ def fcos_teacher_losses(model: FCOS, images, targets, grad: bool = False,
     cls, box, cls_level, box_level, nfg, per_gt, cls_fg = out
     norm = nfg.clamp_min(1).to(cls.dtype)
     parts = {"giou": giou_a.sum(1) / norm, "ctrness": ctr_a.sum(1) / norm, "cls_foreground": cls_fg,
-             "top_background_score": top_bg}
+             "top_background_score": top_bg, "cls_logits": logits, "boxes": torch.stack(decoded)}
     return TeacherLosses(cls, box, cls_level, box_level, nfg, per_gt, feats, list(feats), parts)
 
 

@@ -47,6 +47,9 @@ class StudentPass:
     cls_batch: Tensor
     box_batch: Tensor
     features: "OrderedDict[str, Tensor]"
+    # the head's raw outputs at every location where the detector gives them (FCOS: cls_logits
+    # (B, N, K), decoded boxes (B, N, 4)) and the foreground count (B,), for output distillation
+    head: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _single_stage(foreground_norm: bool):
@@ -61,8 +64,9 @@ def _single_stage(foreground_norm: bool):
             cls, box = (tl.cls * n).sum() / denom, (tl.box * n).sum() / denom
         else:
             cls, box = tl.cls.mean(), tl.box.mean()
+        head = {k: tl.parts[k] for k in ("cls_logits", "boxes") if k in tl.parts}
         return StudentPass(cls + box, tl.cls.detach(), tl.box.detach(), cls.detach(), box.detach(),
-                           tl.features)
+                           tl.features, {**head, "num_foreground": tl.num_foreground})
 
     return run
 

@@ -16,3 +16,4 @@ from workbench.figures.bev import *  # noqa: F401,F403
 from workbench.figures.bev_masks import *  # noqa: F401,F403
 from workbench.figures.points import *  # noqa: F401,F403
 from workbench.figures.box_refine import *  # noqa: F401,F403
+from workbench.figures.bckd import *  # noqa: F401,F403

@@ -13,8 +13,8 @@ import streamlit as st
 
 from kd_engine.store import Run, StoreError
 from workbench import components as ui
+from workbench.pages import instances_detection_bckd, instances_detection_queries
 from workbench.pages.instances_detection_noise import render_noise
-from workbench.pages import instances_detection_queries
 from workbench.figures import (boxes_frame, class_label, detection_gallery, image_weights, weight_histogram,
                                weight_scatter, weight_trajectories)
 
@@ -150,6 +150,8 @@ def render(run: Run, split: str, epoch: int, frame: pd.DataFrame, names: list[st
     """The detection views of one epoch of one split (`frame`: that epoch's rows)."""
     if instances_detection_queries.handles(frame):  # UniKD / feature imitation: losses, matches, attention
         return instances_detection_queries.render(run, split, epoch, frame, names)
+    if instances_detection_bckd.disc_columns(frame):  # BCKD: per-class discrepancy weights, not w
+        return instances_detection_bckd.render(run, split, epoch, frame, names)
     image_rows, gt_rows = split_rows(frame)
     if image_rows["weight"].notna().sum() == 0 and gt_rows.empty:
         st.info("No weights on this split: weights are recorded for training images of distillation runs.")
