@@ -30,6 +30,7 @@ from kd_engine.models import editor  # noqa: F401
 from kd_engine.models import clip_cnn  # noqa: F401
 from kd_engine.models import bev  # noqa: F401
 from kd_engine.models import pointnet  # noqa: F401
+from kd_engine.models import segment_vit  # noqa: F401
 from kd_engine.models.taps import count_parameters, feature_taps, layer_shapes
 
 

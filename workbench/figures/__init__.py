@@ -1,6 +1,7 @@
 """Plotly figures built by plain functions from DataFrames, shared by the dashboard and the
 notebooks so a plot looks the same in both."""
 from workbench.figures.dense import *  # noqa: F401,F403
+from workbench.figures.segments import *  # noqa: F401,F403
 from workbench.figures.detection import *  # noqa: F401,F403
 import plotly.io as _pio
 

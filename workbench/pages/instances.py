@@ -12,7 +12,7 @@ import streamlit as st
 from kd_engine.store import Run
 from workbench import components as ui
 from workbench.pages import (dense_views, instances_anomaly, instances_bev, instances_detection,
-                             instances_diagnosis, instances_generation, instances_points)
+                             instances_diagnosis, instances_generation, instances_points, segments_views)
 from workbench.figures import image_gallery, weight_histogram, weight_scatter, weight_trajectories
 
 TABLE_ROWS = 2000
@@ -171,6 +171,7 @@ TASK_VIEWS = {
     "generation": instances_generation.render,  # edits: source, target class, timestep, entropy
     "bev": instances_bev.render,  # scenes: heatmaps, disparity and the regions a method selected
     "points": instances_points.render,  # rows per scene; 3-D scatters of probe scenes
+    "open_vocab_seg": segments_views.instances,  # dense rows + segment assignment maps, matched views
 }
 
 
