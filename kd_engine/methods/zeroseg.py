@@ -49,7 +49,8 @@ class ZeroSeg(Distiller):
     wants_ids = True
     defaults = {"targets": Param("segments", kind=str), "matching": Param("min", kind=str),
                 "grids": Param([1, 2], kind=list), "global_weight": Param(0.0, Ge(0)),
-                "blank_level": Param(0.15, Interval(ge=0, le=1))}
+                "blank_level": Param(0.15, Interval(ge=0, le=1)),
+                "teacher_epochs": Param(None, Ge(1), kind=int | None)}
 
     def __init__(self, cfg, student, teacher, input_shape):
         super().__init__(student, None)
@@ -68,7 +69,7 @@ class ZeroSeg(Distiller):
                               "(segment tokens); use targets 'image' for a student without them")
         data = build_data(cfg.data, cfg.seed)
         self.splits = {"train": data.train, "val": data.val, "test": data.test}
-        teacher_model = shared_image_text_teacher(cfg.cache_dir)
+        teacher_model = shared_image_text_teacher(cfg.cache_dir, p["teacher_epochs"])
         student.class_text.copy_(teacher_model.class_text[: student.class_text.shape[0]])
         split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
         identity = {"data": cfg.data.model_dump(mode="json", exclude={"batch_size", "eval_batch_size"}),

@@ -21,8 +21,9 @@ class ImageTextTeacher:
     file_id: str  # the cached weights' name
 
 
-def shared_image_text_teacher(cache_dir: str | Path) -> ImageTextTeacher:
-    """The shared CLIP stand-in of ``cache_dir`` (trained there on first use)."""
-    model, path = cached_clip_teacher(cache_dir)
+def shared_image_text_teacher(cache_dir: str | Path, epochs: int | None = None) -> ImageTextTeacher:
+    """The shared CLIP stand-in of ``cache_dir`` (trained there on first use). ``epochs`` other
+    than None trains a shorter one instead (smoke budgets: plumbing, not a teacher)."""
+    model, path = cached_clip_teacher(cache_dir, **({} if epochs is None else {"epochs": int(epochs)}))
     size = int(model.image.patch_embed.kernel_size[0] * round((model.image.num_tokens - 1) ** 0.5))
     return ImageTextTeacher(model.encode_image, class_prompt_embeddings(model).detach(), size, Path(path).stem)
