@@ -27,6 +27,7 @@ from kd_engine.data import segmentation  # noqa: F401
 from kd_engine.data import open_vocab  # noqa: F401
 from kd_engine.data import digits_edit  # noqa: F401
 from kd_engine.data import clips  # noqa: F401
+from kd_engine.data import captions  # noqa: F401
 from kd_engine.data import bev  # noqa: F401
 from kd_engine.data import bev_dual  # noqa: F401
 from kd_engine.data import rooms3d  # noqa: F401

@@ -28,6 +28,7 @@ from kd_engine.models import cifar_resnet, cifar_compact  # noqa: F401
 from kd_engine.models import fcn  # noqa: F401
 from kd_engine.models import editor  # noqa: F401
 from kd_engine.models import clip_cnn  # noqa: F401
+from kd_engine.models import two_tower  # noqa: F401
 from kd_engine.models import bev  # noqa: F401
 from kd_engine.models import pointnet  # noqa: F401
 from kd_engine.models import segment_vit  # noqa: F401

@@ -13,6 +13,7 @@ from kd_engine.store import Run, StoreError, open_run
 from workbench import components as ui
 from workbench.figures import confusion_matrix, image_gallery, per_class_accuracy, tradeoff
 from workbench.pages import bev_views, compare_generation, dense_views, points_views
+from workbench.pages import image_text_views
 
 COLUMNS = ("instance_id", "label", "teacher_pred", "student_pred", "teacher_conf", "student_conf")
 GALLERY = 16
@@ -34,6 +35,7 @@ TEACHER_VS_STUDENT = {
     "open_vocab_seg": dense_views.compare,  # the same, teacher = its crop-window reference
     "bev": bev_views.compare,  # AP per class, teacher and student heatmaps of one probe scene
     "points": points_views.compare,  # mIoU/oAcc, teacher and student predictions as 3-D scatters
+    "image_text": image_text_views.compare,  # zero-shot/R@1, T and S affinity matrices, ranks
 }
 # Run against run, used when either run has the task (run A's first):
 RUN_VS_RUN = {
@@ -42,6 +44,7 @@ RUN_VS_RUN = {
     "bev": PairView(lambda a, b, split: bev_views.compare_runs(a, b), split=False),  # AP per class, heatmaps
     "points": PairView(lambda a, b, split: points_views.compare_runs(a, b), split=False),  # mIoU/oAcc, 3-D
     "generation": PairView(compare_generation.render),  # edits: judged success, distance, side by side
+    "image_text": PairView(lambda a, b, split: image_text_views.compare_runs(a, b), split=False),  # affinities
 }
 
 

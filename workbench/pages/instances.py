@@ -13,6 +13,7 @@ from kd_engine.store import Run
 from workbench import components as ui
 from workbench.pages import (dense_views, instances_anomaly, instances_bev, instances_detection,
                              instances_diagnosis, instances_generation, instances_points, segments_views)
+from workbench.pages import instances_image_text
 from workbench.figures import image_gallery, weight_histogram, weight_scatter, weight_trajectories
 
 TABLE_ROWS = 2000
@@ -172,6 +173,7 @@ TASK_VIEWS = {
     "bev": instances_bev.render,  # scenes: heatmaps, disparity and the regions a method selected
     "points": instances_points.render,  # rows per scene; 3-D scatters of probe scenes
     "open_vocab_seg": segments_views.instances,  # dense rows + segment assignment maps, matched views
+    "image_text": instances_image_text.render,  # rows per pair: ranks, affinity KL; T/S affinity matrices
 }
 
 
