@@ -30,7 +30,7 @@
 #   above a threshold chosen on the validation split.
 #
 # **The miniature** (`configs/zeroseg_scenes.yaml`): 16×16 scenes of 2×2 cells holding 1–4
-# scikit-learn digits (dimmed by a random depth), 1200 train, 200 validation, 300 test. The
+# scikit-learn digits (dimmed by a random depth), 800 train, 200 validation, 300 test. The
 # student: 2×2 patches (64 tokens), d = 32, depth 2, K = 6 segment tokens, attention within 2
 # patches (see the note in section 5). Per-pixel mIoU over the 10 digits + background, from one
 # confusion matrix over the split's pixels.
@@ -63,6 +63,7 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
+import torch
 from IPython.display import Markdown, display
 
 from kd_engine import reporting
@@ -92,6 +93,7 @@ print(f"{len(seeds)} seed(s), {base['epochs']} epochs, data {base['data']['param
 # runs read it instead of training it twice. Each run embeds its scenes' views once (cached).
 
 # %%
+torch.set_num_threads(base["threads"])  # the teacher trains here with the runs' thread count
 teacher = shared_image_text_teacher(ctx.cache_dir, base["distill"]["params"].get("teacher_epochs"))
 print("teacher:", teacher.file_id, "input", teacher.image_size, "px, embedding", tuple(teacher.class_text.shape))
 ARMS = {"image_level": {"student.params.grouping": "none", "distill.params.targets": "image"},

@@ -40,7 +40,8 @@ def view_names(grids) -> list[str]:
 def segments_section(run: Run, frame: pd.DataFrame, names: list[str]) -> None:
     view_cols = sorted((c for c in frame.columns if c.startswith("view_token_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     maps = segment_maps(run)
-    k = int(run.meta().get("student", {}).get("params", {}).get("segments", 0) or 0)
+    named_all = maps.get("test", {}).get("segment_class")  # (probes, K): the number of segment tokens
+    k = int(named_all.shape[1]) if named_all is not None else 0
     if view_cols and frame[view_cols].notna().any().any():
         k = k or int(np.nanmax(frame[view_cols].to_numpy(dtype=float))) + 1
         cols = st.columns(3)
