@@ -115,3 +115,17 @@ def test_segment_vit_groups_patches_and_names_pixels():
     assert "assign" not in plain and plain["pixel_embed"].shape == (2, 16, 32)
     with pytest.raises(ValueError, match="grouping must be one of slots, none"):
         SegmentViT((1, 8, 8), 4, grouping="pool")
+    with pytest.raises(ValueError, match="window must be a non-negative integer"):
+        SegmentViT((1, 8, 8), 4, window=-1)
+
+
+def test_window_attention_sees_only_nearby_patches():
+    torch.manual_seed(0)
+    model = SegmentViT((1, 8, 8), 4, patch=2, dim=8, depth=1, heads=2, window=1).eval()
+    x = torch.rand(1, 1, 8, 8)
+    far = x.clone()
+    far[0, 0, 6:, 6:] += 1.0  # change the bottom-right patch only
+    with torch.no_grad():
+        a, b = model.encode(x)["patches"], model.encode(far)["patches"]
+    moved = (a - b).abs().sum(-1)[0].reshape(4, 4) > 1e-6
+    assert moved[2:, 2:].all() and not moved[:2].any() and not moved[:, :2].any()  # one block: 1 patch away

@@ -101,8 +101,9 @@ class SegmentViT(nn.Module):
         self.patch_embed = nn.Conv2d(c, dim, patch, stride=patch)
         self.pos_embed = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
         self.blocks = nn.ModuleList(Block(dim, heads, float(mlp_ratio)) for _ in range(depth))
+        if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+            raise ValueError(f"window must be a non-negative integer (0: global attention), got {window!r}")
         if window:  # local attention (0: every patch sees every patch)
-            check_positive_int(window=window)
             for block in self.blocks:
                 block.attn = WindowAttention(dim, heads, self.grid, window)
         self.norm = nn.LayerNorm(dim)
