@@ -282,17 +282,27 @@ class Trainer(StepLoop):
         self.writer.heartbeat()
         pending.clear()
 
+    def _queue_instances(self, rows: list[dict]) -> None:
+        """Training rows of some steps to the store's writer thread (one process, no gather)."""
+        local = self.task.merge_rows(rows)
+        if local:
+            self.writer.queue_instances({"split": np.full(len(local["instance_id"]), "train"), **local})
+
     def _write_instances(self, rows: list[dict]) -> None:
-        """This epoch's training rows: each rank's own (padding already left out), gathered once."""
+        """This epoch's last training rows: each rank's own (padding already left out), gathered
+        once under DDP; then wait until the epoch's rows are all committed."""
         if not self.cfg.record.instances:
             return
+        if not self.ctx.enabled:
+            self._queue_instances(rows)
+            self.writer.drain_instances()
+            return
         local = self.task.merge_rows(rows)
-        if self.ctx.enabled:
-            gathered = [None] * self.ctx.world_size if self.ctx.is_main else None
-            dist.gather_object(local, gathered, dst=0)
-            if not self.ctx.is_main:
-                return
-            local = self.task.merge_rows([g for g in gathered if g])
+        gathered = [None] * self.ctx.world_size if self.ctx.is_main else None
+        dist.gather_object(local, gathered, dst=0)
+        if not self.ctx.is_main:
+            return
+        local = self.task.merge_rows([g for g in gathered if g])
         if local:
             self.writer.log_instances({"split": np.full(len(local["instance_id"]), "train"), **local})
 

@@ -190,3 +190,36 @@ def broken_dir(tmp_path) -> Path:
     corrupt_run(base)
     build_run(base, "20260101-000400-fixture_kd-stale", status="stale", epochs=1, checkpoints=False)
     return base
+
+
+# -- AppTest helpers shared by the dashboard tests ------------------------------------------------
+def open_page(runs_dir: Path, run_id: str, page: str, monkeypatch, errors: bool = False):
+    """The dashboard on `page` (a module under workbench/pages) with `run_id` selected; no
+    exception on the way (and, with `errors`, no `st.error` either)."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.session_state["kdw_run"] = run_id
+    at.run()
+    at.switch_page(f"workbench/pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    if errors:
+        assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def open_instances(runs_dir: Path, run_id: str, monkeypatch):
+    return open_page(runs_dir, run_id, "instances", monkeypatch)
+
+
+def chart_specs(at) -> list[dict]:
+    """Every Plotly figure on the page, as its JSON spec."""
+    import json
+
+    return [json.loads(element.proto.spec) for element in at.get("plotly_chart")]
+
+
+def charts(at) -> dict[str, dict]:
+    """The page's Plotly figures by title."""
+    return {(spec["layout"].get("title") or {}).get("text", ""): spec for spec in chart_specs(at)}

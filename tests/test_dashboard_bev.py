@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import REPO
+from conftest_dashboard import REPO, charts, open_instances
 from kd_engine.config import validate
 from kd_engine.experiment import set_key
 from kd_engine.store import open_run
@@ -32,19 +31,8 @@ def bev_run(tmp_path_factory) -> tuple[Path, str]:
     return base / "runs", Path(run_dir).name
 
 
-def open_instances(runs_dir: Path, run_id: str, monkeypatch) -> AppTest:
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/instances.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
-def charts(at: AppTest) -> dict[str, dict]:
-    return {(json.loads(e.proto.spec)["layout"].get("title") or {}).get("text", ""): json.loads(e.proto.spec)
-            for e in at.get("plotly_chart")}
 
 
 def test_training_split_shows_the_kept_regions(bev_run, monkeypatch):

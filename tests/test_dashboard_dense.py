@@ -14,7 +14,7 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 import workbench.figures as figures
-from conftest_dashboard import REPO, build_run
+from conftest_dashboard import REPO, build_run, chart_specs, open_page
 from kd_engine.store import RunWriter, open_run
 from test_dense_task import config, setup
 from workbench.figures import dense as D
@@ -72,24 +72,13 @@ def dense_dir(tmp_path_factory) -> Path:
     return base
 
 
-def open_page(runs_dir: Path, monkeypatch, run_id: str, name: str) -> AppTest:
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page(f"workbench/pages/{name}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
 
 
-def charts(at: AppTest) -> list[dict]:
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
 def titled(at: AppTest, text: str) -> dict:
-    found = [f for f in charts(at) if text in (f["layout"].get("title") or {}).get("text", "")]
-    assert found, (text, [(f["layout"].get("title") or {}).get("text") for f in charts(at)])
+    found = [f for f in chart_specs(at) if text in (f["layout"].get("title") or {}).get("text", "")]
+    assert found, (text, [(f["layout"].get("title") or {}).get("text") for f in chart_specs(at)])
     return found[0]
 
 
@@ -106,7 +95,7 @@ def stored(run_dir: Path, what: str) -> tuple[np.ndarray, list[int]]:
 
 
 def test_instances_page_shows_rows_and_the_probe_maps(dense_dir, monkeypatch):
-    at = open_page(dense_dir, monkeypatch, DENSE_A, "instances")
+    at = open_page(dense_dir, DENSE_A, "instances", monkeypatch, errors=True)
     run = open_run(dense_dir / DENSE_A)
     rows = run.instances("train", epoch=EPOCHS - 1)
     assert len(rows) == 24 and rows["instance_id"].is_unique
@@ -135,7 +124,7 @@ def test_instances_page_shows_rows_and_the_probe_maps(dense_dir, monkeypatch):
 
 
 def test_features_page_shows_disparity_curve_and_maps(dense_dir, monkeypatch):
-    at = open_page(dense_dir, monkeypatch, DENSE_A, "features")
+    at = open_page(dense_dir, DENSE_A, "features", monkeypatch, errors=True)
     val = open_run(dense_dir / DENSE_A).instances("val")
     curve = titled(at, "mean per-pixel disparity (val)")
     assert curve["data"][-1]["y"] == pytest.approx(val.groupby("epoch")["disparity"].mean().tolist())
@@ -143,7 +132,7 @@ def test_features_page_shows_disparity_curve_and_maps(dense_dir, monkeypatch):
 
 
 def test_compare_page_teacher_vs_student_and_run_vs_run(dense_dir, monkeypatch):
-    at = open_page(dense_dir, monkeypatch, DENSE_A, "compare")
+    at = open_page(dense_dir, DENSE_A, "compare", monkeypatch, errors=True)
     final = open_run(dense_dir / DENSE_A).final_metrics()
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["student mIoU"]) == pytest.approx(final["test/student_mIoU"], abs=1e-4)
@@ -166,7 +155,7 @@ def test_compare_page_teacher_vs_student_and_run_vs_run(dense_dir, monkeypatch):
 
 
 def test_classification_pages_do_not_take_the_dense_views(dense_dir, monkeypatch):
-    at = open_page(dense_dir, monkeypatch, CLS_RUN, "instances")
+    at = open_page(dense_dir, CLS_RUN, "instances", monkeypatch, errors=True)
     assert titled(at, "weights at epoch 0")
     assert not [s for s in at.selectbox if s.key == "dense_inst_image"]
 

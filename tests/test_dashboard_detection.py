@@ -15,7 +15,7 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 import workbench.figures as figures
-from conftest_dashboard import REPO, build_run
+from conftest_dashboard import REPO, build_run, open_page
 from kd_engine.store import RunWriter
 from workbench.figures import detection as D
 
@@ -99,14 +99,6 @@ def det_dir(tmp_path_factory) -> Path:
     return base
 
 
-def open_page(runs_dir: Path, monkeypatch, run_id: str, name: str = "instances") -> AppTest:
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page(f"workbench/pages/{name}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def titled(at: AppTest, text: str) -> dict:
@@ -134,7 +126,7 @@ def expected_colour(fig: dict, weight: float) -> str:
 
 # -- AppTest ------------------------------------------------------------------------------------
 def test_level_selector_filters_histogram_scatter_and_table(det_dir, monkeypatch):
-    at = open_page(det_dir, monkeypatch, LEVEL_RUN)
+    at = open_page(det_dir, LEVEL_RUN, 'instances', monkeypatch)
     w = level_weights(EPOCHS - 1)
     hist = titled(at, f"weights at epoch {EPOCHS - 1}")
     assert sorted(hist["data"][0]["x"]) == pytest.approx(sorted(w.reshape(-1)))
@@ -154,7 +146,7 @@ def test_level_selector_filters_histogram_scatter_and_table(det_dir, monkeypatch
 
 
 def test_gallery_boxes_coloured_by_mean_level_weight(det_dir, monkeypatch):
-    at = open_page(det_dir, monkeypatch, LEVEL_RUN)
+    at = open_page(det_dir, LEVEL_RUN, 'instances', monkeypatch)
     w = dict(zip(IMAGE_IDS, level_weights(EPOCHS - 1).mean(1)))
     high, low = titled(at, "Highest weighted images"), titled(at, "Lowest weighted images")
     for fig, order in ((high, sorted(w, key=w.get, reverse=True)), (low, sorted(w, key=w.get))):
@@ -174,18 +166,18 @@ def test_gallery_boxes_coloured_by_mean_level_weight(det_dir, monkeypatch):
 
 
 def test_controls_plot_raw_vs_used_weight(det_dir, monkeypatch):
-    at = open_page(det_dir, monkeypatch, LEVEL_RUN)
+    at = open_page(det_dir, LEVEL_RUN, 'instances', monkeypatch)
     fig = titled(at, "used weight vs raw AID weight")
     points = sorted((x, y) for t in fig["data"] if t["name"] != "used = raw" for x, y in zip(t["x"], t["y"]))
     w = level_weights(EPOCHS - 1).reshape(-1)
     assert np.allclose(points, sorted(zip(w[::-1], w)))  # the fixture's control reverses the weights
     assert "control arm" in texts(at.caption)
-    at = open_page(det_dir, monkeypatch, GT_RUN)
+    at = open_page(det_dir, GT_RUN, 'instances', monkeypatch)
     assert "are the raw AID weights" in texts(at.caption)
 
 
 def test_per_gt_rows_colour_each_box_and_switch_the_views(det_dir, monkeypatch):
-    at = open_page(det_dir, monkeypatch, GT_RUN)
+    at = open_page(det_dir, GT_RUN, 'instances', monkeypatch)
     assert "Weights are per image" in texts(at.caption)
     assert not [r for r in at.get("radio") if r.key == "det_level"]  # per-image rows: no levels
     assert len(titled(at, "weights at epoch 1")["data"][0]["x"]) == 3  # image rows by default
@@ -211,12 +203,12 @@ def test_per_gt_rows_colour_each_box_and_switch_the_views(det_dir, monkeypatch):
 
 
 def test_curves_plot_map_scalars_and_classification_page_unchanged(det_dir, monkeypatch):
-    at = open_page(det_dir, monkeypatch, LEVEL_RUN, "curves")
+    at = open_page(det_dir, LEVEL_RUN, "curves", monkeypatch)
     at.slider(key="curves_smooth").set_value(0.0).run()  # the mAP keys are shown by default
     for key in ("val/student_mAP", "val/student_AP50", "val/teacher_mAP"):
         assert titled(at, key)["data"][-1]["y"] == pytest.approx(
             {"val/student_mAP": [0.1, 0.2], "val/student_AP50": [0.3, 0.4], "val/teacher_mAP": [0.4, 0.4]}[key])
-    at = open_page(det_dir, monkeypatch, CLS_RUN)
+    at = open_page(det_dir, CLS_RUN, 'instances', monkeypatch)
     assert titled(at, "weights at epoch 0") and titled(at, "Highest weighted")
     assert not [r for r in at.get("radio") if r.key in ("det_level", "det_rows")]
 

@@ -6,14 +6,12 @@ against the recorded artifacts), the top-down view and the matched confusion mat
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import REPO
+from conftest_dashboard import REPO, charts, open_instances
 from kd_engine.config import load_raw, validate
 from kd_engine.store import open_run
 from workbench.figures.points import class_colours
@@ -36,22 +34,8 @@ def points_run(tmp_path_factory) -> tuple[Path, str]:
     return base / "runs", Path(run_dir).name
 
 
-def open_instances(runs_dir: Path, run_id: str, monkeypatch) -> AppTest:
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/instances.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
-def charts(at: AppTest) -> dict[str, dict]:
-    out = {}
-    for element in at.get("plotly_chart"):
-        spec = json.loads(element.proto.spec)
-        out[(spec["layout"].get("title") or {}).get("text", "")] = spec
-    return out
 
 
 def test_training_split_shows_per_scene_values(points_run, monkeypatch):

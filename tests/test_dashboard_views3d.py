@@ -7,27 +7,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import REPO
+from conftest_dashboard import REPO, charts, open_page
 from kd_engine.store import open_run
 from test_dashboard_bev import bev_run  # noqa: F401 - module-scoped fixture: a tiny RDD run
 from test_dashboard_points import points_run  # noqa: F401 - module-scoped fixture: a tiny PointDC run
 from workbench.figures.points import class_colours
 
 
-def open_page(runs_dir: Path, run_id: str, page: str, monkeypatch) -> AppTest:
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page(f"workbench/pages/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def run_vs_run(at: AppTest, a: str, b: str) -> AppTest:
@@ -38,12 +29,6 @@ def run_vs_run(at: AppTest, a: str, b: str) -> AppTest:
     return at
 
 
-def charts(at: AppTest) -> dict[str, dict]:
-    out = {}
-    for element in at.get("plotly_chart"):
-        spec = json.loads(element.proto.spec)
-        out[(spec["layout"].get("title") or {}).get("text", "")] = spec
-    return out
 
 
 def z_of(trace: dict) -> np.ndarray:

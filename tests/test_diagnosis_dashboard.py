@@ -10,18 +10,11 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import REPO
 from diagnosis_runs import fixture_runs  # noqa: F401  (fixture)
+from conftest_dashboard import open_page
 
 pytestmark = pytest.mark.slow
 
 
-def open_page(runs_dir, monkeypatch, run_id: str, page: str) -> AppTest:
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page(f"workbench/pages/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def table_with(at: AppTest, column: str):
@@ -36,7 +29,7 @@ def titles(at: AppTest) -> list[str]:
 
 @pytest.mark.parametrize("page", ["runs", "curves"])
 def test_health_panel_names_the_fault(fixture_runs, monkeypatch, page):
-    at = open_page(fixture_runs.runs_dir, monkeypatch, fixture_runs.shuffled.name, page)
+    at = open_page(fixture_runs.runs_dir, fixture_runs.shuffled.name, page, monkeypatch)
     errors = "\n".join(str(e.value) for e in at.error)
     assert "no better than chance" in errors and "val/teacher_acc" in errors
     assert "problem(s)" in "\n".join(str(m.value) for m in at.markdown)
@@ -45,13 +38,13 @@ def test_health_panel_names_the_fault(fixture_runs, monkeypatch, page):
 
 
 def test_health_panel_clean_run(fixture_runs, monkeypatch):
-    at = open_page(fixture_runs.runs_dir, monkeypatch, fixture_runs.clean.name, "curves")
+    at = open_page(fixture_runs.runs_dir, fixture_runs.clean.name, "curves", monkeypatch)
     assert not at.error and not at.warning
     assert any("no problem found" in str(m.value) for m in at.markdown)
 
 
 def test_instances_copied_mistakes_and_weighting(fixture_runs, monkeypatch):
-    at = open_page(fixture_runs.runs_dir, monkeypatch, fixture_runs.clean.name, "instances")
+    at = open_page(fixture_runs.runs_dir, fixture_runs.clean.name, "instances", monkeypatch)
     assert at.selectbox(key="diag_control").value == fixture_runs.scratch.name
     metrics = {m.label: m.value for m in at.metric}
     assert "adopted by the student" in metrics and metrics["made by the scratch control"] != "–"
@@ -63,7 +56,7 @@ def test_instances_copied_mistakes_and_weighting(fixture_runs, monkeypatch):
 
 
 def test_features_ranks_layers(fixture_runs, monkeypatch):
-    at = open_page(fixture_runs.runs_dir, monkeypatch, fixture_runs.clean.name, "features")
+    at = open_page(fixture_runs.runs_dir, fixture_runs.clean.name, "features", monkeypatch)
     assert any(t.startswith("Layers ranked") for t in titles(at))
     ranking = table_with(at, "auroc")
     assert ranking["auroc"].is_monotonic_decreasing and len(ranking) >= 2

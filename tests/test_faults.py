@@ -9,6 +9,7 @@ tests/test_integrity_disk.py.)
 """
 from __future__ import annotations
 
+import math
 import shutil
 import signal
 import sqlite3
@@ -20,16 +21,29 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PYTHON, REPO, subprocess_env, write_config
-from integrity_runs import Holder, tiny_raw
+from integrity_runs import TINY, Holder, tiny_raw
 from kd_engine.config import validate
 from kd_engine.store import StoreError, open_run
 from kd_engine.store.lock import RunBusyError
 
 EPOCHS = 3
 TIMINGS = ("throughput", "epoch_time")  # wall-clock measurements: present in both, never equal
-# point -> which hit of it kills: instance transactions are train, val per epoch (the 3rd is
-# epoch 1's training rows); checkpoints one per epoch (the 2nd is epoch 1's)
-POINTS = {"instances_txn": 3, "instances_commit": 3, "state_written": 2, "checkpointed": 2, "final_eval": 1}
+
+
+def _first_chunk_of_epoch_1() -> int:
+    """Which instance transaction writes epoch 1's first training rows: each epoch commits its
+    training rows in chunks of INSTANCE_CHUNK_STEPS steps, then its validation rows. A kill
+    there leaves a committed part of an epoch the checkpoint does not count."""
+    from kd_engine.trainers.loop import INSTANCE_CHUNK_STEPS
+
+    steps = math.ceil(TRAIN_SIZE / TINY["data"]["batch_size"])
+    return math.ceil(steps / INSTANCE_CHUNK_STEPS) + 1 + 1
+
+
+TRAIN_SIZE = 1167  # the tiny run's digits training split (checked by test_the_tiny_runs_training_split_size)
+# point -> which hit of it kills; checkpoints one per epoch (the 2nd is epoch 1's)
+POINTS = {"instances_txn": _first_chunk_of_epoch_1(), "instances_commit": _first_chunk_of_epoch_1(),
+          "state_written": 2, "checkpointed": 2, "final_eval": 1}
 
 
 def _train_in_process(raw, run_id):
@@ -85,6 +99,14 @@ def _same_run(run_dir, reference) -> None:
     run, ref = open_run(run_dir), open_run(reference)
     assert run.status() == "finished"
     assert run.final_metrics() == ref.final_metrics() and "test/student_acc" in run.final_metrics()
+
+
+def test_the_tiny_runs_training_split_size(tmp_path):
+    """The kill points above count on this size: a changed split moves them."""
+    from kd_engine.data import build_data
+
+    cfg = validate(tiny_raw(tmp_path))
+    assert len(build_data(cfg.data, cfg.seed).train) == TRAIN_SIZE
 
 
 @pytest.mark.parametrize("point", list(POINTS))

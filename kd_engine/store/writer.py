@@ -15,12 +15,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from kd_engine.errors import ConfigError, KDWError
-from kd_engine.faults import fault_point
 from kd_engine.store.lock import RunLock, owner_record
+from kd_engine.store.sink import InstanceSink
 from kd_engine.store.space import MB, disk_full_error
 from kd_engine.store.tb_mirror import TensorBoardMirror
-from kd_engine.store.schema import (CORE_INSTANCE_COLUMNS, DB_NAME, SCHEMA_VERSION, check_identifier,
-                                    connect_rw)
+from kd_engine.store.schema import DB_NAME, SCHEMA_VERSION, connect_rw
 
 # A run id is a directory name under the runs directory, never a path: no separators, no
 # leading dot (so neither "." nor ".."), nothing a shell or a URL would need to quote.
@@ -72,7 +71,8 @@ class RunWriter:
             (self.run_dir / "artifacts").mkdir(exist_ok=True)
             with self._disk():
                 self.conn = connect_rw(self.run_dir)
-            self._instance_columns = {row[1] for row in self.conn.execute("PRAGMA table_info(instances)")}
+            # every instance insert goes through one writer thread with its own connection
+            self._sink = InstanceSink(lambda: connect_rw(self.run_dir), self._disk)
             self._scalar_buffer: list[tuple] = []
             self._tensorboard, self._tb = tensorboard, None  # the mirror starts at the first flush
             if initial_meta:
@@ -201,26 +201,18 @@ class RunWriter:
 
     # -- instances ----------------------------------------------------------------------------
     def log_instances(self, columns: Mapping[str, np.ndarray]) -> int:
-        """Append per-instance rows; columns unknown to the table are added as REAL columns."""
-        names = list(columns)
-        for name in names:
-            if name not in self._instance_columns:
-                check_identifier(name)
-                self.conn.execute(f'ALTER TABLE instances ADD COLUMN "{name}" REAL')
-                self._instance_columns.add(name)
-        lengths = {len(np.asarray(values)) for values in columns.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"per-instance columns have different lengths: {sorted(lengths)}")
-        arrays = [_to_python(np.asarray(columns[name]), CORE_INSTANCE_COLUMNS.get(name, "REAL"))
-                  for name in names]
-        quoted = ", ".join(f'"{name}"' for name in names)
-        marks = ", ".join("?" for _ in names)
-        rows = lengths.pop()
-        with self._disk(rows * len(names) * 16), self._transaction():
-            self.conn.executemany(f"INSERT INTO instances({quoted}) VALUES ({marks})", zip(*arrays))
-            fault_point("instances_txn")
-        fault_point("instances_commit")
-        return rows
+        """Append per-instance rows and wait until they are committed (with everything queued
+        before them); columns unknown to the table are added as REAL columns."""
+        self._sink.write(columns)
+        return len(next(iter(columns.values()))) if columns else 0
+
+    def queue_instances(self, columns: Mapping[str, np.ndarray]) -> None:
+        """Append per-instance rows on the writer thread without waiting (training rows during an
+        epoch); `drain_instances` waits for them and raises what a write met."""
+        self._sink.put(columns)
+
+    def drain_instances(self) -> None:
+        self._sink.drain()
 
     def log_features(self, epoch: int, rows: list[tuple[str, str, str, float]]) -> None:
         """rows: (student_layer, teacher_layer, metric, value)."""
@@ -296,6 +288,7 @@ class RunWriter:
     def epoch_counts(self, epoch: int) -> dict[str, int]:
         """What the store holds for one epoch; a checkpoint keeps these counts so that a resume
         can tell whether the store still has every epoch the checkpoint says is done."""
+        self.drain_instances()
         one = lambda sql: int(self.conn.execute(sql, (epoch,)).fetchone()[0])  # noqa: E731
         return {"train": one("SELECT COUNT(*) FROM instances WHERE split = 'train' AND epoch = ?"),
                 "val": one("SELECT COUNT(*) FROM instances WHERE split = 'val' AND epoch = ?"),
@@ -329,12 +322,14 @@ class RunWriter:
     def truncate_final(self, epoch: int) -> None:
         """Drop what an interrupted final evaluation wrote (test rows and test scalars), so that
         finishing again records it once."""
+        self.drain_instances()
         with self._disk(), self._transaction():
             self.conn.execute("DELETE FROM instances WHERE split = 'test' AND epoch = ?", (epoch,))
             self.conn.execute("DELETE FROM scalars WHERE epoch = ? AND key LIKE 'test/%'", (epoch,))
 
     def truncate_from_epoch(self, epoch: int) -> None:
         """Drop what a killed run wrote for epochs it must redo, so each epoch is recorded once."""
+        self.drain_instances()
         with self._disk(), self._transaction():
             self.conn.execute("DELETE FROM scalars WHERE epoch >= ?", (epoch,))
             self.conn.execute("DELETE FROM instances WHERE epoch >= ?", (epoch,))
@@ -346,7 +341,10 @@ class RunWriter:
         dropped: their epoch is not checkpointed, so a resume records it again."""
         try:
             try:
-                self.flush()
+                try:
+                    self._sink.close()
+                finally:
+                    self.flush()
             except KDWError:
                 self._scalar_buffer.clear()
                 raise
@@ -365,14 +363,6 @@ def _status_fields(status: str, error: str | None = None) -> dict[str, Any]:
     owner = owner_record()
     return {"status": status, "error": error, "updated": now, "pid": owner["pid"], "heartbeat": now,
             "pid_start": owner["start_time"]}
-
-
-def _to_python(values: np.ndarray, kind: str) -> list:
-    if kind == "TEXT":
-        return [str(v) for v in values.tolist()]
-    if kind == "INTEGER":
-        return values.astype(np.int64).tolist()
-    return values.astype(np.float64).tolist()
 
 
 def checkpoint_note(run_dir: str | Path | None) -> str:

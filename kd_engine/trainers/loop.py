@@ -21,6 +21,10 @@ import torch
 from kd_engine.errors import ConfigError, KDWError
 from kd_engine.trainers.probes import grad_norms
 
+# Training rows go to the store's writer thread every this many steps, so that their insert
+# overlaps the next steps instead of waiting for the epoch's end (kd_engine.store.sink).
+INSTANCE_CHUNK_STEPS = 8
+
 
 class StopRequested(KDWError):
     """SIGTERM (e.g. the dashboard's Stop button) arrived; the last epoch checkpoint stands."""
@@ -148,6 +152,9 @@ class StepLoop:
                 batch_rows = self.task.train_rows(out, batch, self.global_step, epoch)
                 if batch_rows is not None:
                     rows.append(batch_rows)
+                    if len(rows) >= INSTANCE_CHUNK_STEPS and not self.ctx.enabled:
+                        self._queue_instances(rows)  # written on the store's thread while training goes on
+                        rows = []
             if self.ctx.is_main and self.global_step % self.cfg.record.scalars_every == 0:
                 pending.append((self.global_step, self._step_scalars(out, loss)))
             seen += batch.size
@@ -162,7 +169,7 @@ class StepLoop:
             paused += time.perf_counter() - suspended  # time spent outside, between fit calls
         if self.steps.pending:  # an accumulation group cut short by the epoch's end steps now
             self._step(epoch, self.global_step - 1)
-        self._write_instances(rows)  # inside the timed span: recording is part of the cost
+        self._write_instances(rows)  # the rest, and wait for all of them: recording is part of the cost
         if self.ctx.is_main:
             self._flush_scalars(pending, epoch)
             elapsed = time.perf_counter() - started - paused
