@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_dashboard_points import charts, open_instances
-from test_zeroseg import _config, _train  # noqa: F401  (the tiny run's config and trainer)
+from conftest_dashboard import charts, open_instances
+from test_zeroseg import _config, _train
 from kd_engine.store import open_run
 
 
