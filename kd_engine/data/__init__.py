@@ -25,6 +25,7 @@ from kd_engine.data import torchvision_sets  # noqa: F401
 from kd_engine.data import digits_oneclass  # noqa: F401
 from kd_engine.data import segmentation  # noqa: F401
 from kd_engine.data import composites  # noqa: F401
+from kd_engine.data import open_vocab  # noqa: F401
 from kd_engine.data import digits_edit  # noqa: F401
 from kd_engine.data import clips  # noqa: F401
 from kd_engine.data import captions  # noqa: F401

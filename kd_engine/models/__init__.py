@@ -35,6 +35,7 @@ from kd_engine.models import pointnet  # noqa: F401
 from kd_engine.models import cell_set  # noqa: F401
 from kd_engine.models import roi_net  # noqa: F401
 from kd_engine.models import echo_cnn  # noqa: F401
+from kd_engine.models import segment_vit  # noqa: F401
 from kd_engine.models.taps import count_parameters, feature_taps, layer_shapes
 
 

@@ -2,6 +2,7 @@
 notebooks so a plot looks the same in both."""
 from workbench.figures.dense import *  # noqa: F401,F403
 from workbench.figures.harmonization import *  # noqa: F401,F403
+from workbench.figures.segments import *  # noqa: F401,F403
 from workbench.figures.detection import *  # noqa: F401,F403
 import plotly.io as _pio
 

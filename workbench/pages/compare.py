@@ -32,6 +32,7 @@ class PairView(NamedTuple):
 # Teacher against student within one run:
 TEACHER_VS_STUDENT = {
     "dense": dense_views.compare,  # IoU per class and label maps instead of a confusion matrix
+    "open_vocab_seg": dense_views.compare,  # the same, teacher = its crop-window reference
     "bev": bev_views.compare,  # AP per class, teacher and student heatmaps of one probe scene
     "points": points_views.compare,  # mIoU/oAcc, teacher and student predictions as 3-D scatters
     "box_refine": compare_box_refine.self_distillation,  # no separate teacher: the run's IoUs
@@ -42,6 +43,7 @@ TEACHER_VS_STUDENT = {
 # Run against run, used when either run has the task (run A's first):
 RUN_VS_RUN = {
     "dense": PairView(lambda a, b, split: dense_views.compare_runs(a, b), split=False),  # IoU, per-image mIoU
+    "open_vocab_seg": PairView(lambda a, b, split: dense_views.compare_runs(a, b), split=False),
     "bev": PairView(lambda a, b, split: bev_views.compare_runs(a, b), split=False),  # AP per class, heatmaps
     "points": PairView(lambda a, b, split: points_views.compare_runs(a, b), split=False),  # mIoU/oAcc, 3-D
     "echo_depth": PairView(lambda a, b, split: compare_echo.compare_runs(a, b), split=False),  # per-room RMSE

@@ -82,6 +82,7 @@ def maps_section(run: Run, features: pd.DataFrame) -> None:
 # adds a row here.
 TASK_VIEWS = {
     "dense": dense_views.features,  # per-pixel teacher-student disparity maps of probe images
+    "open_vocab_seg": dense_views.features,  # the same maps (the teacher's is its crop-window reference)
     "bev": bev_views.features,  # per-cell disparity maps of probe scenes, CKA/disparity scalars
     "points": points_views.features,  # per-point teacher-student disagreement (3-D), confusion matrices
     "incremental": incremental_views.features,  # teacher and student class distance matrices

@@ -13,7 +13,7 @@ from kd_engine.store import Run
 from workbench import components as ui
 from workbench.pages import (dense_views, harmonization_views, instances_anomaly, instances_bev, instances_box_refine,
                              instances_detection, instances_diagnosis, instances_echo, instances_generation,
-                             instances_image_text, instances_incremental, instances_points)
+                             instances_image_text, instances_incremental, instances_points, segments_views)
 from workbench.figures import image_gallery, weight_histogram, weight_scatter, weight_trajectories
 
 TABLE_ROWS = 2000
@@ -174,6 +174,7 @@ TASK_VIEWS = {
     "points": instances_points.render,  # rows per scene; 3-D scatters of probe scenes
     "incremental": instances_incremental.render,  # rows per object: class assignment, ω, distance matrices
     "box_refine": instances_box_refine.render,  # rows per object: noisy, pseudo and true boxes of one image
+    "open_vocab_seg": segments_views.instances,  # dense rows + segment assignment maps, matched views
     "image_text": instances_image_text.render,  # rows per pair: ranks, affinity KL; T/S affinity matrices
     "harmonization": harmonization_views.render,  # composite / output / real, relation matrices
     "echo_depth": instances_echo.render,  # rooms: per-azimuth depth maps, query cross-attention
