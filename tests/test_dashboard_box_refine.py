@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import REPO
+from conftest_dashboard import REPO, open_page
 from kd_engine.config import load_raw, validate
 from kd_engine.store import open_run
 
@@ -30,11 +29,7 @@ def refine_run(tmp_path_factory) -> tuple[Path, str]:
 
 def test_test_split_shows_ious_and_one_image_with_three_kinds_of_box(refine_run, monkeypatch):
     runs_dir, run_id = refine_run
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/instances.py").run()
+    at = open_page(runs_dir, run_id, "instances", monkeypatch)
     at.radio(key="inst_split").set_value("test").run()
     assert not at.exception, [e.value for e in at.exception]
     rows = open_run(runs_dir / run_id).instances(split="test")
@@ -74,12 +69,7 @@ def test_compare_run_vs_run_and_teacher_view(refine_run, monkeypatch, tmp_path):
     raw["distill"]["params"].update(spsd=False, sisd=False)
     raw["record"] = {"tensorboard": False, "attention_maps": 0}
     other = Path(train(validate(raw, "mil only"), distributed=False)).name
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/compare.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(runs_dir, run_id, "compare", monkeypatch)
     assert any("self-distillation" in i.value for i in at.info)
     at.radio(key="cmp_mode").set_value("Run vs run").run()
     at.selectbox(key="cmp_a").set_value(run_id).run()

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import REPO
+from conftest_dashboard import REPO, charts, open_instances, open_page
 from kd_engine.config import load_raw, validate
 from kd_engine.store import open_run
 
@@ -30,22 +29,6 @@ def echo_run(tmp_path_factory) -> tuple[Path, str]:
     return base / "runs", Path(run_dir).name
 
 
-def open_instances(runs_dir: Path, run_id: str, monkeypatch) -> AppTest:
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/instances.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def charts(at: AppTest) -> dict[str, dict]:
-    out = {}
-    for element in at.get("plotly_chart"):
-        spec = json.loads(element.proto.spec)
-        out[(spec["layout"].get("title") or {}).get("text", "")] = spec
-    return out
 
 
 def test_echo_views_on_train_and_test(echo_run, monkeypatch):
@@ -85,12 +68,7 @@ def test_methods_page_lists_sam_with_its_notebook_and_config():
 
 def test_compare_page_teacher_vs_student_and_run_vs_run(echo_run, monkeypatch):
     runs_dir, run_id = echo_run
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/compare.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(runs_dir, run_id, "compare", monkeypatch)
     rows = open_run(runs_dir / run_id).instances(split="test")
     scatter = next(v for k, v in charts(at).items() if "teacher vs student" in k)["data"][0]
     assert sorted(scatter["y"]) == pytest.approx(sorted(rows["student_rmse"]))
@@ -107,10 +85,6 @@ def test_compare_page_teacher_vs_student_and_run_vs_run(echo_run, monkeypatch):
 
 def test_attention_page_shows_the_cross_attention_of_an_echo_run(echo_run, monkeypatch):
     runs_dir, run_id = echo_run
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/attention.py").run()
+    at = open_page(runs_dir, run_id, "attention", monkeypatch)
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
     assert any("azimuth query x echo time" in k for k in charts(at))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import REPO
+from conftest_dashboard import REPO, open_instances, open_page
 from kd_engine.config import load_raw, validate
 from kd_engine.store import open_run
 
@@ -37,14 +37,6 @@ def wcbc_run(tmp_path_factory) -> tuple[Path, str]:
     return base / "runs", Path(run_dir).name
 
 
-def open_instances(runs_dir: Path, run_id: str, monkeypatch) -> AppTest:
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/instances.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def titles(at: AppTest) -> list[str]:
@@ -81,12 +73,7 @@ def test_test_split_shows_accuracies_and_distance_matrices(wcbc_run, monkeypatch
 
 def test_features_and_compare_pages_show_class_structure_and_match_objects(wcbc_run, monkeypatch):
     runs_dir, run_id = wcbc_run
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/features.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(runs_dir, run_id, "features", monkeypatch)
     final = open_run(runs_dir / run_id).final_metrics()
     assert at.metric[0].value == f"{final['test/student_df_corr']:.3f}"
     assert any("class means (D_f)" in t for t in titles(at))

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import REPO
+from conftest_dashboard import REPO, open_page
 from kd_engine.config import load_raw, validate
 from kd_engine.store import open_run
 
@@ -37,12 +36,7 @@ def test_instances_page_shows_set_losses_matches_and_attention(unikd_run, monkey
     runs_dir, run_id = unikd_run
     run = open_run(runs_dir / run_id)
     assert set(run.artifacts("query_attention")["role"]) == {"teacher", "student"}
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/instances.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(runs_dir, run_id, "instances", monkeypatch)
     titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "") for c in at.get("plotly_chart")]
     assert any(t.startswith("UniKD set loss per image") for t in titles)
     assert any("teacher boxes matched to each query" in t for t in titles)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import REPO
+from conftest_dashboard import REPO, open_page
 from kd_engine.config import load_raw, validate
 from kd_engine.errors import ConfigError
 from kd_engine.store import open_run
@@ -82,12 +81,7 @@ def test_wrong_data_or_student_is_one_clear_line(tmp_path):
 
 def test_instances_page_shows_both_affinity_matrices_and_ranks(tinyclip_run, monkeypatch):
     runs_dir, run_id = tinyclip_run
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/instances.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(runs_dir, run_id, "instances", monkeypatch)
     at.radio(key="inst_split").set_value("test").run()
     assert not at.exception, [e.value for e in at.exception]
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
@@ -101,12 +95,7 @@ def test_instances_page_shows_both_affinity_matrices_and_ranks(tinyclip_run, mon
 
 def test_compare_page_shows_teacher_and_student_of_the_run(tinyclip_run, monkeypatch):
     runs_dir, run_id = tinyclip_run
-    monkeypatch.setenv("KDW_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["kdw_run"] = run_id
-    at.run()
-    at.switch_page("workbench/pages/compare.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(runs_dir, run_id, "compare", monkeypatch)
     titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "") for c in at.get("plotly_chart")]
     assert "teacher and student cosines of one test batch" in titles
     assert any(t.startswith("each test image's caption rank") for t in titles)

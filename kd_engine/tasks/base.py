@@ -149,6 +149,18 @@ class Task(ABC):
     def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict[str, Any] | None:
         """Per-instance rows of one training batch (tensors on any device, or arrays)."""
 
+    def per_sample_rows(self, out, batch: Batch, step: int, epoch: int, **columns) -> dict[str, torch.Tensor]:
+        """The training rows most tasks record: ``instance_id``, ``step``, ``epoch``, the task's own
+        ``columns`` (one value per sample each) and every per-sample value of the method, on the
+        CPU, with DDP padding left out. A task's `train_rows` can return this directly."""
+        ids = batch.ids
+        record = {"instance_id": ids, "step": torch.full_like(ids, step), "epoch": torch.full_like(ids, epoch),
+                  **{k: torch.as_tensor(v).detach().cpu() for k, v in columns.items()},
+                  **{k: v.detach().float().cpu() for k, v in out.per_sample.items()}}
+        if self.ctx.world_size == 1 or batch.keep is None:
+            return record
+        return {k: v[batch.keep] for k, v in record.items()}
+
     def merge_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """One epoch's batch rows as store columns (every batch has the same columns here)."""
         if not rows:

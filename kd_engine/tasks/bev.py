@@ -76,14 +76,8 @@ class BEVTask(ClassificationTask):
         return [metric_to_cells(dataset.boxes[i], self.data.meta["output_cell"], side) for i in rows]
 
     def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        ids = batch.ids
-        rows = torch.as_tensor(self.data.train.positions(ids.tolist()))
-        record = {"instance_id": ids, "step": torch.full_like(ids, step), "epoch": torch.full_like(ids, epoch),
-                  "n_objects": self.data.train.y[rows],
-                  **{k: v.detach().float().cpu() for k, v in out.per_sample.items()}}
-        if self.ctx.world_size == 1:
-            return {k: v.detach().cpu() for k, v in record.items()}
-        return {k: v.detach().cpu()[batch.keep] for k, v in record.items()}
+        rows = torch.as_tensor(self.data.train.positions(batch.ids.tolist()))
+        return self.per_sample_rows(out, batch, step, epoch, n_objects=self.data.train.y[rows])
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()

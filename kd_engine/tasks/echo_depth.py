@@ -62,11 +62,7 @@ class EchoDepthTask(ClassificationTask):
         return {f"train/{k}": v.float().mean() for k, v in out.per_sample.items()}
 
     def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        ids = batch.ids
-        record = {"instance_id": ids, "step": torch.full_like(ids, step), "epoch": torch.full_like(ids, epoch),
-                  **{k: v.detach().float().cpu() for k, v in out.per_sample.items()}}
-        keep = batch.keep if batch.keep is not None else torch.ones(len(ids), dtype=torch.bool)
-        return {k: v[keep] for k, v in record.items()}
+        return self.per_sample_rows(out, batch, step, epoch)
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -65,13 +65,7 @@ class GenerationTask(Task):
                 if k in ("timestep", "entropy", "identity")}
 
     def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        ids = batch.ids
-        record = {"instance_id": ids, "label": batch.inputs[1].detach().cpu(), "target": batch.inputs[2].cpu(),
-                  "step": torch.full_like(ids, step), "epoch": torch.full_like(ids, epoch)}
-        record.update({k: v.detach().float().cpu() for k, v in out.per_sample.items()})
-        if self.ctx.world_size > 1:  # DDP padding repeats images other ranks record
-            return {k: v[batch.keep] for k, v in record.items()}
-        return record
+        return self.per_sample_rows(out, batch, step, epoch, label=batch.inputs[1], target=batch.inputs[2])
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()

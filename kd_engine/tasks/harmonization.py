@@ -41,11 +41,7 @@ class HarmonizationTask(ClassificationTask):
         return {f"train/{k}": v.float().mean() for k, v in out.per_sample.items()}
 
     def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        ids = batch.ids
-        record = {"instance_id": ids, "step": torch.full_like(ids, step), "epoch": torch.full_like(ids, epoch),
-                  **{k: v.detach().float() for k, v in out.per_sample.items()}}
-        keep = batch.keep if self.ctx.world_size > 1 else None
-        return {k: (v.detach().cpu() if keep is None else v.detach().cpu()[keep]) for k, v in record.items()}
+        return self.per_sample_rows(out, batch, step, epoch)
 
     @torch.no_grad()
     def evaluate(self, split, student, teacher, final=False) -> Evaluation:

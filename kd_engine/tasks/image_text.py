@@ -65,12 +65,8 @@ class ImageTextTask(Task):
         return {f"train/{k}_mean": v.float().mean() for k, v in out.per_sample.items() if k != "student_loss"}
 
     def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        ids = batch.ids
-        record = {"instance_id": ids, "label": batch.inputs[2].detach().cpu(), "step": torch.full_like(ids, step),
-                  "epoch": torch.full_like(ids, epoch), "rank": in_batch_ranks(out.logits.detach()).cpu(),
-                  **{k: v.detach().float().cpu() for k, v in out.per_sample.items()}}
-        keep = batch.keep if batch.keep is not None else torch.ones(len(ids), dtype=torch.bool)
-        return {k: v[keep] for k, v in record.items()}
+        return self.per_sample_rows(out, batch, step, epoch, label=batch.inputs[2],
+                                    rank=in_batch_ranks(out.logits.detach()))
 
     @torch.no_grad()
     def score(self, model, split: str) -> tuple[dict[str, float], dict[str, np.ndarray], torch.Tensor]:
