@@ -256,6 +256,14 @@ def test_methods_page_status_is_computed(finished_dir, monkeypatch, tmp_path):
     assert cat.loc["SDD", "status"] == "implemented"  # 'ssd_det' is not a mention of SDD
     assert cat.loc["Cr-KD", "status"] == "implemented"
     assert cat.loc["BOSS", "status"] == "planned"
+    # a notebook's own section of results.md counts, whatever its arms are called
+    (root / "docs" / "results.md").write_text(
+        "## SSD-Det in miniature\n\nNotebook `notebooks/01_ssd_det.ipynb`; budget **full**\n\n"
+        "| arm | metric | n | mean ± std |\n|---|---|---|---|\n| noisy@0.4 | test/iou | 3 | 0.49 ± 0.01 |\n\n"
+        "## Another notebook\n\nNotebook `notebooks/22_dot.ipynb`; budget **full**\n\n")
+    cat = methods.catalogue(root, registered=[]).set_index("method")
+    assert cat.loc["SSD-Det", "status"] == "reproduced" and "0.49" in cat.loc["SSD-Det", "result (docs/results.md)"]
+    assert cat.loc["DOT", "status"] == "notebook"  # a section without rows is not a result
 
 
 # -- a running run and live curves --------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Methods: the catalogue of AID and the 28 ICCV 2023 distillation papers the workbench reproduces.
 
 A status is never written down: it is computed from what exists — a registered method, weighting
-or loss (implemented), a notebook under notebooks/ (notebook), a row in docs/results.md
-(reproduced) — so the page cannot claim work that is not there.
+or loss (implemented), a notebook under notebooks/ (notebook), rows in docs/results.md in that
+notebook's section or naming the method (reproduced) — so the page cannot claim work that is not
+there.
 """
 from __future__ import annotations
 
@@ -93,12 +94,34 @@ def registered_names() -> list[str]:
     return names
 
 
+def _table_row(line: str) -> bool:
+    return line.startswith("|") and not re.fullmatch(r"[|\s:-]+", line)
+
+
 def result_rows(root: Path) -> list[str]:
     path = root / "docs" / "results.md"
     if not path.is_file():
         return []
-    return [line.strip() for line in path.read_text(errors="replace").splitlines()
-            if line.strip().startswith("|") and not re.fullmatch(r"[|\s:-]+", line.strip())]
+    return [line.strip() for line in path.read_text(errors="replace").splitlines() if _table_row(line.strip())]
+
+
+def notebook_sections(root: Path) -> dict[str, list[str]]:
+    """Table rows of docs/results.md per notebook: each notebook's section names it
+    ("Notebook `notebooks/<stem>.ipynb`"), and the rows after that line until the next section
+    are its results (whatever its arms are called)."""
+    path = root / "docs" / "results.md"
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
+        line = line.strip()
+        if line.startswith("## "):
+            current = None
+        found = re.match(r"Notebook `notebooks/([^`/]+)\.ipynb`", line)
+        if found:
+            current = sections.setdefault(found.group(1), [])
+        elif current is not None and _table_row(line) and not line.startswith("| arm |"):
+            current.append(line)
+    return sections
 
 
 def catalogue(root: Path = ROOT, registered: list[str] | None = None) -> pd.DataFrame:
@@ -106,13 +129,14 @@ def catalogue(root: Path = ROOT, registered: list[str] | None = None) -> pd.Data
     registered = registered_names() if registered is None else registered
     notebooks = sorted((root / "notebooks").glob("*.ipynb")) if (root / "notebooks").is_dir() else []
     configs = sorted((root / "configs").glob("*.yaml")) if (root / "configs").is_dir() else []
-    results = result_rows(root)
+    results, sections = result_rows(root), notebook_sections(root)
     rows = []
     for number, name, mechanism in CATALOGUE:
         keys = keys_of(name) | ALIASES.get(name, set())
         implemented = [r for r in registered if mentions(r, keys)]
         notebook = next((p for p in notebooks if mentions(p.stem, keys)), None)
-        measured = [r for r in results if any(mentions(cell, keys) for cell in r.strip("|").split("|")[:2])]
+        measured = sections.get(notebook.stem, []) if notebook else []
+        measured = measured or [r for r in results if any(mentions(cell, keys) for cell in r.strip("|").split("|")[:2])]
         config = next((p for p in configs if mentions(p.stem, keys)), None)
         status = "reproduced" if measured else "notebook" if notebook else "implemented" if implemented else "planned"
         rows.append({"#": str(number), "method": name, "status": status,
