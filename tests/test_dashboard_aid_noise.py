@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from test_dashboard_detection import BOXES, CLASSES, IMAGE_IDS, open_page, scenes, texts, titled
+from conftest_dashboard import open_page
+from test_dashboard_detection import BOXES, CLASSES, IMAGE_IDS, scenes, texts, titled
 
 from kd_engine.store import RunWriter
 
@@ -39,7 +40,7 @@ def noise_dir(tmp_path_factory):
 
 
 def test_noise_view_auroc_per_epoch_and_galleries(noise_dir, monkeypatch):
-    at = open_page(noise_dir, monkeypatch, RUN)
+    at = open_page(noise_dir, RUN, "instances", monkeypatch)
     curve = titled(at, "AUROC of 1 − w against the injected label noise")
     per_image = curve["data"][0]
     assert list(per_image["x"]) == [0, 1]
@@ -57,5 +58,5 @@ def test_noise_view_auroc_per_epoch_and_galleries(noise_dir, monkeypatch):
 def test_no_noise_view_without_noise_records(noise_dir, monkeypatch, tmp_path):
     from test_dashboard_detection import LEVEL_RUN, build_detection_run
     build_detection_run(tmp_path, LEVEL_RUN, per_gt=False)
-    at = open_page(tmp_path, monkeypatch, LEVEL_RUN)
+    at = open_page(tmp_path, LEVEL_RUN, "instances", monkeypatch)
     assert "Does AID find" not in texts(at.subheader)

@@ -15,7 +15,7 @@ from conftest_dashboard import REPO
 from kd_engine.config import validate
 from kd_engine.experiment import set_key
 from kd_engine.store import open_run
-from test_dashboard_bev import charts, open_instances
+from conftest_dashboard import charts, open_instances
 from test_distillbev import SMOKE
 
 

@@ -13,7 +13,7 @@ from kd_engine.config import load_raw, validate
 from kd_engine.store import open_run
 from workbench.figures.points import class_colours
 
-from test_dashboard_points import charts, open_instances
+from conftest_dashboard import charts, open_instances
 
 TINY = {"scenes": 5, "test_scenes": 1, "points": 272, "points_per_object": 48, "image_size": 16, "render_points": 2000}
 
