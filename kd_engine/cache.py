@@ -17,6 +17,7 @@ from torch import nn
 from kd_engine.config import ExperimentConfig, ModelSpec, RecordConfig, stable_hash
 from kd_engine.errors import CheckpointError
 from kd_engine.models import build_model
+from kd_engine.models.cross_fit import CrossFitTeacher
 from kd_engine.trainers.checkpoint import load_weights, read_metadata
 
 CACHE_VERSION = 1
@@ -34,6 +35,8 @@ def teacher_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     data = source.model_dump(mode="json", exclude={"eval_batch_size", "download", "loader"})
     if data.get("augment") == "none":  # settings added later leave older teachers' hashes alone
         del data["augment"]
+    if data.get("holdout_fold") is None:
+        data.pop("holdout_fold", None)
     data["split_seed"] = source.split_seed if source.split_seed is not None else cfg.seed
     train = cfg.teacher.train.model_dump(mode="json")
     if train["grad_clip"] is None:  # settings added later leave older teachers' hashes alone
@@ -95,6 +98,8 @@ def build_teacher(cfg: ExperimentConfig, input_shape, num_classes: int, is_main:
     ``train_teacher(config) -> run directory`` trains a teacher the cache lacks."""
     if cfg.teacher is None:
         return None, None
+    if cfg.teacher.cross_fit:
+        return _cross_fitted(cfg, input_shape, num_classes, is_main, barrier, train_teacher)
     model = build_model(cfg.teacher, input_shape, num_classes, field="teacher")
     if cfg.teacher.checkpoint:
         path = Path(cfg.teacher.checkpoint)
@@ -112,3 +117,22 @@ def build_teacher(cfg: ExperimentConfig, input_shape, num_classes: int, is_main:
     barrier()
     load_weights(model, path, field="teacher cache")
     return model.eval(), str(path)
+
+
+def fold_config(cfg: ExperimentConfig, fold: int) -> ExperimentConfig:
+    """The config whose (cached) teacher is cross-fitted teacher ``fold``: trained on the run's
+    training images without fold ``fold``, every other setting the run's."""
+    assert cfg.teacher is not None and cfg.teacher.cross_fit
+    data = cfg.data.model_copy(update={"holdout_fold": (fold, cfg.teacher.cross_fit)})
+    teacher = cfg.teacher.model_copy(update={"cross_fit": None, "data": data})
+    return cfg.model_copy(update={"teacher": teacher})
+
+
+def _cross_fitted(cfg, input_shape, num_classes, is_main, barrier, train_teacher):
+    folds, sources = [], []
+    for k in range(cfg.teacher.cross_fit):
+        model, source = build_teacher(fold_config(cfg, k), input_shape, num_classes, is_main, barrier,
+                                      train_teacher=train_teacher)
+        folds.append(model)
+        sources.append(source)
+    return CrossFitTeacher(folds).eval(), "cross-fit: " + ", ".join(sources)

@@ -40,6 +40,16 @@ class DataConfig(_Strict):
     download: bool = False  # torchvision datasets: fetch into data.root when missing
     params: dict[str, Any] = Field(default_factory=dict)
     loader: LoaderConfig = Field(default_factory=lambda: LoaderConfig())  # streamed splits' DataLoader (below)
+    # [fold, folds]: train on the training split without the images whose id mod folds == fold
+    # (how a cross-fitted teacher is kept off the images it will score; detection datasets)
+    holdout_fold: tuple[int, int] | None = None
+
+    @field_validator("holdout_fold")
+    @classmethod
+    def _fold_in_range(cls, value):
+        if value is not None and not (value[1] >= 2 and 0 <= value[0] < value[1]):
+            raise ValueError(f"expected [fold, folds] with folds >= 2 and 0 <= fold < folds, got {list(value)}")
+        return value
 
 
 class LoaderConfig(_Strict):
@@ -102,6 +112,16 @@ class TeacherConfig(ModelSpec):
     train: TrainSettings = Field(default_factory=TrainSettings)
     # the data the teacher trains on, when it is not the run's (e.g. KD from a shifted pool)
     data: DataConfig | None = None
+    # K: cross-fitting. K teachers, teacher k trained on the run's training images whose
+    # id mod K != k, and each training image scored by the one teacher that never saw it
+    cross_fit: int | None = Field(None, ge=2, le=16)
+
+    @model_validator(mode="after")
+    def _cross_fit_alone(self) -> "TeacherConfig":
+        if self.cross_fit is not None and (self.checkpoint is not None or self.data is not None):
+            raise ValueError("cross_fit trains its K teachers on folds of the run's own training "
+                             "images: leave out 'checkpoint' and 'data'")
+        return self
 
 
 class TermConfig(_Strict):

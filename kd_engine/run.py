@@ -19,7 +19,7 @@ from kd_engine.config import ExperimentConfig, load_raw, validate
 from kd_engine.errors import ConfigError
 from kd_engine.models import build_model
 from kd_engine.weights import load_init
-from kd_engine.tasks import task_for
+from kd_engine.tasks import TASKS, task_for
 from kd_engine.teacher_bank import bank_distiller, prepare_bank
 from kd_engine.trainers import runtime
 from kd_engine.trainer import Trainer
@@ -45,6 +45,19 @@ def check_method(method, cfg: ExperimentConfig, ctx, registry=None) -> None:
         raise ConfigError(f"method: {cfg.method} runs in one process here; run it without torchrun")
 
 
+def check_cross_fit(cfg: ExperimentConfig, task_class) -> None:
+    """Cross-fitting routes images to fold teachers by id: only tasks that declare it."""
+    folds = [f for f, on in (("teacher.cross_fit", cfg.teacher is not None and cfg.teacher.cross_fit),
+                             ("data.holdout_fold", cfg.data.holdout_fold is not None)) if on]
+    if folds and not task_class.cross_fit:
+        takers = [n for n in TASKS.names() if TASKS.get(n).cross_fit]
+        raise ConfigError(f"{folds[0]}: the {task_class.name} task has no cross-fitted teachers "
+                          f"(tasks that do: {', '.join(takers)})")
+    if cfg.teacher is not None and cfg.teacher.cross_fit and cfg.use_teacher_bank:
+        raise ConfigError("teacher.cross_fit: a teacher bank labels crops with one teacher; "
+                          "set use_teacher_bank: false")
+
+
 def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distributed: bool = True,
           run_id: str | None = None) -> Path:
     """Run one experiment (or continue `resume`, a run directory) and return its directory."""
@@ -52,6 +65,7 @@ def train(cfg: ExperimentConfig | None, resume: str | Path | None = None, distri
         cfg = validate(load_raw(Path(resume) / "config.yaml"), str(Path(resume) / "config.yaml"))
     check_names(cfg)
     task_class = task_for(cfg.data.name)
+    check_cross_fit(cfg, task_class)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ctx = runtime.SINGLE

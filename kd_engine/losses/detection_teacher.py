@@ -337,7 +337,15 @@ def teacher_losses(model: nn.Module, images, targets, grad: bool = False,
     (on the student's features); kept as a labelled ablation.
     ``parts["top_background_score"]`` (B,) is the highest score on anchors matched to no object
     (the RPN's objectness for Faster R-CNN).
+    A cross-fitted teacher (``kd_engine.models.cross_fit``) scores each image with the fold
+    teacher that never saw it (images carry their ``image_id`` in the targets).
     """
+    if hasattr(model, "fold_of"):
+        from kd_engine.losses.teacher_passes import routed_pass
+        fold_of = model.fold_of([int(t["image_id"]) for t in targets])
+        return routed_pass(model.folds, fold_of,
+                           lambda m, ims, tgs, feats: teacher_losses(m, ims, tgs, grad, feats),
+                           images, targets, features)
     if isinstance(model, RetinaNet):
         return retinanet_teacher_losses(model, images, targets, grad, features)
     if isinstance(model, FCOS):

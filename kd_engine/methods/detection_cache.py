@@ -14,34 +14,13 @@ float32, so 1000 scenes of 128 px take under 100 MB.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from kd_engine.losses.detection_teacher import GTLosses, TeacherLosses
-
-
-def _slice(tl: TeacherLosses, b: int) -> TeacherLosses:
-    """Image b of a batch's teacher pass, cloned so it does not keep the batch alive."""
-    one = lambda t: t[b:b + 1].detach().clone()  # noqa: E731
-    g = tl.per_gt[b]
-    gt = GTLosses(*(t.detach().clone() for t in (g.boxes, g.labels, g.cls, g.box, g.num_anchors)))
-    return TeacherLosses(one(tl.cls), one(tl.box), one(tl.cls_level), one(tl.box_level),
-                         one(tl.num_foreground), [gt],
-                         OrderedDict((k, one(v)) for k, v in tl.features.items()), list(tl.levels),
-                         {k: one(v) for k, v in tl.parts.items()})
-
-
-def stack_passes(parts: list[TeacherLosses]) -> TeacherLosses:
-    """One batch's teacher pass from per-image ones (the inverse of slicing)."""
-    cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
-    first = parts[0]
-    return TeacherLosses(cat("cls"), cat("box"), cat("cls_level"), cat("box_level"),
-                         cat("num_foreground"), [p.per_gt[0] for p in parts],
-                         OrderedDict((k, torch.cat([p.features[k] for p in parts])) for k in first.features),
-                         list(first.levels), {k: torch.cat([p.parts[k] for p in parts]) for k in first.parts})
+from kd_engine.losses.detection_teacher import TeacherLosses
+from kd_engine.losses.teacher_passes import slice_pass as _slice, stack_passes
 
 
 class TeacherPassCache:

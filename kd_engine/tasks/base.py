@@ -106,6 +106,8 @@ class Task(ABC):
     name: ClassVar[str]
     methods: ClassVar[Registry]
     headline: ClassVar[tuple[str, ...]] = ()
+    # whether data.holdout_fold and teacher.cross_fit work here (a teacher per fold of image ids)
+    cross_fit: ClassVar[bool] = False
 
     def __init__(self, cfg, data, device: torch.device, ctx, autocast):
         self.cfg, self.data, self.device, self.ctx, self.autocast = cfg, data, device, ctx, autocast

@@ -52,6 +52,7 @@ class DetectionTask(Task):
     name = "detection"
     methods = DETECTION_METHODS
     headline = ("mAP", "AP50")
+    cross_fit = True  # teacher.cross_fit / data.holdout_fold: image ids route each image to its fold
 
     def setup(self) -> None:
         self._teacher_dets: dict[str, list] = {}
@@ -63,7 +64,11 @@ class DetectionTask(Task):
     @classmethod
     def build_data(cls, cfg):
         split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
-        return DATASETS.get(cfg.data.name, field="data.name")(cfg.data, int(split_seed), cache_dir=cfg.cache_dir)
+        bundle = DATASETS.get(cfg.data.name, field="data.name")(cfg.data, int(split_seed), cache_dir=cfg.cache_dir)
+        if cfg.data.holdout_fold is not None:  # a cross-fitted teacher's training split
+            fold, folds = cfg.data.holdout_fold
+            bundle.train = bundle.train.subset([i for i in bundle.train.ids if int(i) % folds != fold])
+        return bundle
 
     # -- training -------------------------------------------------------------------------------
     def batches(self, epoch: int, wants_ids: bool = False):
