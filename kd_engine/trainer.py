@@ -284,9 +284,15 @@ class Trainer(StepLoop):
 
     def _queue_instances(self, rows: list[dict]) -> None:
         """Training rows of some steps to the store's writer thread (one process, no gather)."""
-        local = self.task.merge_rows(rows)
-        if local:
-            self.writer.queue_instances({"split": np.full(len(local["instance_id"]), "train"), **local})
+        if not rows:
+            return
+        merge = self.task.merge_rows
+
+        def columns() -> dict:  # made on the writer thread: `rows` is no longer the loop's
+            local = merge(rows)
+            return {"split": np.full(len(local["instance_id"]), "train"), **local} if local else {}
+
+        self.writer.queue_instances(columns)
 
     def _write_instances(self, rows: list[dict]) -> None:
         """This epoch's last training rows: each rank's own (padding already left out), gathered

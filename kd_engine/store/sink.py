@@ -46,16 +46,19 @@ class InstanceSink:
         self._thread: threading.Thread | None = None
 
     # -- the caller's side ----------------------------------------------------------------------
-    def put(self, columns: Mapping[str, np.ndarray]) -> None:
-        """Queue rows (equal-length columns); they are committed in order, in one transaction."""
-        lengths = {len(values) for values in columns.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"per-instance columns have different lengths: {sorted(lengths)}")
+    def put(self, columns: Mapping[str, np.ndarray] | Callable[[], Mapping[str, np.ndarray]]) -> None:
+        """Queue rows (equal-length columns); they are committed in order, in one transaction.
+        ``columns`` may be a function that makes them: it is called on the writer thread, so
+        turning a chunk of raw per-step tensors into columns overlaps training too (it must not
+        touch anything the training thread changes afterwards)."""
+        if not callable(columns):
+            _check_lengths(columns)
+            columns = dict(columns)
         self._raise()
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="kdw-instance-sink", daemon=True)
             self._thread.start()
-        self._queue.put(dict(columns))
+        self._queue.put(columns)
 
     def write(self, columns: Mapping[str, np.ndarray]) -> None:
         """Queue rows and wait until they (and everything before them) are committed."""
@@ -95,6 +98,11 @@ class InstanceSink:
                         return
                     if self._error is not None:  # after a failure nothing more is written
                         continue
+                    if callable(item):
+                        item = item()
+                        if not item:
+                            continue
+                        _check_lengths(item)
                     if conn is None:
                         conn = self._connect()
                         known = {row[1] for row in conn.execute("PRAGMA table_info(instances)")}
@@ -106,6 +114,12 @@ class InstanceSink:
         finally:
             if conn is not None:
                 conn.close()
+
+
+def _check_lengths(columns: Mapping[str, np.ndarray]) -> None:
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"per-instance columns have different lengths: {sorted(lengths)}")
 
 
 def _insert(conn: sqlite3.Connection, known: set[str], columns: Mapping[str, np.ndarray], guard) -> None:

@@ -206,9 +206,10 @@ class RunWriter:
         self._sink.write(columns)
         return len(next(iter(columns.values()))) if columns else 0
 
-    def queue_instances(self, columns: Mapping[str, np.ndarray]) -> None:
+    def queue_instances(self, columns) -> None:
         """Append per-instance rows on the writer thread without waiting (training rows during an
-        epoch); `drain_instances` waits for them and raises what a write met."""
+        epoch); `columns` is a mapping, or a function that returns one on the writer thread.
+        `drain_instances` waits for them and raises what a write met."""
         self._sink.put(columns)
 
     def drain_instances(self) -> None:

@@ -30,8 +30,10 @@ autocast)``, ``setup()``               stores them as attributes of the same nam
 ``train_rows(out, batch, step,         the per-instance rows of one training batch (columns of
 epoch)``                               equal length; ``instance_id``, ``step`` and ``epoch``
                                        included; padding left out), or None
-``merge_rows(rows)``                   one epoch's rows into columns for the store (default:
-                                       concatenate; override to fill columns some rows lack)
+``merge_rows(rows)``                   a chunk of steps' rows into columns for the store
+                                       (default: concatenate; override to fill columns some
+                                       rows lack, or to compute columns from raw tensors that
+                                       `train_rows` kept: it runs on the store's writer thread)
 ``evaluate(split, student, teacher,    metrics (``"<split>/<role>_<metric>"``), per-instance
 final)``                               eval columns (``instance_id`` first) and artifacts of one
                                        split, as an `Evaluation`; ``final`` is True for the

@@ -81,20 +81,40 @@ class ClassificationTask(Task):
                 values[f"train/{name}" if key != "weight" else "train/weight_mean"] = per_sample.float().mean()
         return values
 
-    def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        y, ids = batch.inputs[1], batch.ids
-        probs = out.logits.detach().float().softmax(1)
-        record = {"instance_id": ids, "label": y.detach(),
-                  "step": torch.full_like(ids, step), "epoch": torch.full_like(ids, epoch)}
-        record["student_conf"], record["student_pred"] = probs.max(1)
+    def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict:
+        """The batch's raw per-sample tensors, detached: what the rows are made of. The columns
+        (confidences, predictions, step and epoch per row) are computed in `merge_rows`, once for
+        a chunk of steps and on the store's writer thread, so the training step pays only for
+        keeping references (a softmax per step cost ~3 % of a small model's step)."""
+        record = {"instance_id": batch.ids, "label": batch.inputs[1].detach(), "_step": step, "_epoch": epoch,
+                  "_student_logits": out.logits.detach()}
         if out.teacher_logits is not None:
-            record["teacher_conf"], record["teacher_pred"] = out.teacher_logits.float().softmax(1).max(1)
-        for key, value in out.per_sample.items():
-            record[key] = value.detach().float()
-        if self.ctx.world_size == 1:  # nothing is padded: skip a masked copy per column
-            return {k: v.detach().cpu() for k, v in record.items()}
-        keep = batch.keep.to(y.device)
-        return {k: v.detach()[keep].cpu() for k, v in record.items()}
+            record["_teacher_logits"] = out.teacher_logits.detach()
+        record.update({key: value.detach() for key, value in out.per_sample.items()})
+        if self.ctx.world_size > 1:
+            record["_keep"] = batch.keep
+        return record
+
+    def merge_rows(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        """Store columns from `train_rows`' raw batches: instance_id, label, step, epoch, the
+        student's (and teacher's) confidence and prediction, then the method's per-sample values;
+        DDP padding left out. Rows that are already columns (gathered from other ranks) are
+        concatenated as they are."""
+        if not rows or "_student_logits" not in rows[0]:
+            return super().merge_rows(rows)
+        sizes = [len(r["instance_id"]) for r in rows]
+        cat = lambda key: torch.cat([r[key] for r in rows]).cpu()  # noqa: E731
+        columns = {"instance_id": cat("instance_id"), "label": cat("label"),
+                   "step": torch.as_tensor(np.repeat([r["_step"] for r in rows], sizes)),
+                   "epoch": torch.as_tensor(np.repeat([r["_epoch"] for r in rows], sizes))}
+        columns["student_conf"], columns["student_pred"] = cat("_student_logits").float().softmax(1).max(1)
+        if "_teacher_logits" in rows[0]:
+            columns["teacher_conf"], columns["teacher_pred"] = cat("_teacher_logits").float().softmax(1).max(1)
+        columns.update({key: cat(key).float() for key in rows[0] if not key.startswith("_") and key not in columns})
+        if "_keep" in rows[0]:
+            keep = cat("_keep").bool()
+            columns = {k: v[keep] for k, v in columns.items()}
+        return {k: v.numpy() for k, v in columns.items()}
 
     # -- evaluation -----------------------------------------------------------------------------
     def predict(self, model, split: str) -> Predictions:

@@ -31,8 +31,10 @@ ADAMW = {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001}
 UNIFORM = {"weighting.strategy": "uniform", "weighting.params": {}}
 
 # Per budget: data, per pair (teacher epochs, student epochs, student optimizer), model sizes.
-# full: 64 steps an epoch (512 images, batch 8). FCOS students 1152 steps at lr 4e-3 (the
-# levers in docs/aid_levers.md), teachers 2560 steps; Faster R-CNN learns in fewer steps.
+# full: students 64 steps an epoch (512 images, batch 8), teachers 128 (1024 disjoint images:
+# more images, not more steps, is what lifts a teacher here). FCOS students 1152 steps at lr 4e-3
+# (the levers in docs/aid_levers.md), its teacher 2560 steps; Faster R-CNN learns in fewer steps
+# (students 384, teacher 1536).
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"data": {"n_train": 24, "n_val": 8, "n_test": 8, "image_size": 64},
               "fcos": (1, 1, None), "frc": (1, 1, None), "eval_every": 1,
@@ -40,7 +42,8 @@ SIZES: dict[str, dict[str, Any]] = {
               "student": {"width": 8, "depth": 1, "fpn_channels": 64}},
     "full": {"data": {"n_train": 512, "n_val": 64, "n_test": 128, "image_size": 96, "objects": [1, 4],
                       "clutter": [0, 2], "min_box_size": 5.0},
-             "fcos": (40, 18, {**ADAMW, "lr": 0.004}), "frc": (24, 6, ADAMW), "eval_every": 100,
+             "teacher_data": {"n_train": 1024},
+             "fcos": (20, 18, {**ADAMW, "lr": 0.004}), "frc": (12, 6, ADAMW), "eval_every": 100,
              "teacher_optimizer": {"fcos": {**ADAMW, "lr": 0.004}, "frc": ADAMW},
              "schedule": {"name": "cosine", "warmup_iters": 50}, "anchor_base": 6.0,
              "teacher": None, "student": None},
@@ -71,7 +74,9 @@ def pair_config(key: str, budget: str, settings: dict[str, Any]) -> dict[str, An
         if "schedule" in sizes:
             raw["schedule"] = dict(sizes["schedule"])
             raw["teacher"]["train"]["schedule"] = dict(sizes["schedule"])
-    raw["teacher"]["data"] = {**copy.deepcopy(raw["data"]), "split_seed": DISJOINT_SPLIT}
+    teacher_data = copy.deepcopy(raw["data"])
+    teacher_data["params"].update(sizes.get("teacher_data", {}))
+    raw["teacher"]["data"] = {**teacher_data, "split_seed": DISJOINT_SPLIT}
     raw["distill"]["params"] = {**raw["distill"].get("params", {}), "teacher_pass_cache": True}
     raw["device"] = "cuda" if budget == "gpu" else "cpu"
     if budget == "gpu":

@@ -64,7 +64,7 @@
 #   scenes with 1–4 objects and 0–2 clutter items (objects of 5 px or more), 512 train / 64 val /
 #   128 test images, one dataset per setting and one teacher per pair (`data.split_seed: 0`: the
 #   seeds vary the students' initialisation and batch order, not the images). FCOS: students
-#   1152 steps (batch 8, AdamW lr 4e-3, cosine), teacher 2560 steps (lr 4e-3) on the disjoint
+#   1152 steps (batch 8, AdamW lr 4e-3, cosine), teacher 2560 steps (lr 4e-3) on 1024 disjoint
 #   scenes. Faster R-CNN: students 384 steps, teacher 1536 steps (AdamW 2e-3). The teacher's pass
 #   is cached per image (`teacher_pass_cache`: offline KD, no augmentation), so a distillation
 #   step skips the teacher's forward. The settings come from `docs/aid_levers.md`; the wall time
