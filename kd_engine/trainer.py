@@ -264,20 +264,23 @@ class Trainer(StepLoop):
 
     # -- recording ----------------------------------------------------------------------------
     def _step_scalars(self, out, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-        values = {f"train/{name}": v.detach().float() for name, v in out.losses.items()}
-        values["train/loss"] = loss.detach().float()
+        # references only: the tensors are stacked (and cast) once per flush, not per step
+        values = {f"train/{name}": v.detach() for name, v in out.losses.items()}
+        values["train/loss"] = loss.detach()
         values.update(self.task.step_scalars(out))
-        values.update({key: value.detach().float() for key, value in out.scalars.items()})
-        values["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"], device=loss.device)
+        values.update({key: value.detach() for key, value in out.scalars.items()})
+        values["lr"] = float(self.optimizer.param_groups[0]["lr"])
         return values
 
     def _flush_scalars(self, pending: list, epoch: int) -> None:
         if not pending:
             return
-        stacked = torch.stack([torch.stack(list(values.values())).float().cpu() for _, values in pending])
-        keys = list(pending[0][1])
-        for (step, _), row in zip(pending, stacked.tolist()):
-            self.writer.log_scalars(step, epoch, dict(zip(keys, row)))
+        keys = [k for k, v in pending[0][1].items() if torch.is_tensor(v)]
+        floats = [k for k in pending[0][1] if k not in keys]  # plain numbers (the learning rate)
+        # torch.stack promotes mixed dtypes (bf16 losses beside float32 ones) to a common one
+        stacked = torch.stack([torch.stack([values[k] for k in keys]) for _, values in pending]).float().cpu()
+        for (step, values), row in zip(pending, stacked.tolist()):
+            self.writer.log_scalars(step, epoch, {**dict(zip(keys, row)), **{k: values[k] for k in floats}})
         self.writer.flush()
         self.writer.heartbeat()
         pending.clear()

@@ -74,12 +74,14 @@ class ClassificationTask(Task):
             self._loaders.close()
 
     def step_scalars(self, out) -> dict[str, torch.Tensor]:
-        values = {}
-        for key, per_sample in out.per_sample.items():
-            if key in ("student_loss", "teacher_loss", "weight") or key.startswith("term_"):
-                name = key.replace("term_", "term/")
-                values[f"train/{name}" if key != "weight" else "train/weight_mean"] = per_sample.float().mean()
-        return values
+        """Batch means of the per-sample losses, weights and terms (one stacked mean per step)."""
+        keys = [k for k in out.per_sample
+                if k in ("student_loss", "teacher_loss", "weight") or k.startswith("term_")]
+        if not keys:
+            return {}
+        means = torch.stack([out.per_sample[k].detach() for k in keys]).float().mean(1)
+        names = ["train/weight_mean" if k == "weight" else "train/" + k.replace("term_", "term/") for k in keys]
+        return dict(zip(names, means.unbind()))
 
     def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict:
         """The batch's raw per-sample tensors, detached: what the rows are made of. The columns

@@ -12,7 +12,8 @@
 # 2. **Cross-fitted teachers** (`teacher.cross_fit: 2`): two teachers, each trained on the
 #    students' own training images without one fold (image id mod 2), and each image scored by
 #    the teacher that never saw it. Unlike the disjoint teacher, the two together saw the very
-#    scenes the student trains on (with clean labels). Arms `xfit_base` and `xfit_aid` (α = 1) in
+#    scenes the student trains on (with clean labels), each for as many steps as the disjoint
+#    teacher. Arms `xfit_base` and `xfit_aid_a1` (α = 1) in
 #    the noisy setting, against the disjoint teacher's α = 1 arm: weight spread and AUROC.
 # 3. **Where the teacher's loss is computed** (`teacher_loss_source: student_features`, the form
 #    of AID's official code, as a labelled ablation): the teacher's heads grade the *student's*
@@ -56,7 +57,10 @@ WORKERS = 2 if budget == "full" else 1
 work, runs_dir, cache_dir = work_dirs(work_dir, "aid-extra")
 base = pair_config("fcos", budget, settings)
 NOISY = noisy(base)
-CROSS_FIT = {"teacher.data": None, "teacher.cross_fit": 2}
+# the cross-fitted teachers train as many steps as the disjoint one, on half the students' images
+fold_epochs = round(base["teacher"]["train"]["epochs"] * base["teacher"]["data"]["params"]["n_train"]
+                    / (base["data"]["params"]["n_train"] // 2))
+CROSS_FIT = {"teacher.data": None, "teacher.cross_fit": 2, "teacher.train.epochs": fold_epochs}
 SELF = {"student.params": dict(base["teacher"]["params"])}
 arms = {"base": {**UNIFORM, **NOISY},
         **{f"aid_a{a:g}": {**aid_arm(a), **NOISY} for a in ALPHAS},
