@@ -3,7 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kd_engine.weighting.aid_report import image_weights, noise_auroc, weight_spread
+from sklearn.metrics import roc_auc_score
+
+from kd_engine.weighting.aid_report import auroc_verdict, bootstrap_auroc, image_weights, noise_auroc, weight_spread
 
 
 def _rows():
@@ -45,3 +47,26 @@ def test_weight_spread_matches_numpy():
     s = weight_spread(w)
     assert s["mean"] == pytest.approx(w.mean()) and s["std"] == pytest.approx(np.std(w, ddof=1))
     assert s["p5"] == pytest.approx(np.sort(w)[5]) and s["p95"] == pytest.approx(np.sort(w)[95])
+
+
+def _frame(w, noisy):
+    return pd.DataFrame({"instance_id": np.arange(len(w)), "w": w, "noisy": noisy})
+
+
+def test_bootstrap_auroc_spread_comes_from_the_images():
+    rng = np.random.default_rng(0)
+    noisy = rng.random(400) < 0.3
+    separated = _frame(np.where(noisy, 0.5, 0.9) + rng.normal(0, 0.02, 400), noisy)
+    stats = bootstrap_auroc([separated], n_boot=200)
+    assert stats["mean"] == pytest.approx(roc_auc_score(noisy, 1 - separated["w"]))
+    assert stats["lo"] > 0.95 and auroc_verdict(stats) == "resolved"
+    # weights unrelated to the noise: the interval holds chance
+    unrelated = _frame(rng.random(400), noisy)
+    stats = bootstrap_auroc([unrelated], n_boot=200)
+    assert stats["lo"] < 0.5 < stats["hi"] and auroc_verdict(stats) == "within noise"
+    assert 0.01 < stats["std"] < 0.06  # ~ sqrt(AUROC(1-AUROC)/min class size)
+    # the same weights for every seed (AID's are the teacher's): the same answer as one seed
+    again = bootstrap_auroc([separated, separated.sample(frac=1, random_state=1)], n_boot=200)
+    assert again["mean"] == pytest.approx(bootstrap_auroc([separated], n_boot=200)["mean"])
+    with pytest.raises(ValueError, match="same images"):
+        bootstrap_auroc([separated, separated.iloc[1:]])

@@ -62,4 +62,44 @@ def noise_auroc(rows: pd.DataFrame, weight: str = "aid_weight") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-__all__ = ["image_weights", "noise_auroc", "weight_spread"]
+def bootstrap_auroc(per_seed: list[pd.DataFrame], n_boot: int = 1000, seed: int = 0,
+                    weight: str = "w") -> dict[str, float]:
+    """AUROC of 1 − w against ``noisy``, averaged over seeds, with its spread over the images.
+
+    Why not the spread over seeds: AID's weights are a function of the frozen teacher and the
+    image only, so with the same images every student seed gets the same weights and the same
+    AUROC (a standard deviation of 0 over seeds says nothing). What varies is which images the
+    scenes happen to contain, so the images are resampled (with replacement, the same resample
+    for every seed's frame) ``n_boot`` times. ``per_seed``: one frame per seed with
+    ``instance_id``, ``noisy`` and the weight column (e.g. from ``image_weights`` at one epoch).
+    Returns ``mean`` (on all images), ``std`` and the 2.5/97.5 percentiles ``lo``/``hi`` of the
+    bootstrap distribution, and ``n_images``.
+    """
+    frames = [f.set_index("instance_id").sort_index() for f in per_seed]
+    ids = frames[0].index.to_numpy()
+    if any(not np.array_equal(f.index.to_numpy(), ids) for f in frames):
+        raise ValueError("bootstrap_auroc: every seed's frame must hold the same images")
+    flags = [f["noisy"].to_numpy(dtype=bool) for f in frames]
+    scores = [1.0 - f[weight].to_numpy(dtype=float) for f in frames]
+    mean = float(np.nanmean([_auroc(fl, sc) for fl, sc in zip(flags, scores)]))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(ids), len(ids))
+        draws.append(np.nanmean([_auroc(fl[pick], sc[pick]) for fl, sc in zip(flags, scores)]))
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return {"mean": mean, "std": np.nan, "lo": np.nan, "hi": np.nan, "n_images": len(ids)}
+    return {"mean": mean, "std": float(draws.std(ddof=1)), "lo": float(np.percentile(draws, 2.5)),
+            "hi": float(np.percentile(draws, 97.5)), "n_images": len(ids)}
+
+
+def auroc_verdict(stats: dict[str, float], chance: float = 0.5) -> str:
+    """'resolved' when the bootstrap 95 % interval excludes chance, else 'within noise'."""
+    if not np.isfinite(stats["lo"]) or not np.isfinite(stats["hi"]):
+        return "within noise"
+    return "resolved" if stats["lo"] > chance or stats["hi"] < chance else "within noise"
+
+
+__all__ = ["auroc_verdict", "bootstrap_auroc", "image_weights", "noise_auroc", "weight_spread"]

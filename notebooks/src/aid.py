@@ -105,7 +105,7 @@ from kd_engine.experiment import (budget_settings, format_summary, prepare_teach
 from kd_engine.store import StoreError, open_run
 from kd_engine.weighting.aid_experiment import (PAIRS, UNIFORM, aid_arm, last_epoch, noisy, pair_config,
                                                 per_image)
-from kd_engine.weighting.aid_report import noise_auroc, weight_spread
+from kd_engine.weighting.aid_report import auroc_verdict, bootstrap_auroc, noise_auroc, weight_spread
 from workbench.figures import (arm_comparison, arm_distributions, boxes_frame, detection_gallery,
                                paired_differences)
 
@@ -266,8 +266,10 @@ for key, (title, _) in PAIRS.items():
 # ## 4. The weights AID chose: spread, not only the mean
 #
 # Per pair, setting and seed: the `aid` arm's weights over its last epoch, one per image (the
-# mean over its FPN levels): mean, std, 5th and 95th percentiles and minimum. The summary rows
-# (mean ± std of each statistic over seeds) go into the results.
+# mean over its FPN levels): mean, std, 5th and 95th percentiles and minimum, over the images.
+# AID's weights depend on the teacher and the image only, so every seed has the same ones here
+# (the std over seeds is 0). The summary rows (each statistic's mean ± std over seeds) go into
+# the results.
 
 # %%
 spread_rows = []
@@ -301,11 +303,18 @@ arm_distributions(weights, "w", group_col="arm",
 # In the `noisy` setting every training row carries `label_noise` (the image's corrupted
 # annotations). Per epoch: the AUROC of 1 − w against "this image has a corrupted annotation"
 # for the `aid` arm, and for the `aid_shuffled` arm's *used* weights as a control (its weights are
-# AID's, assigned at random, so it should sit at 0.5). The final-epoch AUROC is summarized over
-# seeds against chance (0.5) with the reporting rule.
+# AID's, assigned at random, so it should sit at 0.5).
+#
+# **How the last epoch's AUROC is judged against chance.** AID's weights are a function of the
+# frozen teacher and the image only: every student seed sees the same weights on the same images,
+# so the AUROC does not vary over seeds and the reporting rule's spread over seeds (0) would call
+# any difference resolved. Its uncertainty comes from the images instead: the images are
+# resampled with replacement (1000 times, the same resample for every seed), and the AUROC is
+# **resolved** against 0.5 only if the bootstrap 95 % interval excludes it. The results rows give
+# the mean over seeds (on all images) and the bootstrap standard deviation.
 
 # %%
-auroc_parts = []
+auroc_parts, last_frames = [], {}
 for key in PAIRS:
     for seed in seeds:
         for arm, column in (("aid", "aid_weight"), ("aid_shuffled", "weight")):
@@ -313,21 +322,23 @@ for key in PAIRS:
                             & (frame["arm"] == arm)]["run_dir"].iloc[0]
             rows = open_run(run_dir).instances(split="train")
             auroc_parts.append(noise_auroc(rows, weight=column).assign(pair=key, arm=arm, seed=seed))
+            last_frames.setdefault((key, arm), []).append(per_image(run_dir, weight=column))
 auroc = pd.concat(auroc_parts, ignore_index=True)
 display(auroc.pivot_table(index=["pair", "arm", "epoch"], columns="seed", values="auroc_image"))
-final = auroc[auroc["epoch"] == auroc.groupby(["pair", "arm", "seed"])["epoch"].transform("max")]
 auroc_tables = {}
 for key in PAIRS:
-    part = final[final["pair"] == key]
-    data = pd.concat([part.assign(arm=f"{key}_noisy_" + part["arm"]),
-                      part[part["arm"] == "aid"].assign(arm="chance", auroc_image=0.5)], ignore_index=True)
-    data = data.rename(columns={"auroc_image": "train/noise_auroc_image"})
-    s = summarize(data, "train/noise_auroc_image", baseline="chance")
-    s = s[s["arm"] != "chance"]
+    rows = []
+    for arm in ("aid", "aid_shuffled"):
+        b = bootstrap_auroc(last_frames[(key, arm)])
+        rows.append({"arm": f"{key}_noisy_{arm}", "metric": "train/noise_auroc_image", "mean": b["mean"],
+                     "std": b["std"], "n": len(seeds), "diff_mean": b["mean"] - 0.5, "diff_std": b["std"],
+                     "verdict": auroc_verdict(b), "lo": b["lo"], "hi": b["hi"], "n_images": b["n_images"]})
+    s = pd.DataFrame(rows)
     summaries.append((s, "chance"))
     auroc_tables[key] = s.set_index("arm")
-    display(Markdown(f"**{PAIRS[key][0]}: AUROC of 1 − w against the injected noise (last epoch), paired against chance 0.5**"),
-            format_summary(s))
+    display(Markdown(f"**{PAIRS[key][0]}: AUROC of 1 − w against the injected noise (last epoch) against "
+                     "chance 0.5, with its bootstrap 95 % interval over the images**"),
+            s[["arm", "mean", "std", "lo", "hi", "n_images", "verdict"]])
 
 # %% [markdown]
 # ## 6. The lowest-weighted noisy images
@@ -392,8 +403,8 @@ for key, (title, _) in PAIRS.items():
                      f"p95 {sp['p95'].mean():.3f} (averaged over seeds).")
     a = auroc_tables[key]
     lines.append(f"{title}, noisy: AUROC of 1 − w against the corrupted images (last epoch) "
-                 + "; ".join(f"{arm.split('_noisy_')[1]} {r['mean']:.3f} ({'one seed' if n < 2 else r['verdict'] + ' vs chance'})"
-                             for arm, r in a.iterrows()) + ".")
+                 + "; ".join(f"{arm.split('_noisy_')[1]} {r['mean']:.3f} (95 % interval over images "
+                             f"{r['lo']:.3f}–{r['hi']:.3f}; {r['verdict']} vs chance)" for arm, r in a.iterrows()) + ".")
 if n < 2:
     head = (f"Only {n} seed at the `{budget}` budget: no verdict is possible, and at this size the mAPs are "
             "near 0. This run checks the plumbing only.")
@@ -423,7 +434,14 @@ display(Markdown(verdict_text))
 
 # %%
 wall = time.perf_counter() - started
-notes = verdict_text.replace("**", "").replace("`", "") + f" Wall time {wall:.0f} s on this machine."
+# what the runs took, even when this sitting reused finished ones: first teacher start to last run end
+metas = [open_run(p).meta() for p in sorted(runs_dir.iterdir()) if (p / "store.sqlite").is_file()]
+span = max(m["updated"] for m in metas) - min(m["created"] for m in metas)
+busy = sum(m["updated"] - m["created"] for m in metas)
+timing = (f" Wall time {wall:.0f} s in this sitting; the {len(metas)} runs (teachers included) spanned {span:.0f} s "
+          f"from the first start to the last end and took {busy:.0f} s of run time in all, {WORKERS} at a time.")
+print(timing)
+notes = verdict_text.replace("**", "").replace("`", "") + timing
 save_results(results_path, "aid", summaries, budget, seeds, wall,
              title="AID (Lan & Tian 2022) on Zhang & Ma distillation, FCOS and Faster R-CNN on traffic scenes with "
                    "a disjoint teacher, clean and noisy labels: a reproduction in miniature", notes=notes)

@@ -44,7 +44,7 @@ from kd_engine.arm_runs import describe_reuse
 from kd_engine.experiment import budget_settings, format_summary, prepare_teachers, run_jobs, save_results, summarize, work_dirs
 from kd_engine.store import open_run
 from kd_engine.weighting.aid_experiment import UNIFORM, aid_arm, noisy, pair_config, per_image
-from kd_engine.weighting.aid_report import noise_auroc, weight_spread
+from kd_engine.weighting.aid_report import auroc_verdict, bootstrap_auroc, noise_auroc, weight_spread
 from workbench.figures import arm_distributions
 
 MAP, AP50 = "test/student_mAP", "test/student_AP50"
@@ -116,7 +116,7 @@ for arm in WEIGHTED:
         run_dir = frame[(frame["arm"] == arm) & (frame["seed"] == seed)]["run_dir"].iloc[0]
         auroc = noise_auroc(open_run(run_dir).instances(split="train"))
         rows.append({"arm": arm, "seed": seed, **weight_spread(per_image(run_dir)["w"]),
-                     "train/noise_auroc_image": float(auroc["auroc_image"].iloc[-1])})
+                     "auroc_last_epoch": float(auroc["auroc_image"].iloc[-1])})
 weights = pd.DataFrame(rows)
 display(weights)
 spread_summaries = []
@@ -127,12 +127,19 @@ for arm, part in weights.groupby("arm", sort=False):
         "std": float(part[stat].std(ddof=1)) if n > 1 else float("nan"), "n": n, "diff_mean": None,
         "diff_std": None, "verdict": "descriptive"} for stat in ("mean", "std", "p5", "p95")]))
 summaries += [(s, None) for s in spread_summaries]
-chance = weights[weights["arm"] == WEIGHTED[0]].assign(arm="chance", **{"train/noise_auroc_image": 0.5})
-auroc_summary = summarize(pd.concat([weights, chance]), "train/noise_auroc_image", baseline="chance")
-auroc_summary = auroc_summary[auroc_summary["arm"] != "chance"]
+# judged on the images, not the seeds: AID's weights do not change with the student's seed
+# (the main notebook's section 5 says why); resolved if the bootstrap 95 % interval excludes 0.5
+auroc_rows = []
+for arm in WEIGHTED:
+    frames = [per_image(frame[(frame["arm"] == arm) & (frame["seed"] == seed)]["run_dir"].iloc[0]) for seed in seeds]
+    b = bootstrap_auroc(frames)
+    auroc_rows.append({"arm": arm, "metric": "train/noise_auroc_image", "mean": b["mean"], "std": b["std"],
+                       "n": len(seeds), "diff_mean": b["mean"] - 0.5, "diff_std": b["std"],
+                       "verdict": auroc_verdict(b), "lo": b["lo"], "hi": b["hi"]})
+auroc_summary = pd.DataFrame(auroc_rows)
 summaries.append((auroc_summary, "chance"))
-display(Markdown("**AUROC of 1 − w against the corrupted images (last epoch), paired against chance 0.5**"),
-        format_summary(auroc_summary))
+display(Markdown("**AUROC of 1 − w against the corrupted images (last epoch) against chance 0.5, with its "
+                 "bootstrap 95 % interval over the images**"), auroc_summary)
 first = pd.concat([per_image(frame[(frame["arm"] == arm) & (frame["seed"] == seeds[0])]["run_dir"].iloc[0])
                    .assign(arm=arm) for arm in WEIGHTED], ignore_index=True)
 arm_distributions(first, "w", group_col="arm", title=f"AID weights per image, seed {seeds[0]}, last epoch").show()
@@ -153,7 +160,7 @@ lines = [
     "Weights per image (mean over seeds of mean / std / p5 / p95): " + "; ".join(
         f"{arm} {r['mean']:.3f} / {r['std']:.3f} / {r['p5']:.3f} / {r['p95']:.3f}" for arm, r in spread.iterrows()) + ".",
     "AUROC of 1 − w against the corrupted images: " + "; ".join(
-        f"{arm} {r['mean']:.3f}" + ("" if int(r["n"]) < 2 else f" ({r['verdict']} vs chance)") for arm, r in a.iterrows()) + ".",
+        f"{arm} {r['mean']:.3f} (interval {r['lo']:.3f}–{r['hi']:.3f}, {r['verdict']} vs chance)" for arm, r in a.iterrows()) + ".",
     "Cross-fitted teachers (α = 1): " + said("xfit_base", "xfit_aid_a1") + " against their own base.",
     "Student-features ablation (α = 1): " + said("base", "sf_aid_a1") + ".",
     "Self-distillation (clean labels): " + said("self_base", "self_aid") + ".",
