@@ -81,18 +81,25 @@ def bootstrap_auroc(per_seed: list[pd.DataFrame], n_boot: int = 1000, seed: int 
         raise ValueError("bootstrap_auroc: every seed's frame must hold the same images")
     flags = [f["noisy"].to_numpy(dtype=bool) for f in frames]
     scores = [1.0 - f[weight].to_numpy(dtype=float) for f in frames]
-    mean = float(np.nanmean([_auroc(fl, sc) for fl, sc in zip(flags, scores)]))
+    mean = _finite_mean([_auroc(fl, sc) for fl, sc in zip(flags, scores)])
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(n_boot):
         pick = rng.integers(0, len(ids), len(ids))
-        draws.append(np.nanmean([_auroc(fl[pick], sc[pick]) for fl, sc in zip(flags, scores)]))
+        draws.append(_finite_mean([_auroc(fl[pick], sc[pick]) for fl, sc in zip(flags, scores)]))
     draws = np.asarray(draws, dtype=float)
     draws = draws[np.isfinite(draws)]
     if not len(draws):
         return {"mean": mean, "std": np.nan, "lo": np.nan, "hi": np.nan, "n_images": len(ids)}
     return {"mean": mean, "std": float(draws.std(ddof=1)), "lo": float(np.percentile(draws, 2.5)),
             "hi": float(np.percentile(draws, 97.5)), "n_images": len(ids)}
+
+
+def _finite_mean(values) -> float:
+    """Mean of the finite values (a resample with one class only has no AUROC), NaN if none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
 
 
 def auroc_verdict(stats: dict[str, float], chance: float = 0.5) -> str:
