@@ -20,6 +20,7 @@ The scaler's and the EMA's state, and the optimizer-step count, are part of the 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterator
 
 import torch
@@ -176,7 +177,7 @@ def build_stepper(cfg, optimizer: torch.optim.Optimizer, device: torch.device, d
 def check_finite(out, where: str, run_dir) -> None:
     """Refuse a non-finite loss (``out.total``, naming the losses at fault) before it touches
     the gradients, so no weight ever changes because of it."""
-    if not torch.isfinite(out.total):
+    if not math.isfinite(float(out.total.detach())):  # one number read: cheaper than a tensor op per step
         bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
         raise NonFiniteLossError(f"non-finite loss ({', '.join(bad) or 'total'}) at {where}; "
                                  f"{checkpoint_note(run_dir)}")
