@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,47 +26,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
-
-@dataclass
-class GTLosses:
-    """Losses of one image's ground-truth boxes (boxes in the model's input coordinates)."""
-
-    boxes: Tensor  # (G, 4) xyxy
-    labels: Tensor  # (G,)
-    cls: Tensor  # (G,)
-    box: Tensor  # (G,)
-    num_anchors: Tensor  # (G,) foreground anchors (RPN anchors for Faster R-CNN) matched to it
-
-    @property
-    def no_anchor(self) -> Tensor:
-        return self.num_anchors == 0
-
-
-@dataclass
-class TeacherLosses:
-    """Structured teacher loss; ``cls``/``box`` are (B,), ``*_level`` are (B, L) over ``levels``."""
-
-    cls: Tensor
-    box: Tensor
-    cls_level: Tensor
-    box_level: Tensor
-    num_foreground: Tensor  # (B,) foreground anchors (RPN foreground for Faster R-CNN)
-    per_gt: list[GTLosses]
-    features: "OrderedDict[str, Tensor]"
-    levels: list[str]
-    parts: dict[str, Tensor] = field(default_factory=dict)  # model-specific components
-
-    @property
-    def total(self) -> Tensor:
-        return self.cls + self.box
-
-    @property
-    def total_level(self) -> Tensor:
-        return self.cls_level + self.box_level
-
-    @property
-    def num_gt_without_anchors(self) -> int:
-        return int(sum(int(g.no_anchor.sum()) for g in self.per_gt))
+from kd_engine.losses.teacher_passes import GTLosses, TeacherLosses, routed_pass
 
 
 def _level_tags(features: list[Tensor], num_anchors: int, device) -> tuple[Tensor, int]:
@@ -341,7 +300,6 @@ def teacher_losses(model: nn.Module, images, targets, grad: bool = False,
     teacher that never saw it (images carry their ``image_id`` in the targets).
     """
     if hasattr(model, "fold_of"):
-        from kd_engine.losses.teacher_passes import routed_pass
         fold_of = model.fold_of([int(t["image_id"]) for t in targets])
         return routed_pass(model.folds, fold_of,
                            lambda m, ims, tgs, feats: teacher_losses(m, ims, tgs, grad, feats),

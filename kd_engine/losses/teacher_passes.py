@@ -1,4 +1,5 @@
-"""Per-image slices of a detection teacher's pass, and batches rebuilt from them.
+"""A detection teacher's pass (``TeacherLosses``), its per-image slices, and batches rebuilt
+from them.
 
 A teacher pass (``TeacherLosses``) is per image throughout: losses per image / level / GT, FPN
 maps per image, parts per image. So a batch's pass can be cut into one pass per image and put
@@ -12,11 +13,53 @@ back together in any order. Two things rely on that:
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from torch import Tensor
 
-from kd_engine.losses.detection_teacher import GTLosses, TeacherLosses
+
+@dataclass
+class GTLosses:
+    """Losses of one image's ground-truth boxes (boxes in the model's input coordinates)."""
+
+    boxes: Tensor  # (G, 4) xyxy
+    labels: Tensor  # (G,)
+    cls: Tensor  # (G,)
+    box: Tensor  # (G,)
+    num_anchors: Tensor  # (G,) foreground anchors (RPN anchors for Faster R-CNN) matched to it
+
+    @property
+    def no_anchor(self) -> Tensor:
+        return self.num_anchors == 0
+
+
+@dataclass
+class TeacherLosses:
+    """Structured teacher loss; ``cls``/``box`` are (B,), ``*_level`` are (B, L) over ``levels``."""
+
+    cls: Tensor
+    box: Tensor
+    cls_level: Tensor
+    box_level: Tensor
+    num_foreground: Tensor  # (B,) foreground anchors (RPN foreground for Faster R-CNN)
+    per_gt: list[GTLosses]
+    features: "OrderedDict[str, Tensor]"
+    levels: list[str]
+    parts: dict[str, Tensor] = field(default_factory=dict)  # model-specific components
+
+    @property
+    def total(self) -> Tensor:
+        return self.cls + self.box
+
+    @property
+    def total_level(self) -> Tensor:
+        return self.cls_level + self.box_level
+
+    @property
+    def num_gt_without_anchors(self) -> int:
+        return int(sum(int(g.no_anchor.sum()) for g in self.per_gt))
 
 
 def slice_pass(tl: TeacherLosses, b: int) -> TeacherLosses:
@@ -67,4 +110,4 @@ def _keep_graph(tl: TeacherLosses, b: int) -> TeacherLosses:
                          {k: one(v) for k, v in tl.parts.items()})
 
 
-__all__ = ["routed_pass", "slice_pass", "stack_passes"]
+__all__ = ["GTLosses", "TeacherLosses", "routed_pass", "slice_pass", "stack_passes"]
