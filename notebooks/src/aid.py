@@ -103,7 +103,7 @@ from kd_engine.arm_runs import describe_reuse
 from kd_engine.experiment import (budget_settings, format_summary, prepare_teachers, reference_arm, run_jobs,
                                   save_results, summarize, work_dirs)
 from kd_engine.store import StoreError, open_run
-from kd_engine.weighting.aid_experiment import (PAIRS, UNIFORM, aid_arm, last_epoch, noisy, pair_config,
+from kd_engine.aid_experiment import (PAIRS, UNIFORM, aid_arm, last_epoch, noisy, pair_config,
                                                 per_image)
 from kd_engine.weighting.aid_report import auroc_verdict, bootstrap_auroc, noise_auroc, weight_spread
 from workbench.figures import (arm_comparison, arm_distributions, boxes_frame, detection_gallery,

@@ -4,7 +4,7 @@
 # The companion of `notebooks/aid.ipynb` (read it first: it explains AID, the scenes, the FCOS
 # pair and the two settings). The main notebook runs the comparison at the paper's α = 0.1;
 # this one asks what the weights do around it, on the single-stage pair (FCOS) with the same
-# models, data, schedules and label noise (`kd_engine/weighting/aid_experiment.py` builds both):
+# models, data, schedules and label noise (`kd_engine/aid_experiment.py` builds both):
 #
 # 1. **α sweep** (noisy labels, disjoint teacher): `base` and AID at α = 0.1, 1 and 3. With
 #    α = 0.1 the weights stay close to 1 whatever the teacher's loss; larger α spreads them. Per
@@ -43,7 +43,7 @@ from IPython.display import Markdown, display
 from kd_engine.arm_runs import describe_reuse
 from kd_engine.experiment import budget_settings, format_summary, prepare_teachers, run_jobs, save_results, summarize, work_dirs
 from kd_engine.store import open_run
-from kd_engine.weighting.aid_experiment import UNIFORM, aid_arm, noisy, pair_config, per_image
+from kd_engine.aid_experiment import UNIFORM, aid_arm, noisy, pair_config, per_image
 from kd_engine.weighting.aid_report import auroc_verdict, bootstrap_auroc, noise_auroc, weight_spread
 from workbench.figures import arm_distributions
 
