@@ -35,7 +35,7 @@
 #
 # | arm | what it is | config overrides |
 # |---|---|---|
-# | `scratch` | the student alone (the teacher only observed) | `method: scratch` |
+# | `scratch` | the student alone, no teacher | `method: scratch`, `teacher: null` |
 # | `base` | Zhang & Ma, w ≡ 1 (**the baseline**) | `weighting: uniform` |
 # | `aid` | AID, α = 0.1 (the paper's setting) | the config's default |
 # | `aid_shuffled` | AID's weights permuted across instances within each batch | `weighting.params.shuffle: true` |
@@ -65,7 +65,7 @@
 #   128 test images, one dataset per setting and one teacher per pair (`data.split_seed: 0`: the
 #   seeds vary the students' initialisation and batch order, not the images). FCOS: students
 #   1152 steps (batch 8, AdamW lr 4e-3, cosine), teacher 2560 steps (lr 4e-3) on 1024 disjoint
-#   scenes. Faster R-CNN: students 384 steps, teacher 1536 steps (AdamW 2e-3). The teacher's pass
+#   scenes. Faster R-CNN: students 256 steps, teacher 1024 steps (AdamW 2e-3). The teacher's pass
 #   is cached per image (`teacher_pass_cache`: offline KD, no augmentation), so a distillation
 #   step skips the teacher's forward. The settings come from `docs/aid_levers.md`; the wall time
 #   is measured below and recorded in the results.
@@ -94,6 +94,7 @@ work_dir = None       # runs and the teacher cache go here (None: a fresh tempor
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -163,7 +164,9 @@ def setting_overrides(key, setting):
     return noisy(bases[key]) if setting == "noisy" else {}
 
 
-FIXED = {"scratch": {"method": "scratch"}, "base": UNIFORM, "aid": aid_arm(), "aid_shuffled": aid_arm(shuffle=True)}
+# the student alone trains without a teacher: observing one would only cost its forward pass
+SCRATCH = {"method": "scratch", "teacher": None, "distill.params": {}, **UNIFORM}
+FIXED = {"scratch": SCRATCH, "base": UNIFORM, "aid": aid_arm(), "aid_shuffled": aid_arm(shuffle=True)}
 
 
 jobs, tags = [], []
@@ -440,8 +443,12 @@ display(Markdown(verdict_text))
 
 # %%
 wall = time.perf_counter() - started
-# what the runs took, even when this sitting reused finished ones: first teacher start to last run end
-metas = [open_run(p).meta() for p in sorted(runs_dir.iterdir()) if (p / "store.sqlite").is_file()]
+# what this notebook's runs took, even when this sitting reused finished ones (first teacher start to
+# last run end); the folder may also hold aid_extra's runs, which are not counted
+own = {Path(p).name for p in frame["run_dir"]}
+teacher_keys = {Path(p).stem[:8] for p in teachers["cache_path"]}
+metas = [open_run(p).meta() for p in sorted(runs_dir.iterdir()) if (p / "store.sqlite").is_file()
+         and (p.name in own or (p.name.split("-")[-2] in teacher_keys and "-teacher-" in p.name))]
 span = max(m["updated"] for m in metas) - min(m["created"] for m in metas)
 busy = sum(m["updated"] - m["created"] for m in metas)
 timing = (f" Wall time {wall:.0f} s in this sitting; the {len(metas)} runs (teachers included) spanned {span:.0f} s "

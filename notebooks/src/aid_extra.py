@@ -6,7 +6,8 @@
 # this one asks what the weights do around it, on the single-stage pair (FCOS) with the same
 # models, data, schedules and label noise (`kd_engine/aid_experiment.py` builds both):
 #
-# 1. **α sweep** (noisy labels, disjoint teacher): `base` and AID at α = 0.1, 1 and 3. With
+# 1. **α sweep** (noisy labels, disjoint teacher): `base` and AID at α = 0.1 (`aid`, the main
+#    notebook's arm), 1 and 3. With
 #    α = 0.1 the weights stay close to 1 whatever the teacher's loss; larger α spreads them. Per
 #    α: mAP against base, the weight spread, and the AUROC of 1 − w against the corrupted images.
 # 2. **Cross-fitted teachers** (`teacher.cross_fit: 2`): two teachers, each trained on the
@@ -28,6 +29,8 @@
 # (2-core CPU): 3 seeds and the main notebook's FCOS setting (96-px scenes, 512 training images,
 # 1152 student steps); its wall time is recorded in the results. `gpu`: the reference setting.
 # Finished arms are reused and interrupted ones resumed (`kdw reproduce` keeps its work folder).
+# This notebook works in the main notebook's folder, so the disjoint teacher and the noisy
+# `base` and `aid` arms, which both notebooks run with the same config, train only once.
 
 # %% tags=["parameters"]
 budget = "smoke"      # "smoke" (CI plumbing check), "full" (2-core CPU) or "gpu" (reference setting)
@@ -36,6 +39,7 @@ work_dir = None       # runs and the teacher cache go here (None: a fresh tempor
 
 # %%
 import time
+from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
@@ -49,12 +53,18 @@ from workbench.figures import arm_distributions
 
 MAP, AP50 = "test/student_mAP", "test/student_AP50"
 ALPHAS = [0.1, 1.0, 3.0]
+# the α = 0.1 arm is the main notebook's `aid` arm (same name, same config), so it is reused from there
+ALPHA_ARM = {a: "aid" if a == 0.1 else f"aid_a{a:g}" for a in ALPHAS}
 
 started = time.perf_counter()
 settings = {**budget_settings("full", seeds=5), "budget": "gpu"} if budget == "gpu" else budget_settings(budget, seeds=3)
 seeds = settings["seeds"]
 WORKERS = 2 if budget == "full" else 1
-work, runs_dir, cache_dir = work_dirs(work_dir, "aid-extra")
+# the main notebook's work folder (`kdw reproduce` puts it next to this one): its disjoint teacher and
+# the two arms both notebooks run (noisy labels: base, and AID at α = 0.1) train once and are reused
+# here, since a finished run with the same config is never retrained
+shared = Path(work_dir).parent / "aid" if work_dir else None
+work, runs_dir, cache_dir = work_dirs(shared, "aid-extra")
 base = pair_config("fcos", budget, settings)
 NOISY = noisy(base)
 # the cross-fitted teachers train as many steps as the disjoint one, on half the students' images
@@ -63,7 +73,7 @@ fold_epochs = round(base["teacher"]["train"]["epochs"] * base["teacher"]["data"]
 CROSS_FIT = {"teacher.data": None, "teacher.cross_fit": 2, "teacher.train.epochs": fold_epochs}
 SELF = {"student.params": dict(base["teacher"]["params"])}
 arms = {"base": {**UNIFORM, **NOISY},
-        **{f"aid_a{a:g}": {**aid_arm(a), **NOISY} for a in ALPHAS},
+        **{ALPHA_ARM[a]: {**aid_arm(a), **NOISY} for a in ALPHAS},
         "xfit_base": {**UNIFORM, **NOISY, **CROSS_FIT},
         "xfit_aid_a1": {**aid_arm(1.0), **NOISY, **CROSS_FIT},
         "sf_aid_a1": {**aid_arm(1.0), **NOISY, "distill.params.teacher_loss_source": "student_features"},
@@ -91,7 +101,7 @@ display(frame.pivot_table(index="arm", columns="seed", values=MAP))
 
 # %%
 summaries, tables = [], {}
-groups = {"base": ["base", *[f"aid_a{a:g}" for a in ALPHAS], "sf_aid_a1"],
+groups = {"base": ["base", *ALPHA_ARM.values(), "sf_aid_a1"],
           "xfit_base": ["xfit_base", "xfit_aid_a1"], "self_base": ["self_base", "self_aid"]}
 for baseline, members in groups.items():
     for metric in (MAP, AP50):
@@ -109,7 +119,7 @@ for baseline, members in groups.items():
 # on clean labels, have none).
 
 # %%
-WEIGHTED = [f"aid_a{a:g}" for a in ALPHAS] + ["xfit_aid_a1", "sf_aid_a1"]
+WEIGHTED = [*ALPHA_ARM.values(), "xfit_aid_a1", "sf_aid_a1"]
 rows = []
 for arm in WEIGHTED:
     for seed in seeds:
@@ -156,7 +166,7 @@ def said(baseline, arm):
 a = auroc_summary.set_index("arm")
 spread = weights.groupby("arm", sort=False)[["mean", "std", "p5", "p95"]].mean()
 lines = [
-    "α sweep (noisy labels, mAP vs base): " + "; ".join(said("base", f"aid_a{x:g}") for x in ALPHAS) + ".",
+    "α sweep (noisy labels, mAP vs base): " + "; ".join(said("base", ALPHA_ARM[x]) for x in ALPHAS) + ".",
     "Weights per image (mean over seeds of mean / std / p5 / p95): " + "; ".join(
         f"{arm} {r['mean']:.3f} / {r['std']:.3f} / {r['p5']:.3f} / {r['p95']:.3f}" for arm, r in spread.iterrows()) + ".",
     "AUROC of 1 − w against the corrupted images: " + "; ".join(
