@@ -62,11 +62,17 @@ class TeacherLosses:
         return int(sum(int(g.no_anchor.sum()) for g in self.per_gt))
 
 
-def slice_pass(tl: TeacherLosses, b: int) -> TeacherLosses:
-    """Image b of a batch's teacher pass, cloned so it does not keep the batch alive."""
-    one = lambda t: t[b:b + 1].detach().clone()  # noqa: E731
-    g = tl.per_gt[b]
-    gt = GTLosses(*(t.detach().clone() for t in (g.boxes, g.labels, g.cls, g.box, g.num_anchors)))
+def slice_pass(tl: TeacherLosses, b: int, keep_graph: bool = False) -> TeacherLosses:
+    """Image b of a batch's teacher pass. Cloned and detached by default, so a cached slice does
+    not keep the batch alive; ``keep_graph`` keeps the autograd link instead (a pass taken with
+    gradients, whose slices are stacked back into the same step's batch)."""
+    if keep_graph:
+        one = lambda t: t[b:b + 1]  # noqa: E731
+        gt = tl.per_gt[b]
+    else:
+        one = lambda t: t[b:b + 1].detach().clone()  # noqa: E731
+        g = tl.per_gt[b]
+        gt = GTLosses(*(t.detach().clone() for t in (g.boxes, g.labels, g.cls, g.box, g.num_anchors)))
     return TeacherLosses(one(tl.cls), one(tl.box), one(tl.cls_level), one(tl.box_level),
                          one(tl.num_foreground), [gt],
                          OrderedDict((k, one(v)) for k, v in tl.features.items()), list(tl.levels),
@@ -97,17 +103,8 @@ def routed_pass(folds, fold_of: torch.Tensor, one_pass: Callable, images, target
         sub = None if features is None else {lv: v[idx] for lv, v in features.items()}
         tl = one_pass(model, [images[b] for b in idx], [targets[b] for b in idx], sub)
         for j, b in enumerate(idx):
-            slices[b] = slice_pass(tl, j) if tl.cls.requires_grad is False else _keep_graph(tl, j)
+            slices[b] = slice_pass(tl, j, keep_graph=tl.cls.requires_grad)
     return stack_passes(slices)
-
-
-def _keep_graph(tl: TeacherLosses, b: int) -> TeacherLosses:
-    """Like ``slice_pass`` without detaching (a teacher pass taken with gradients)."""
-    one = lambda t: t[b:b + 1]  # noqa: E731
-    return TeacherLosses(one(tl.cls), one(tl.box), one(tl.cls_level), one(tl.box_level),
-                         one(tl.num_foreground), [tl.per_gt[b]],
-                         OrderedDict((k, one(v)) for k, v in tl.features.items()), list(tl.levels),
-                         {k: one(v) for k, v in tl.parts.items()})
 
 
 __all__ = ["GTLosses", "TeacherLosses", "routed_pass", "slice_pass", "stack_passes"]
