@@ -8,9 +8,10 @@ in the function that trains it, so this module never imports the trainer.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from torch import nn
 
@@ -19,6 +20,11 @@ from kd_engine.errors import CheckpointError
 from kd_engine.models import build_model
 from kd_engine.models.cross_fit import CrossFitTeacher
 from kd_engine.trainers.checkpoint import load_weights, read_metadata
+
+try:  # POSIX; elsewhere concurrent runs may train the same teacher twice (the cache stays valid)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 CACHE_VERSION = 1
 
@@ -108,15 +114,46 @@ def build_teacher(cfg: ExperimentConfig, input_shape, num_classes: int, is_main:
         load_weights(model, path, field="teacher.checkpoint", strict=cfg.teacher.strict)
         return model.eval(), str(path)
     path = teacher_cache_path(cfg)
-    if not path.is_file() and is_main:
-        run_dir = train_teacher(teacher_training_config(cfg))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.copyfile(run_dir / "checkpoints" / "student.safetensors", tmp)
-        tmp.replace(path)
+    if is_main:
+        _train_cached(cfg, path, train_teacher, wait=True)
     barrier()
     load_weights(model, path, field="teacher cache")
     return model.eval(), str(path)
+
+
+@contextlib.contextmanager
+def _training_lock(path: Path, wait: bool) -> Iterator[bool]:
+    """Held while the teacher cached at ``path`` trains, so concurrent runs that need the same
+    teacher (a notebook's workers) wait for it instead of training it twice. Yields whether the
+    lock is held: False only with ``wait=False`` while another process holds it."""
+    if fcntl is None:
+        yield True
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_cached(cfg: ExperimentConfig, path: Path, train_teacher, wait: bool) -> None:
+    """Train the teacher into the cache unless it is there, or (``wait=False``) another process
+    is training it right now."""
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _training_lock(path, wait) as held:
+        if not held or path.is_file():  # trained by the process this one waited for
+            return
+        run_dir = train_teacher(teacher_training_config(cfg))
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.copyfile(run_dir / "checkpoints" / "student.safetensors", tmp)
+        tmp.replace(path)
 
 
 def fold_config(cfg: ExperimentConfig, fold: int) -> ExperimentConfig:
@@ -129,9 +166,13 @@ def fold_config(cfg: ExperimentConfig, fold: int) -> ExperimentConfig:
 
 
 def _cross_fitted(cfg, input_shape, num_classes, is_main, barrier, train_teacher):
+    configs = [fold_config(cfg, k) for k in range(cfg.teacher.cross_fit)]
+    if is_main:  # first the folds no other process is training, then wait for those it is
+        for fold_cfg in configs:
+            _train_cached(fold_cfg, teacher_cache_path(fold_cfg), train_teacher, wait=False)
     folds, sources = [], []
-    for k in range(cfg.teacher.cross_fit):
-        model, source = build_teacher(fold_config(cfg, k), input_shape, num_classes, is_main, barrier,
+    for fold_cfg in configs:
+        model, source = build_teacher(fold_cfg, input_shape, num_classes, is_main, barrier,
                                       train_teacher=train_teacher)
         folds.append(model)
         sources.append(source)
