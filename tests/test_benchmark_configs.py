@@ -8,6 +8,7 @@ feature recording, and each teacher trained once for one epoch into a cache shar
 ImageNet configs run at 224 px, the shape they train on (34 s for the six on a quiet machine)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,13 @@ def test_config_follows_the_protocol(path):
 
 @pytest.fixture(scope="module")
 def shared_dirs(tmp_path_factory):
-    """One teacher cache for all configs: the four teachers train once (one epoch each)."""
-    return tmp_path_factory.mktemp("bench_runs"), tmp_path_factory.mktemp("bench_cache")
+    """One teacher cache for all configs: the four teachers train once (one epoch each). Removed
+    after the module: the ImageNet-shaped checkpoints take gigabytes, and pytest keeps the last
+    three sessions' temporary folders."""
+    dirs = tmp_path_factory.mktemp("bench_runs"), tmp_path_factory.mktemp("bench_cache")
+    yield dirs
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -82,10 +88,14 @@ def test_config_runs_two_steps_on_fakedata(path, shared_dirs):
     raw.update(smoke(IMAGENET_SMOKE_SIZE if imagenet else 32, 1000 if imagenet else 100, raw["data"]["augment"]))
     raw["teacher"]["train"]["epochs"] = 1  # an untrained-but-real teacher: shapes, not accuracy
     raw["runs_dir"], raw["cache_dir"] = str(shared_dirs[0]), str(shared_dirs[1])
-    run = open_run(train(validate(raw, str(path)), distributed=False))
-    assert run.meta()["status"] == "finished"
-    steps = run.scalars(keys=["train/loss"])
-    assert sorted(steps.step.unique().tolist()) == [0, 1]
+    run_dir = train(validate(raw, str(path)), distributed=False)
+    try:
+        run = open_run(run_dir)
+        assert run.meta()["status"] == "finished"
+        steps = run.scalars(keys=["train/loss"])
+        assert sorted(steps.step.unique().tolist()) == [0, 1]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoints; the teacher cache stays
 
 
 def test_dkd_warmup_weight_at_epochs_0_10_20():
