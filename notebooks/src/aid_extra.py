@@ -10,12 +10,18 @@
 #    notebook's arm), 1 and 3. With
 #    α = 0.1 the weights stay close to 1 whatever the teacher's loss; larger α spreads them. Per
 #    α: mAP against base, the weight spread, and the AUROC of 1 − w against the corrupted images.
+#    The AUROC only ranks images by weight, and exp(−α·L) keeps the order of the teacher's
+#    losses for every α, so it barely moves with α (only the mean over FPN levels can reorder
+#    two images): α sets how hard the ranking is acted on, not the ranking.
 # 2. **Cross-fitted teachers** (`teacher.cross_fit: 2`): two teachers, each trained on the
 #    students' own training images without one fold (image id mod 2), and each image scored by
 #    the teacher that never saw it. Unlike the disjoint teacher, the two together saw the very
-#    scenes the student trains on (with clean labels), each for as many steps as the disjoint
-#    teacher. Arms `xfit_base` and `xfit_aid_a1` (α = 1) in
-#    the noisy setting, against the disjoint teacher's α = 1 arm: weight spread and AUROC.
+#    scenes the student trains on, with the same noisy labels: cross-fitting uses the run's own
+#    data, which is the point of it when that data is all one has. Each trains as many steps as
+#    the disjoint teacher on a quarter of its images (256 noisy ones against 1024 clean ones),
+#    so expect weaker teachers (`docs/aid_levers.md` records their mAP). Arms `xfit_base` and
+#    `xfit_aid_a1` (α = 1) in the noisy setting, against the disjoint teacher's α = 1 arm: mAP
+#    against their own base, weight spread and AUROC.
 # 3. **Where the teacher's loss is computed** (`teacher_loss_source: student_features`, the form
 #    of AID's official code, as a labelled ablation): the teacher's heads grade the *student's*
 #    FPN maps, so the weight follows what the student gets wrong rather than the teacher. α = 1.
