@@ -34,8 +34,8 @@ UNIFORM = {"weighting.strategy": "uniform", "weighting.params": {}}
 # full: students 64 steps an epoch (512 images, batch 8), teachers 128 (1024 disjoint images:
 # more images, not more steps, is what lifts a teacher here). FCOS students 1152 steps at lr 4e-3
 # (the levers in docs/aid_levers.md), its teacher 2560 steps; Faster R-CNN learns in fewer steps
-# (students 256, teacher 1024: the 60-minute budget of the main notebook; at 384 / 1536 steps the
-# students reached 0.29 test mAP and the teacher 0.68, but the comparison took 86 minutes).
+# (students 256, teacher 1024: 0.21 and 0.64 test mAP, and the main notebook took 56 minutes; at
+# 384 / 1536 steps they reached 0.29 and 0.66, but the comparison took 86 minutes).
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"data": {"n_train": 24, "n_val": 8, "n_test": 8, "image_size": 64},
               "fcos": (1, 1, None), "frc": (1, 1, None), "eval_every": 1,
