@@ -215,9 +215,10 @@ class Trainer(StepLoop):
                     group["lr"] = lr
             with self.autocast():
                 out = phase.step(batch)
-            check_finite(out, f"{phase.name} step {step}", self.run_dir)
+            total = out.total
+            check_finite(out, total, f"{phase.name} step {step}", self.run_dir)
             phase.optimizer.zero_grad(set_to_none=True)
-            out.total.backward()
+            total.backward()
             self._clip(phase.parameters)
             phase.optimizer.step()
             phase.after_step()
@@ -243,7 +244,7 @@ class Trainer(StepLoop):
         """One batch on a method's output: guard, backward; then, once ``accumulate_steps``
         batches are in, unscale, clip, warm up, step (`kd_engine.trainers.stepper`)."""
         loss = out.total
-        check_finite(out, f"epoch {epoch} step {self.global_step}", self.run_dir)  # before any gradient
+        check_finite(out, loss, f"epoch {epoch} step {self.global_step}", self.run_dir)  # before any gradient
         self._backward(out, loss)
         if self.steps.due():
             self._step(epoch, self.global_step)
@@ -263,24 +264,31 @@ class Trainer(StepLoop):
         self.steps.backward(loss, split if self.split_streams else None)  # scaled under fp16, divided over a group
 
     # -- recording ----------------------------------------------------------------------------
-    def _step_scalars(self, out, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-        # references only: the tensors are stacked (and cast) once per flush, not per step
-        values = {f"train/{name}": v.detach() for name, v in out.losses.items()}
-        values["train/loss"] = loss.detach()
-        values.update(self.task.step_scalars(out))
-        values.update({key: value.detach() for key, value in out.scalars.items()})
-        values["lr"] = float(self.optimizer.param_groups[0]["lr"])
-        return values
+    def _step_scalars(self, out, loss: torch.Tensor) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...], float]:
+        """This step's scalars as (names, detached tensors, learning rate): no arithmetic here. The
+        flush stacks a span of steps at once, one operation per scalar instead of several per
+        step. Detached, so that a kept loss never holds its step's graph (a retained one included)."""
+        task = self.task.step_scalars(out)
+        names = (*(f"train/{name}" for name in out.losses), "train/loss", *task, *out.scalars)
+        values = tuple(v.detach() for v in (*out.losses.values(), loss, *task.values(), *out.scalars.values()))
+        return names, values, float(self.optimizer.param_groups[0]["lr"])
 
     def _flush_scalars(self, pending: list, epoch: int) -> None:
+        """Write the pending steps' scalars, a run of steps with the same names at a time (a method
+        may add a scalar on some steps only); per-sample values are written as their means."""
         if not pending:
             return
-        keys = [k for k, v in pending[0][1].items() if torch.is_tensor(v)]
-        floats = [k for k in pending[0][1] if k not in keys]  # plain numbers (the learning rate)
-        # torch.stack promotes mixed dtypes (bf16 losses beside float32 ones) to a common one
-        stacked = torch.stack([torch.stack([values[k] for k in keys]) for _, values in pending]).float().cpu()
-        for (step, values), row in zip(pending, stacked.tolist()):
-            self.writer.log_scalars(step, epoch, {**dict(zip(keys, row)), **{k: values[k] for k in floats}})
+        start = 0
+        while start < len(pending):
+            names = pending[start][1][0]
+            end = start + 1
+            while end < len(pending) and pending[end][1][0] == names:
+                end += 1
+            span = pending[start:end]
+            table = _scalar_table([values for _, (_, values, _) in span]).tolist()
+            for (step, (_, _, lr)), row in zip(span, table):
+                self.writer.log_scalars(step, epoch, {**dict(zip(names, row)), "lr": lr})
+            start = end
         self.writer.flush()
         self.writer.heartbeat()
         pending.clear()
@@ -390,3 +398,26 @@ class Trainer(StepLoop):
         self.writer.set_meta(warning=warning)
         self.writer.set_status("finished")
         self.writer.event("finished" if name is None else f"finished; the reported student is {name}")
+
+
+def _scalar_table(steps: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """(steps, scalars) float32 on the CPU from each step's tensors (the same names in the same
+    order): 0-d values as they are, 1-d ones (per sample) as their means. A few stacks for the
+    whole span, not one per step; the per-sample values are averaged per step only when the
+    batch sizes differ (an epoch's last batch may be smaller)."""
+    first = steps[0]
+    table = torch.empty(len(steps), len(first))
+    scalar = [j for j, v in enumerate(first) if v.dim() == 0]
+    sample = [j for j, v in enumerate(first) if v.dim() != 0]
+    with torch.no_grad():
+        if scalar:
+            table[:, scalar] = torch.stack([values[j] for values in steps for j in scalar]).float().cpu() \
+                .view(len(steps), len(scalar))
+        if sample:
+            flat = [values[j] for values in steps for j in sample]
+            if len({v.shape for v in flat}) == 1:
+                means = torch.stack(flat).float().flatten(1).mean(1)
+            else:
+                means = torch.stack([v.float().mean() for v in flat])
+            table[:, sample] = means.cpu().view(len(steps), len(sample))
+    return table

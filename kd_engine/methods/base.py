@@ -43,7 +43,8 @@ class StepOutput:
 
     @property
     def total(self) -> torch.Tensor:
-        return sum(self.losses.values())
+        values = list(self.losses.values())  # summed from the first, not from 0: one add fewer
+        return sum(values[1:], values[0]) if values else 0
 
 
 @dataclass
@@ -106,8 +107,12 @@ class Distiller(nn.Module):
         return cls.needs_teacher
 
     def train(self, mode: bool = True) -> "Distiller":
-        """The teacher stays in eval mode: its BatchNorm must not drift with the student's batches."""
-        super().train(mode)
+        """The teacher stays in eval mode: its BatchNorm must not drift with the student's batches.
+        (It is skipped by the walk over the other children: one walk of its modules, not two.)"""
+        self.training = mode
+        for child in self.children():
+            if child is not self.teacher:
+                child.train(mode)
         if self.teacher is not None:
             self.teacher.eval()
         return self

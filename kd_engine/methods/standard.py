@@ -135,11 +135,12 @@ class Standard(Distiller):
         task_loss = smoothed_task_loss(s_logits, y, student_loss, self.label_smoothing)
         teacher_loss = F.cross_entropy(t_logits.float(), y, reduction="none")
         per_sample: dict[str, torch.Tensor] = {}
-        distill = torch.zeros_like(student_loss)
+        scaled = []
         for term in self.terms:
             value = term(s_logits, t_logits, y, s_feats, t_feats, ids)
             per_sample[f"term_{term.name}"] = value.detach()
-            distill = distill + term.weight * value
+            scaled.append(term.weight * value)
+        distill = sum(scaled[1:], scaled[0])  # there is at least one term (checked when built)
         weights = self.weighting({"distill_loss": distill.detach(), "teacher_loss": teacher_loss,
                                   "teacher_logits": t_logits, "label": y,
                                   "student_loss": student_loss.detach()})

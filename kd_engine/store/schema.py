@@ -2,6 +2,7 @@
 the trainer writes."""
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
 from pathlib import Path
@@ -25,6 +26,10 @@ CORE_INSTANCE_COLUMNS = {
     "student_pred": "INTEGER",
     "student_conf": "REAL",
 }
+
+# At most this many bound parameters per INSERT: SQLite's default limit since 3.32 (2020). The
+# connection's own limit is read where Python can (3.11+), else 999, the default of older SQLite.
+MAX_PARAMETERS = 32766
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -62,3 +67,23 @@ def connect_rw(run_dir: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(DDL)
     return conn
+
+
+def insert_rows(conn: sqlite3.Connection, table: str, columns: list[str], rows, count: int) -> None:
+    """Insert ``count`` rows (tuples in ``columns``' order) with a few multi-row INSERTs, inside
+    the caller's transaction. Why not ``executemany``: the sqlite3 module releases the GIL around
+    every statement it runs, so one statement per row meant hundreds of hand-overs a step between
+    this thread and the training thread, which then waited for the GIL at its own torch calls."""
+    if not count:
+        return
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if hasattr(conn, "getlimit") else 999
+    per_statement = max(1, min(MAX_PARAMETERS, limit) // max(1, len(columns)))
+    quoted = ", ".join(f'"{check_identifier(name)}"' for name in columns)
+    marks = "(" + ", ".join("?" for _ in columns) + ")"
+    rows = iter(rows)
+    for start in range(0, count, per_statement):
+        part = list(itertools.islice(rows, per_statement))
+        if not part:
+            break
+        conn.execute(f"INSERT INTO {table}({quoted}) VALUES {', '.join([marks] * len(part))}",
+                     list(itertools.chain.from_iterable(part)))

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kd_engine.faults import fault_point
-from kd_engine.store.schema import CORE_INSTANCE_COLUMNS, check_identifier
+from kd_engine.store.schema import CORE_INSTANCE_COLUMNS, check_identifier, insert_rows
 
 _STOP = object()
 
@@ -131,13 +131,11 @@ def _insert(conn: sqlite3.Connection, known: set[str], columns: Mapping[str, np.
             conn.execute(f'ALTER TABLE instances ADD COLUMN "{name}" REAL')
             known.add(name)
     arrays = [_to_python(np.asarray(columns[name]), CORE_INSTANCE_COLUMNS.get(name, "REAL")) for name in names]
-    quoted = ", ".join(f'"{name}"' for name in names)
-    marks = ", ".join("?" for _ in names)
     rows = len(arrays[0]) if arrays else 0
     with guard(rows * len(names) * 16):
         conn.execute("BEGIN")
         try:
-            conn.executemany(f"INSERT INTO instances({quoted}) VALUES ({marks})", zip(*arrays))
+            insert_rows(conn, "instances", names, zip(*arrays), rows)
             fault_point("instances_txn")
             conn.execute("COMMIT")
         except BaseException:

@@ -19,7 +19,7 @@ from kd_engine.store.lock import RunLock, owner_record
 from kd_engine.store.sink import InstanceSink
 from kd_engine.store.space import MB, disk_full_error
 from kd_engine.store.tb_mirror import TensorBoardMirror
-from kd_engine.store.schema import DB_NAME, SCHEMA_VERSION, connect_rw
+from kd_engine.store.schema import DB_NAME, SCHEMA_VERSION, connect_rw, insert_rows
 
 # A run id is a directory name under the runs directory, never a path: no separators, no
 # leading dot (so neither "." nor ".."), nothing a shell or a URL would need to quote.
@@ -194,9 +194,8 @@ class RunWriter:
             self._tb = TensorBoardMirror.start(self.run_dir, since, purge)
         if self._scalar_buffer:
             with self._disk(len(self._scalar_buffer) * 96), self._transaction():
-                self.conn.executemany(
-                    "INSERT INTO scalars(step, epoch, key, value, wall) VALUES (?, ?, ?, ?, ?)",
-                    self._scalar_buffer)
+                insert_rows(self.conn, "scalars", ["step", "epoch", "key", "value", "wall"],
+                            self._scalar_buffer, len(self._scalar_buffer))
             self._scalar_buffer.clear()
 
     # -- instances ----------------------------------------------------------------------------

@@ -147,6 +147,9 @@ class Task(ABC):
         return zip(torch.tensor_split(order, count), torch.tensor_split(real, count))
 
     def step_scalars(self, out) -> dict[str, torch.Tensor]:
+        """This step's task scalars by name: a 0-d tensor is recorded as it is, a 1-d one (per
+        sample) as its mean, which the trainer takes when it writes a span of steps, so the
+        step itself runs no tensor operation for them."""
         return {}
 
     @abstractmethod

@@ -31,6 +31,7 @@ class ClassificationTask(Task):
         super().__init__(cfg, data, device, ctx, autocast)
         self._teacher_eval: dict[str, Predictions] = {}
         self._loaders: Loaders | None = None
+        self._scalar_names: dict[tuple, dict[str, str]] = {}  # per-sample keys -> scalar names
 
     @classmethod
     def build_data(cls, cfg):
@@ -74,14 +75,14 @@ class ClassificationTask(Task):
             self._loaders.close()
 
     def step_scalars(self, out) -> dict[str, torch.Tensor]:
-        """Batch means of the per-sample losses, weights and terms (one stacked mean per step)."""
-        keys = [k for k in out.per_sample
-                if k in ("student_loss", "teacher_loss", "weight") or k.startswith("term_")]
-        if not keys:
-            return {}
-        means = torch.stack([out.per_sample[k].detach() for k in keys]).float().mean(1)
-        names = ["train/weight_mean" if k == "weight" else "train/" + k.replace("term_", "term/") for k in keys]
-        return dict(zip(names, means.unbind()))
+        """The per-sample losses, weights and terms, recorded as their batch means."""
+        keys = tuple(out.per_sample)
+        names = self._scalar_names.get(keys)
+        if names is None:  # the same keys every step: the names are made once
+            names = self._scalar_names[keys] = {
+                k: "train/weight_mean" if k == "weight" else "train/" + k.replace("term_", "term/")
+                for k in keys if k in ("student_loss", "teacher_loss", "weight") or k.startswith("term_")}
+        return {name: out.per_sample[k] for k, name in names.items()}
 
     def train_rows(self, out, batch: Batch, step: int, epoch: int) -> dict:
         """The batch's raw per-sample tensors, detached: what the rows are made of. The columns

@@ -68,8 +68,8 @@ class StepLoop:
             return []
         if self._progress is None:
             self._progress = self._events()
-        else:
-            self.model.train()  # the caller may have evaluated the model between two calls
+        elif not self._epoch_ending:  # mid-epoch: the caller may have evaluated the model in between
+            self.model.train()  # (at an epoch's boundary the next epoch's first step sets it)
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_stop) if self.ctx.is_main and main_thread else None
         losses: list[torch.Tensor] = []
@@ -136,7 +136,7 @@ class StepLoop:
         self.model.train()
         self.distiller.begin_epoch(epoch, self.cfg.epochs)
         rows: list[dict] = []
-        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        pending: list[tuple[int, tuple]] = []  # (step, Trainer._step_scalars)
         started, seen, last_flush, paused = time.perf_counter(), 0, time.perf_counter(), 0.0
         batches = iter(self.task.batches(epoch, self.distiller.wants_ids))
         batch = next(batches, None)

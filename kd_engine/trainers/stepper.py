@@ -174,10 +174,10 @@ def build_stepper(cfg, optimizer: torch.optim.Optimizer, device: torch.device, d
     return Stepper(optimizer, cfg.accumulate_steps, scaler, ema, student)
 
 
-def check_finite(out, where: str, run_dir) -> None:
-    """Refuse a non-finite loss (``out.total``, naming the losses at fault) before it touches
-    the gradients, so no weight ever changes because of it."""
-    if not math.isfinite(float(out.total.detach())):  # one number read: cheaper than a tensor op per step
+def check_finite(out, total: torch.Tensor, where: str, run_dir) -> None:
+    """Refuse a non-finite loss (``total``, the step's ``out.total``, naming the losses of ``out``
+    at fault) before it touches the gradients, so no weight ever changes because of it."""
+    if not math.isfinite(float(total.detach())):  # one number read: cheaper than a tensor op per step
         bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
         raise NonFiniteLossError(f"non-finite loss ({', '.join(bad) or 'total'}) at {where}; "
                                  f"{checkpoint_note(run_dir)}")
