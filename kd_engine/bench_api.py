@@ -12,6 +12,8 @@ SGD settings; the workload is `kd_engine.bench`'s (digits, resnet width 32 -> wi
             maps on the probe, the checkpoint; no validation split is given).
 * ``api_norec``  the same with recording off (no per-instance rows, no TensorBoard, scalars
             every 1000 steps), to show what the recording costs (info).
+* ``bare_again``  a second, identical bare loop: its ratio to ``bare`` is the noise floor of the
+            machine (an A/A comparison), the resolution at which the other ratios can be read.
 
 One sample is one epoch of one arm. As in `kd_engine.bench`, the goal judges the training steps:
 the epoch's end (`Trainer._end_of_epoch`, timed on its own) is left out of the ratio and reported
@@ -41,16 +43,26 @@ import torch
 import torch.nn.functional as F
 
 from kd_engine.bench import WORKLOAD
-from kd_engine.bench_harness import bench_parser, preset_sizes, run_and_report
+from kd_engine.bench_harness import bench_parser, preset_sizes, run_and_report, timed
 from kd_engine.bench_harness import summary as _summary
 from kd_engine.bench_harness import sync as _sync
 
-FULL = {"rounds": 20, "epochs_per_sample": 1}
+FULL = {"rounds": 40, "epochs_per_sample": 1}
 QUICK = {"rounds": 2, "epochs_per_sample": 1}
 GOAL = 1.03
 LOSS_RTOL = 1e-4  # relative agreement of the arms' losses at every step
 # the third arm (info): what the trainer costs without its per-step and per-instance recording
 NO_RECORDING = {"instances": False, "eval_instances": False, "tensorboard": False, "scalars_every": 1000}
+# The recording's work on the training thread, timed inside each sample of the ``api`` arm (info):
+# what of the gap to ``api_norec`` is the training thread's own, the rest being the store's writer
+# thread and TensorBoard mirror process competing for the 2 cores and the GIL.
+RECORDING_PARTS = {
+    "_step_scalars": "per-step scalars kept (references), every step",
+    "train_rows": "per-instance tensors kept (references), every step",
+    "_queue_instances": "a chunk of rows handed to the writer thread, every 8 steps",
+    "_write_instances": "the epoch's last rows handed over, and the wait for all its rows, once per epoch",
+    "_flush_scalars": "the scalars stacked and written to SQLite, once per epoch or second",
+}
 
 
 class _Arm:
@@ -61,9 +73,11 @@ class _Arm:
         self.epoch_end = [0.0, 0.0]  # wall and CPU seconds of the epoch's end in the current sample
         self.end_wall: list[float] = []  # the epoch's end, ms per step, one per round
         self.losses: list[torch.Tensor] = []  # every step's loss, timed epochs and warm-up alike
+        self.parts: dict[str, float] = {}  # seconds in each timed part during the current sample
+        self.part_ms: dict[str, list[float]] = {}  # ms per step in each part, one per round
 
 
-def _bare_arm(cfg, train, student, teacher, device) -> _Arm:
+def _bare_arm(cfg, train, student, teacher, device, name: str = "bare") -> _Arm:
     """The hand-written loop, on the batches the classification task draws (the same seeded
     order per epoch over the same rows)."""
     from kd_engine.losses.logit import kd
@@ -73,7 +87,7 @@ def _bare_arm(cfg, train, student, teacher, device) -> _Arm:
     optimizer = torch.optim.SGD(student.parameters(), lr=opt.lr, momentum=opt.momentum,
                                 weight_decay=opt.weight_decay)
     temperature = cfg.distill.terms[0].params["temperature"]
-    arm = _Arm("bare", None)
+    arm = _Arm(name, None)
 
     def epoch(e: int) -> int:
         student.train()
@@ -127,6 +141,9 @@ def _api_arm(cfg, train, student, teacher, runs_dir: Path, threads: int, name: s
             arm.epoch_end[1] += time.process_time() - cpu
 
     trainer._end_of_epoch = timed_end
+    for part in RECORDING_PARTS:  # instance attributes shadow the methods; ~1 us per call
+        owner = trainer.task if part == "train_rows" else trainer
+        setattr(owner, part, timed(getattr(owner, part), arm.parts, part))
     return arm
 
 
@@ -149,6 +166,7 @@ def _sample(arm: _Arm, first_epoch: int, epochs: int, device: torch.device) -> N
     """Train ``epochs`` epochs of ``arm``; its ms per step without the epoch's end, and the end's."""
     gc.collect()
     arm.epoch_end = [0.0, 0.0]
+    arm.parts.clear()
     _sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     steps = sum(arm.epoch(first_epoch + k) for k in range(epochs))
@@ -157,6 +175,8 @@ def _sample(arm: _Arm, first_epoch: int, epochs: int, device: torch.device) -> N
     arm.wall.append((wall - arm.epoch_end[0]) * 1000.0 / steps)
     arm.cpu.append((cpu - arm.epoch_end[1]) * 1000.0 / steps)
     arm.end_wall.append(arm.epoch_end[0] * 1000.0 / steps)
+    for part in RECORDING_PARTS if arm.name == "api" else ():
+        arm.part_ms.setdefault(part, []).append(arm.parts.get(part, 0.0) * 1000.0 / steps)
 
 
 def run(rounds: int, epochs_per_sample: int, threads: int, device: str, runs_dir: Path, log=print) -> dict:
@@ -182,7 +202,8 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, runs_dir
     arms = [_bare_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), dev),
             _api_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), runs_dir, threads),
             _api_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), runs_dir, threads,
-                     "api_norec", NO_RECORDING)]
+                     "api_norec", NO_RECORDING),
+            _bare_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), dev, "bare_again")]
     steps = math.ceil(len(train) / cfg.data.batch_size)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     log(f"workload: digits, {len(train)} training samples, batch {cfg.data.batch_size} ({steps} steps/epoch); "
@@ -191,7 +212,7 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, runs_dir
     log(f"{rounds} interleaved rounds x {len(arms)} arms x {epochs_per_sample} epoch(s), after one warm-up epoch each")
     for arm in arms:
         _sample(arm, 0, 1, dev)
-        arm.wall.clear(), arm.cpu.clear(), arm.end_wall.clear()
+        arm.wall.clear(), arm.cpu.clear(), arm.end_wall.clear(), arm.part_ms.clear()
     epoch = 1
     for r in range(rounds):
         order = arms[r % len(arms):] + arms[:r % len(arms)]  # rotate, and reverse every other round
@@ -199,11 +220,12 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, runs_dir
             _sample(arm, epoch, epochs_per_sample, dev)
         epoch += epochs_per_sample
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    if not all(arm.trainer.finished for arm in arms[1:]):
+    if not all(arm.trainer.finished for arm in arms[1:3]):
         raise RuntimeError("bench_api: an API trainer did not finish its run")
 
     deviation = max(check_losses(arms[0].losses, arm.losses) for arm in arms[1:])
     norec = _summary([a / b for a, b in zip(arms[2].wall, arms[0].wall)])
+    floor = _summary([a / b for a, b in zip(arms[3].wall, arms[0].wall)])
     paired = [a / b for a, b in zip(arms[1].wall, arms[0].wall)]
     stats = _summary(paired)
     whole = _summary([(a + e) / b for a, e, b in zip(arms[1].wall, arms[1].end_wall, arms[0].wall)])
@@ -224,10 +246,16 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, runs_dir
         "recording_off": {"label": "API trainer, recording off, vs bare loop", "ratio": norec["median"],
                           "p25": norec["p25"], "p75": norec["p75"], "record": NO_RECORDING,
                           "cpu_ratio": statistics.median(a / b for a, b in zip(arms[2].cpu, arms[0].cpu))},
+        "noise_floor": {"label": "bare loop again vs bare loop (A/A: the machine's noise)",
+                        "ratio": floor["median"], "p25": floor["p25"], "p75": floor["p75"]},
         "epoch_end": {"label": "API trainer with its epoch's end vs bare loop", "ratio": whole["median"],
                       "p25": whole["p25"], "p75": whole["p75"],
                       "ms_per_step": statistics.median(arms[1].end_wall),
                       "what": "feature disparities and attention maps on the probe, checkpoint, flush"},
+        "recording_parts": {part: {"label": label, "ms_per_step": statistics.median(arms[1].part_ms[part]),
+                                   "share_of_bare_step": statistics.median(
+                                       a / b for a, b in zip(arms[1].part_ms[part], arms[0].wall))}
+                            for part, label in RECORDING_PARTS.items()},
         "losses": {"steps": len(arms[0].losses), "max_relative_deviation": deviation, "tolerance": LOSS_RTOL,
                    "agree": True},
     }
@@ -244,9 +272,15 @@ def table(results: dict) -> str:
     off = results["recording_off"]
     lines.append(f"{off['label']}: {off['ratio']:.3f}x (p25-p75 {off['p25']:.3f}-{off['p75']:.3f}; "
                  f"cpu {off['cpu_ratio']:.3f}x) (info: record {off['record']})")
+    floor = results["noise_floor"]
+    lines.append(f"{floor['label']}: {floor['ratio']:.3f}x (p25-p75 {floor['p25']:.3f}-{floor['p75']:.3f})")
     end = results["epoch_end"]
     lines.append(f"{end['label']}: {end['ratio']:.3f}x (p25-p75 {end['p25']:.3f}-{end['p75']:.3f}); the "
                  f"epoch's end ({end['what']}) adds {end['ms_per_step']:.3f} ms per step (info)")
+    lines.append("the recording's work on the training thread, api arm (info):")
+    for part, entry in results["recording_parts"].items():
+        lines.append(f"  {part:<17} {entry['ms_per_step']:.3f} ms/step ({100 * entry['share_of_bare_step']:.1f} % of "
+                     f"a bare step): {entry['label']}")
     lines.append(f"losses agree at all {losses['steps']} steps (max relative deviation "
                  f"{losses['max_relative_deviation']:.1e}, tolerance {losses['tolerance']:g})")
     load, cpus = results["settings"]["load_average"], results["settings"]["cpu_count"] or 1

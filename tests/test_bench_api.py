@@ -10,7 +10,7 @@ import torch
 from kd_engine import bench_api
 
 
-@pytest.mark.slow  # trains six digits epochs (as tests/test_bench.py, the engine's quick bench)
+@pytest.mark.slow  # trains eight digits epochs (as tests/test_bench.py, the engine's quick bench)
 def test_quick_mode_runs_and_the_losses_agree(tmp_path):
     out = tmp_path / "api.json"
     assert bench_api.main(["--quick", "--rounds", "1", "--out", str(out)]) == 0
@@ -18,7 +18,8 @@ def test_quick_mode_runs_and_the_losses_agree(tmp_path):
     steps = results["workload"]["steps_per_epoch"]
     assert results["losses"]["steps"] == 2 * steps  # the warm-up epoch and one round, per arm
     assert 0.0 <= results["losses"]["max_relative_deviation"] <= bench_api.LOSS_RTOL
-    assert set(results["arms"]) == {"bare", "api", "api_norec"} and results["ratio"]["ratio"] > 0
+    assert set(results["arms"]) == {"bare", "api", "api_norec", "bare_again"} and results["ratio"]["ratio"] > 0
+    assert results["noise_floor"]["ratio"] > 0  # the A/A arm: the machine's resolution
     assert results["ratio"]["passed"] == (results["ratio"]["ratio"] <= bench_api.GOAL)
 
 
