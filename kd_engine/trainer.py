@@ -38,6 +38,7 @@ from kd_engine.trainers.evaluate import RecorderGuard
 from kd_engine.trainers.loop import StepLoop, StopRequested
 from kd_engine.trainers.meta import run_meta
 from kd_engine.trainers.probes import record_features
+from kd_engine.trainers.scalars import scalar_rows
 from kd_engine.trainers.stepper import build_stepper, check_finite
 
 log = logging.getLogger("kdw")
@@ -278,17 +279,8 @@ class Trainer(StepLoop):
         may add a scalar on some steps only); per-sample values are written as their means."""
         if not pending:
             return
-        start = 0
-        while start < len(pending):
-            names = pending[start][1][0]
-            end = start + 1
-            while end < len(pending) and pending[end][1][0] == names:
-                end += 1
-            span = pending[start:end]
-            table = _scalar_table([values for _, (_, values, _) in span]).tolist()
-            for (step, (_, _, lr)), row in zip(span, table):
-                self.writer.log_scalars(step, epoch, {**dict(zip(names, row)), "lr": lr})
-            start = end
+        for step, values in scalar_rows(pending):
+            self.writer.log_scalars(step, epoch, values)
         self.writer.flush()
         self.writer.heartbeat()
         pending.clear()
@@ -398,26 +390,3 @@ class Trainer(StepLoop):
         self.writer.set_meta(warning=warning)
         self.writer.set_status("finished")
         self.writer.event("finished" if name is None else f"finished; the reported student is {name}")
-
-
-def _scalar_table(steps: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
-    """(steps, scalars) float32 on the CPU from each step's tensors (the same names in the same
-    order): 0-d values as they are, 1-d ones (per sample) as their means. A few stacks for the
-    whole span, not one per step; the per-sample values are averaged per step only when the
-    batch sizes differ (an epoch's last batch may be smaller)."""
-    first = steps[0]
-    table = torch.empty(len(steps), len(first))
-    scalar = [j for j, v in enumerate(first) if v.dim() == 0]
-    sample = [j for j, v in enumerate(first) if v.dim() != 0]
-    with torch.no_grad():
-        if scalar:
-            table[:, scalar] = torch.stack([values[j] for values in steps for j in scalar]).float().cpu() \
-                .view(len(steps), len(scalar))
-        if sample:
-            flat = [values[j] for values in steps for j in sample]
-            if len({v.shape for v in flat}) == 1:
-                means = torch.stack(flat).float().flatten(1).mean(1)
-            else:
-                means = torch.stack([v.float().mean() for v in flat])
-            table[:, sample] = means.cpu().view(len(steps), len(sample))
-    return table
