@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_engine.bench import WORKLOAD
-from kd_engine.bench_harness import bench_parser, preset_sizes, run_and_report, timed
+from kd_engine.bench_harness import Arm, bench_parser, preset_sizes, run_and_report, timed
 from kd_engine.bench_harness import summary as _summary
 from kd_engine.bench_harness import sync as _sync
 
@@ -65,16 +65,15 @@ RECORDING_PARTS = {
 }
 
 
-class _Arm:
-    def __init__(self, name: str, epoch):
-        self.name, self.epoch = name, epoch
-        self.wall: list[float] = []  # ms per step, one per round (the epoch's end left out)
-        self.cpu: list[float] = []
+class _Arm(Arm):
+    """The harness's arm (wall here leaves the epoch's end out), plus the end's own timing and
+    every step's loss."""
+
+    def __init__(self, name: str, epoch, part_names=()):
+        super().__init__(name, epoch, part_names)
         self.epoch_end = [0.0, 0.0]  # wall and CPU seconds of the epoch's end in the current sample
         self.end_wall: list[float] = []  # the epoch's end, ms per step, one per round
         self.losses: list[torch.Tensor] = []  # every step's loss, timed epochs and warm-up alike
-        self.parts: dict[str, float] = {}  # seconds in each timed part during the current sample
-        self.part_ms: dict[str, list[float]] = {}  # ms per step in each part, one per round
 
 
 def _bare_arm(cfg, train, student, teacher, device, name: str = "bare") -> _Arm:
@@ -110,7 +109,9 @@ def _bare_arm(cfg, train, student, teacher, device, name: str = "bare") -> _Arm:
 
 
 def _api_arm(cfg, train, student, teacher, runs_dir: Path, threads: int, name: str = "api",
-             record: dict | None = None) -> _Arm:
+             record: dict | None = None, parts=()) -> _Arm:
+    """``kd_engine.make_trainer`` on the same data and settings; ``parts`` names trainer (or task)
+    methods timed inside each sample."""
     import kd_engine
     from torch.utils.data import TensorDataset
 
@@ -120,7 +121,7 @@ def _api_arm(cfg, train, student, teacher, runs_dir: Path, threads: int, name: s
         run_id=name, batch_size=cfg.data.batch_size, teacher_spec=cfg.teacher.model_dump(include={"name", "params"}),
         student_spec=cfg.student.model_dump(include={"name", "params"}), schedule=cfg.schedule.model_dump(),
         device=cfg.device, threads=threads, seed=cfg.seed, record=record or {})
-    arm = _Arm(name, None)
+    arm = _Arm(name, None, parts)
 
     def epoch(e: int) -> int:
         assert trainer.global_step == e * steps, "the API trainer is not at the bare loop's epoch"
@@ -141,7 +142,7 @@ def _api_arm(cfg, train, student, teacher, runs_dir: Path, threads: int, name: s
             arm.epoch_end[1] += time.process_time() - cpu
 
     trainer._end_of_epoch = timed_end
-    for part in RECORDING_PARTS:  # instance attributes shadow the methods; ~1 us per call
+    for part in arm.part_names:  # instance attributes shadow the methods; ~1 us per call
         owner = trainer.task if part == "train_rows" else trainer
         setattr(owner, part, timed(getattr(owner, part), arm.parts, part))
     return arm
@@ -175,7 +176,7 @@ def _sample(arm: _Arm, first_epoch: int, epochs: int, device: torch.device) -> N
     arm.wall.append((wall - arm.epoch_end[0]) * 1000.0 / steps)
     arm.cpu.append((cpu - arm.epoch_end[1]) * 1000.0 / steps)
     arm.end_wall.append(arm.epoch_end[0] * 1000.0 / steps)
-    for part in RECORDING_PARTS if arm.name == "api" else ():
+    for part in arm.part_names:
         arm.part_ms.setdefault(part, []).append(arm.parts.get(part, 0.0) * 1000.0 / steps)
 
 
@@ -200,7 +201,8 @@ def run(rounds: int, epochs_per_sample: int, threads: int, device: str, runs_dir
     torch.manual_seed(cfg.seed)
     student = build_model(cfg.student, data.input_shape, data.num_classes, field="student").to(dev)
     arms = [_bare_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), dev),
-            _api_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), runs_dir, threads),
+            _api_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), runs_dir, threads,
+                     parts=RECORDING_PARTS),
             _api_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), runs_dir, threads,
                      "api_norec", NO_RECORDING),
             _bare_arm(cfg, train, copy.deepcopy(student), copy.deepcopy(teacher), dev, "bare_again")]
