@@ -7,8 +7,9 @@ Why probes and not sha256 of the bytes: the float rounding of PyTorch's CPU kern
 the CPU (AVX2 or AVX-512, the vendor's code path in oneDNN), so a byte hash recorded on one
 machine failed on another with the engine unchanged. Each tensor and each recorded column is
 reduced to three numbers (`_probe`) and compared to a relative tolerance of the tensor's norm
-(`RTOL`): the same code on AVX2 and AVX-512 differs by at most ~2e-6 here, while any change of
-the training (a loss, the order of random draws, a skipped step) moves them by far more. Which
+(`RTOL`): the same code on AVX2 and AVX-512 differs by at most ~2e-6 here (distillation losses,
+which lose digits to cancellation, by 1.1e-4: `RTOL_DISTILL`), while any change of the training
+(a loss, the order of random draws, a skipped step) moves them by far more. Which
 rows are recorded (split, epoch, step, instance id) is still compared exactly.
 
 Run ``python tests/refactor_identity.py --write`` (from the repository root, PYTHONPATH set) to
@@ -73,6 +74,11 @@ ADDED_COLUMNS = ("label_noise", "noisy", "teacher_top_bg")
 
 KEYS = ["split", "epoch", "step", "instance_id"]
 RTOL = 1e-4  # of a probe's L2 norm; AVX2 against AVX-512 on one engine: <= 2e-6
+# Distillation losses per instance (a KL divergence between near-equal distributions) are
+# differences of near-equal numbers: their rounding error is relative to the cross-entropy's
+# scale, not to their own small values. One engine on an Intel AVX-512 and an AMD AVX2 machine:
+# 1.1e-4 of the norm for digits_kd's distill_loss, <= 2e-6 for every other column and weight.
+RTOL_DISTILL = 1e-3
 
 
 def rows_probe(frame) -> dict[str, object]:
@@ -134,6 +140,7 @@ def differences(measured: dict, expected: dict) -> list[str]:
         for key in sorted(set(got) & set(want) - {"keys"}):
             scale = max(abs(want[key][1]), 1e-12)
             worst = max(abs(a - b) for a, b in zip(got[key][:3], want[key][:3])) / scale
-            if worst > RTOL or got[key][3:] != want[key][3:]:  # the count of NaN, exactly
-                problems.append(f"{part} {key}: {got[key]} against {want[key]} (relative {worst:.1e} > {RTOL:g})")
+            rtol = RTOL_DISTILL if part == "instances" and (key == "distill_loss" or key.startswith("term_")) else RTOL
+            if worst > rtol or got[key][3:] != want[key][3:]:  # the count of NaN, exactly
+                problems.append(f"{part} {key}: {got[key]} against {want[key]} (relative {worst:.1e} > {rtol:g})")
     return problems
