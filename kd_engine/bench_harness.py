@@ -22,6 +22,7 @@ import argparse
 import gc
 import json
 import os
+import math
 import platform
 import statistics
 import tempfile
@@ -107,6 +108,18 @@ def summary(values: list[float]) -> dict:
     q = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 3
     return {"median": statistics.median(ordered), "p25": q[0], "p75": q[2],
             "min": ordered[0], "max": ordered[-1]}
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of ``values`` (order statistics whose ranks
+    come from the Binomial(n, 1/2) distribution): where the true median of the per-round ratios
+    lies with probability ``level``, whatever the shape of the machine's noise."""
+    ordered = sorted(values)
+    n, tail, j = len(ordered), 0.0, 0
+    while j < n and tail + math.comb(n, j) / 2 ** n <= (1.0 - level) / 2:
+        tail += math.comb(n, j) / 2 ** n
+        j += 1
+    return (ordered[0], ordered[-1]) if j == 0 else (ordered[j - 1], ordered[n - j])
 
 
 def paired_ratio(arm: Arm, ref: Arm, label: str, goal: float | None = None, strict: bool = False) -> dict:

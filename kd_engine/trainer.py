@@ -275,14 +275,16 @@ class Trainer(StepLoop):
         return names, values, float(self.optimizer.param_groups[0]["lr"])
 
     def _flush_scalars(self, pending: list, epoch: int) -> None:
-        """Write the pending steps' scalars, a run of steps with the same names at a time (a method
-        may add a scalar on some steps only); per-sample values are written as their means."""
+        """Hand the pending steps' scalars to the store's writer thread, a run of steps with the
+        same names at a time (a method may add a scalar on some steps only; per-sample values are
+        written as their means), with a heartbeat. Nothing waits here: the epoch's end waits for
+        its records before the checkpoint counts them."""
         if not pending:
             return
         for step, values in scalar_rows(pending):
             self.writer.log_scalars(step, epoch, values)
-        self.writer.flush()
-        self.writer.heartbeat()
+        self.writer.flush(wait=False)
+        self.writer.heartbeat(wait=False)
         pending.clear()
 
     def _queue_instances(self, rows: list[dict]) -> None:
@@ -299,12 +301,11 @@ class Trainer(StepLoop):
 
     def _write_instances(self, rows: list[dict]) -> None:
         """This epoch's last training rows: each rank's own (padding already left out), gathered
-        once under DDP; then wait until the epoch's rows are all committed."""
+        once under DDP. One process queues them; the epoch's end waits until all are committed."""
         if not self.cfg.record.instances:
             return
-        if not self.ctx.enabled:
+        if not self.ctx.enabled:  # the epoch's end waits for them (its validation overlaps the write)
             self._queue_instances(rows)
-            self.writer.drain_instances()
             return
         local = self.task.merge_rows(rows)
         gathered = [None] * self.ctx.world_size if self.ctx.is_main else None

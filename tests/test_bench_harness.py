@@ -2,6 +2,7 @@
 order, and a ratio is the median of the per-round ratios (checked against numpy)."""
 from __future__ import annotations
 
+import random
 import numpy as np
 import pytest
 import torch
@@ -68,3 +69,14 @@ def test_timed_adds_up_seconds_and_busy_note_only_when_loaded():
     assert "load average 2.5 on 2 CPUs" in busy_note({"settings": settings})[0]
     assert busy_note({"settings": {"load_average": [1.0, 2.0], "cpu_count": 2}}) == []
     assert busy_note({"settings": {"load_average": [None, None], "cpu_count": 2}}) == []
+
+
+def test_median_interval_is_order_statistics_with_the_stated_coverage():
+    from kd_engine.bench_harness import median_interval
+
+    assert median_interval(list(range(1, 41))) == (14, 27)  # n=40: ranks 14 and 27 (95.6 %)
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few values for 95 %: the whole range
+    rng = random.Random(0)
+    hits = sum(lo <= 0.0 <= hi for lo, hi in (median_interval([rng.gauss(0, 1) for _ in range(40)])
+                                               for _ in range(1000)))
+    assert 0.93 <= hits / 1000 <= 0.98

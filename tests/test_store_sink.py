@@ -28,7 +28,7 @@ def test_queued_chunks_are_committed_in_order_when_drained(tmp_path):
     writer = _writer(tmp_path)
     for k in range(20):
         writer.queue_instances(_chunk(50 * k, 50))
-    writer.drain_instances()
+    writer.drain()
     rows = writer.conn.execute("SELECT instance_id, weight FROM instances ORDER BY rowid").fetchall()
     assert [r[0] for r in rows] == list(range(1000))
     assert rows[999][1] == pytest.approx(9.99)
@@ -50,8 +50,8 @@ def test_a_failed_write_is_raised_at_the_next_drain_and_stops_the_queue(tmp_path
     writer.queue_instances({"split": np.full(2, "train"), "bad name;": np.zeros(2)})  # refused identifier
     writer.queue_instances(_chunk(3, 3))  # after a failure nothing more is written
     with pytest.raises(ValueError, match="invalid per-instance column name"):
-        writer.drain_instances()
-    writer.drain_instances()  # the error is reported once
+        writer.drain()
+    writer.drain()  # the error is reported once
     ids = [r[0] for r in writer.conn.execute("SELECT instance_id FROM instances")]
     assert ids == [0, 1, 2]
     writer.close()
@@ -82,4 +82,47 @@ def test_truncation_waits_for_queued_rows(tmp_path):
     writer.queue_instances(_chunk(400, 400, epoch=1))
     writer.truncate_from_epoch(1)
     assert writer.epoch_counts(0)["train"] == 400 and writer.epoch_counts(1)["train"] == 0
+    writer.close()
+
+
+def test_scalars_and_heartbeats_queued_without_waiting_land_in_order_at_the_drain(tmp_path):
+    """The trainer's flushes during an epoch do not wait: scalars and heartbeats go through the
+    same thread as the rows, in order, and are committed when the epoch's end drains."""
+    writer = _writer(tmp_path)
+    for step in range(50):
+        writer.log_scalars(step, 0, {"train/loss": 1.0 / (step + 1), "lr": 0.1})
+        if step % 10 == 9:
+            writer.flush(wait=False)
+            writer.heartbeat(wait=False)
+            writer.queue_instances(_chunk(step, 2))
+    writer.drain()
+    frame = open_run(tmp_path / "r").scalars(keys=["train/loss"])
+    assert frame.step.tolist() == list(range(50))  # rowid order is step order
+    assert frame.value.iloc[-1] == pytest.approx(1 / 50)
+    assert writer.epoch_counts(0) == {"train": 10, "val": 0, "scalars": 100, "features": 0}
+    beat = open_run(tmp_path / "r").meta()["heartbeat"]
+    writer.close()
+    assert isinstance(beat, float) and beat > 0
+
+
+def test_close_commits_buffered_scalars_after_queued_rows(tmp_path):
+    writer = _writer(tmp_path)
+    writer.queue_instances(_chunk(0, 4))
+    writer.log_scalars(3, 0, {"train/loss": 0.5})
+    writer.close()
+    run = open_run(tmp_path / "r")
+    assert run.scalars().key.tolist() == ["train/loss"] and run.count_instances() == 4
+
+
+def test_a_failed_scalar_write_is_raised_in_the_callers_thread(tmp_path):
+    """A write that fails on the writer thread (here, refused by a trigger) is the caller's error
+    at the next drain, and the instance rows queued after it are not written."""
+    writer = _writer(tmp_path)
+    writer.conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON scalars BEGIN SELECT RAISE(ABORT, 'no scalars'); END")
+    writer.log_scalars(0, 0, {"train/loss": 0.5})
+    writer.flush(wait=False)
+    writer.queue_instances(_chunk(0, 3))
+    with pytest.raises(sqlite3.IntegrityError, match="no scalars"):
+        writer.drain()
+    assert writer.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
     writer.close()

@@ -2,6 +2,7 @@
 the trainer writes."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import sqlite3
@@ -26,6 +27,9 @@ CORE_INSTANCE_COLUMNS = {
     "student_pred": "INTEGER",
     "student_conf": "REAL",
 }
+
+# The columns a scalar row is written with (its id is the rowid, which orders a live refresh).
+SCALAR_COLUMNS = ("step", "epoch", "key", "value", "wall")
 
 # At most this many bound parameters per INSERT: SQLite's default limit since 3.32 (2020). The
 # connection's own limit is read where Python can (3.11+), else 999, the default of older SQLite.
@@ -87,3 +91,19 @@ def insert_rows(conn: sqlite3.Connection, table: str, columns: list[str], rows, 
             break
         conn.execute(f"INSERT INTO {table}({quoted}) VALUES {', '.join([marks] * len(part))}",
                      list(itertools.chain.from_iterable(part)))
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection):
+    """One explicit transaction. The store's connections are in autocommit mode
+    (isolation_level=None), where `with conn:` opens none, so each statement would commit (and
+    WAL-write) on its own. SQLite may already have rolled back a transaction that failed (a full
+    disk): roll back only an open one, so the original error is the one reported."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

@@ -1,20 +1,21 @@
-"""Per-instance rows written on a background thread, so that recording overlaps training.
+"""Per-instance rows and scalars written on a background thread, so that recording overlaps training.
 
-Why: a training epoch records one row per instance (its losses, weight, predictions). Inserting
-them into SQLite costs a few microseconds a row, which on a small model is a few per cent of the
-step time when done on the training thread. SQLite releases the GIL while it inserts, so a writer
-thread with its own connection does that work on another core while the training thread goes on
-with the next batches (the trainer queues the rows in chunks during the epoch).
+Why: a training epoch records one row per instance (its losses, weight, predictions) and a few
+scalars per step. Inserting them into SQLite costs a few microseconds a row, which on a small
+model is a few per cent of the step time when done on the training thread. SQLite releases the
+GIL while it inserts, so a writer thread with its own connection does that work on another core
+while the training thread goes on with the next batches (the trainer queues the rows in chunks
+during the epoch, and its scalars at each flush).
 
 Guarantees kept from the synchronous writer:
 
-* every instance insert goes through this one thread and connection (the training rows queued
-  during an epoch, and the evaluation rows, which wait for their own write), so inserts keep
-  their order and the table's columns are added by one connection only;
+* every instance and scalar insert goes through this one thread and connection (the training
+  rows queued during an epoch, and the evaluation rows, which wait for their own write), so
+  inserts keep their order and the table's columns are added by one connection only;
 * `drain()` returns only when everything queued is committed, and raises the first error a write
   met (a full disk is the same one-line `DiskFullError`) in the caller's thread. The trainer
-  drains at the end of each training epoch, before the epoch's records are counted for its
-  checkpoint, so a checkpoint never counts rows that are not committed;
+  drains at the end of each epoch, before the epoch's records are counted for its checkpoint,
+  so a checkpoint never counts rows that are not committed;
 * a crash mid-epoch leaves committed chunks of an epoch the checkpoint does not count; a resume
   deletes the rows of the epochs it redoes (`RunWriter.truncate_from_epoch`), so each is recorded
   once.
@@ -29,15 +30,15 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kd_engine.faults import fault_point
-from kd_engine.store.schema import CORE_INSTANCE_COLUMNS, check_identifier, insert_rows
+from kd_engine.store.schema import CORE_INSTANCE_COLUMNS, SCALAR_COLUMNS, check_identifier, insert_rows, transaction
 
 _STOP = object()
 
 
-class InstanceSink:
-    """One writer thread for the ``instances`` table. ``connect`` opens its connection (called in
-    the thread); ``guard(needed)`` is the owner's context manager that turns a full disk into one
-    error line."""
+class RowSink:
+    """One writer thread for the ``instances``, ``scalars`` and ``meta`` tables' frequent writes.
+    ``connect`` opens its connection (called in the thread); ``guard(needed)`` is the owner's
+    context manager that turns a full disk into one error line."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], guard: Callable[[int], Any]):
         self._connect, self._guard = connect, guard
@@ -47,23 +48,29 @@ class InstanceSink:
 
     # -- the caller's side ----------------------------------------------------------------------
     def put(self, columns: Mapping[str, np.ndarray] | Callable[[], Mapping[str, np.ndarray]]) -> None:
-        """Queue rows (equal-length columns); they are committed in order, in one transaction.
-        ``columns`` may be a function that makes them: it is called on the writer thread, so
-        turning a chunk of raw per-step tensors into columns overlaps training too (it must not
-        touch anything the training thread changes afterwards)."""
+        """Queue per-instance rows (equal-length columns); they are committed in order, in one
+        transaction. ``columns`` may be a function that makes them: it is called on the writer
+        thread, so turning a chunk of raw per-step tensors into columns overlaps training too (it
+        must not touch anything the training thread changes afterwards)."""
         if not callable(columns):
             _check_lengths(columns)
             columns = dict(columns)
+        self._enqueue("instances", columns)
+
+    def put_scalars(self, rows: list[tuple]) -> None:
+        """Queue scalar rows ``(step, epoch, key, value, wall)``."""
+        self._enqueue("scalars", rows)
+
+    def put_meta(self, rows: list[tuple[str, str]]) -> None:
+        """Queue metadata rows ``(key, json value)`` (a heartbeat), replacing the keys' values."""
+        self._enqueue("meta", rows)
+
+    def _enqueue(self, table: str, payload) -> None:
         self._raise()
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="kdw-instance-sink", daemon=True)
+            self._thread = threading.Thread(target=self._work, name="kdw-row-sink", daemon=True)
             self._thread.start()
-        self._queue.put(columns)
-
-    def write(self, columns: Mapping[str, np.ndarray]) -> None:
-        """Queue rows and wait until they (and everything before them) are committed."""
-        self.put(columns)
-        self.drain()
+        self._queue.put((table, payload))
 
     def drain(self) -> None:
         """Wait for every queued write; raise the first error one met (then forget it)."""
@@ -98,6 +105,7 @@ class InstanceSink:
                         return
                     if self._error is not None:  # after a failure nothing more is written
                         continue
+                    table, item = item
                     if callable(item):
                         item = item()
                         if not item:
@@ -106,7 +114,11 @@ class InstanceSink:
                     if conn is None:
                         conn = self._connect()
                         known = {row[1] for row in conn.execute("PRAGMA table_info(instances)")}
-                    _insert(conn, known, item, self._guard)
+                    if table == "instances":
+                        _insert(conn, known, item, self._guard)
+                    else:
+                        with self._guard(len(item) * 96), transaction(conn):
+                            _WRITE[table](conn, item)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                     self._error = exc
                 finally:
@@ -132,17 +144,16 @@ def _insert(conn: sqlite3.Connection, known: set[str], columns: Mapping[str, np.
             known.add(name)
     arrays = [_to_python(np.asarray(columns[name]), CORE_INSTANCE_COLUMNS.get(name, "REAL")) for name in names]
     rows = len(arrays[0]) if arrays else 0
-    with guard(rows * len(names) * 16):
-        conn.execute("BEGIN")
-        try:
-            insert_rows(conn, "instances", names, zip(*arrays), rows)
-            fault_point("instances_txn")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # SQLite may have rolled back a failed one already
-                conn.execute("ROLLBACK")
-            raise
+    with guard(rows * len(names) * 16), transaction(conn):
+        insert_rows(conn, "instances", names, zip(*arrays), rows)
+        fault_point("instances_txn")
     fault_point("instances_commit")
+
+
+_WRITE = {  # the small tables' rows, one transaction per queued batch
+    "scalars": lambda conn, rows: insert_rows(conn, "scalars", list(SCALAR_COLUMNS), rows, len(rows)),
+    "meta": lambda conn, rows: conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", rows),
+}
 
 
 def _to_python(values: np.ndarray, kind: str) -> list:

@@ -16,10 +16,10 @@ import numpy as np
 
 from kd_engine.errors import ConfigError, KDWError
 from kd_engine.store.lock import RunLock, owner_record
-from kd_engine.store.sink import InstanceSink
+from kd_engine.store.sink import RowSink
 from kd_engine.store.space import MB, disk_full_error
 from kd_engine.store.tb_mirror import TensorBoardMirror
-from kd_engine.store.schema import DB_NAME, SCHEMA_VERSION, connect_rw, insert_rows
+from kd_engine.store.schema import DB_NAME, SCHEMA_VERSION, connect_rw, transaction
 
 # A run id is a directory name under the runs directory, never a path: no separators, no
 # leading dot (so neither "." nor ".."), nothing a shell or a URL would need to quote.
@@ -71,8 +71,8 @@ class RunWriter:
             (self.run_dir / "artifacts").mkdir(exist_ok=True)
             with self._disk():
                 self.conn = connect_rw(self.run_dir)
-            # every instance insert goes through one writer thread with its own connection
-            self._sink = InstanceSink(lambda: connect_rw(self.run_dir), self._disk)
+            # every instance and scalar insert goes through one writer thread with its own connection
+            self._sink = RowSink(lambda: connect_rw(self.run_dir), self._disk)
             self._scalar_buffer: list[tuple] = []
             self._tensorboard, self._tb = tensorboard, None  # the mirror starts at the first flush
             if initial_meta:
@@ -118,20 +118,8 @@ class RunWriter:
             self._release_reserve()
             raise error from None
 
-    @contextlib.contextmanager
     def _transaction(self):
-        """One explicit transaction. The connection is in autocommit mode (isolation_level=None),
-        where `with conn:` opens none, so an executemany would commit (and WAL-write) every row.
-        SQLite may already have rolled back a transaction that failed (a full disk): roll back
-        only an open one, so the original error is the one reported."""
-        self.conn.execute("BEGIN")
-        try:
-            yield self.conn
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        return transaction(self.conn)
 
     # -- metadata -----------------------------------------------------------------------------
     @classmethod
@@ -170,8 +158,15 @@ class RunWriter:
                 raise
             write()
 
-    def heartbeat(self) -> None:
-        self.set_meta(heartbeat=time.time(), pid=os.getpid())
+    def heartbeat(self, wait: bool = True) -> None:
+        """Say the run is alive. Without ``wait`` it goes through the writer thread like the
+        scalars (the trainer's flushes during an epoch), so the step never waits on SQLite's
+        write lock for it."""
+        items = {"heartbeat": time.time(), "pid": os.getpid()}
+        if wait:
+            self.set_meta(**items)
+        else:
+            self._sink.put_meta([(key, json.dumps(value)) for key, value in items.items()])
 
     def set_status(self, status: str, error: str | None = None) -> None:
         self.set_meta(**_status_fields(status, error))
@@ -187,31 +182,38 @@ class RunWriter:
         for key, value in values.items():
             self._scalar_buffer.append((step, epoch, key, float(value), wall))
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
+        """Hand the buffered scalars to the writer thread; with ``wait``, return once they (and
+        everything queued before them) are committed. The trainer does not wait during an epoch:
+        it waits at the epoch's end, before the checkpoint counts the epoch's records."""
         if self._tensorboard and self._tb is None and self._scalar_buffer:
+            self.drain()  # the mirror starts after what is committed: nothing may be in flight
             since = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM scalars").fetchone()[0]
             purge = min(row[0] for row in self._scalar_buffer) if since else None  # a resumed run
             self._tb = TensorBoardMirror.start(self.run_dir, since, purge)
         if self._scalar_buffer:
-            with self._disk(len(self._scalar_buffer) * 96), self._transaction():
-                insert_rows(self.conn, "scalars", ["step", "epoch", "key", "value", "wall"],
-                            self._scalar_buffer, len(self._scalar_buffer))
-            self._scalar_buffer.clear()
+            rows, self._scalar_buffer = self._scalar_buffer, []
+            self._sink.put_scalars(rows)
+        if wait:
+            self.drain()
 
     # -- instances ----------------------------------------------------------------------------
     def log_instances(self, columns: Mapping[str, np.ndarray]) -> int:
         """Append per-instance rows and wait until they are committed (with everything queued
         before them); columns unknown to the table are added as REAL columns."""
-        self._sink.write(columns)
+        self._sink.put(columns)
+        self.drain()
         return len(next(iter(columns.values()))) if columns else 0
 
     def queue_instances(self, columns) -> None:
         """Append per-instance rows on the writer thread without waiting (training rows during an
         epoch); `columns` is a mapping, or a function that returns one on the writer thread.
-        `drain_instances` waits for them and raises what a write met."""
+        `drain` waits for them and raises what a write met."""
         self._sink.put(columns)
 
-    def drain_instances(self) -> None:
+    def drain(self) -> None:
+        """Wait until everything queued to the writer thread (rows, scalars, heartbeats) is
+        committed; raise, once, the first error a write met."""
         self._sink.drain()
 
     def log_features(self, epoch: int, rows: list[tuple[str, str, str, float]]) -> None:
@@ -288,7 +290,7 @@ class RunWriter:
     def epoch_counts(self, epoch: int) -> dict[str, int]:
         """What the store holds for one epoch; a checkpoint keeps these counts so that a resume
         can tell whether the store still has every epoch the checkpoint says is done."""
-        self.drain_instances()
+        self.drain()
         one = lambda sql: int(self.conn.execute(sql, (epoch,)).fetchone()[0])  # noqa: E731
         return {"train": one("SELECT COUNT(*) FROM instances WHERE split = 'train' AND epoch = ?"),
                 "val": one("SELECT COUNT(*) FROM instances WHERE split = 'val' AND epoch = ?"),
@@ -322,14 +324,14 @@ class RunWriter:
     def truncate_final(self, epoch: int) -> None:
         """Drop what an interrupted final evaluation wrote (test rows and test scalars), so that
         finishing again records it once."""
-        self.drain_instances()
+        self.drain()
         with self._disk(), self._transaction():
             self.conn.execute("DELETE FROM instances WHERE split = 'test' AND epoch = ?", (epoch,))
             self.conn.execute("DELETE FROM scalars WHERE epoch = ? AND key LIKE 'test/%'", (epoch,))
 
     def truncate_from_epoch(self, epoch: int) -> None:
         """Drop what a killed run wrote for epochs it must redo, so each epoch is recorded once."""
-        self.drain_instances()
+        self.drain()
         with self._disk(), self._transaction():
             self.conn.execute("DELETE FROM scalars WHERE epoch >= ?", (epoch,))
             self.conn.execute("DELETE FROM instances WHERE epoch >= ?", (epoch,))
@@ -342,9 +344,9 @@ class RunWriter:
         try:
             try:
                 try:
-                    self._sink.close()
+                    self.flush(wait=False)
                 finally:
-                    self.flush()
+                    self._sink.close()
             except KDWError:
                 self._scalar_buffer.clear()
                 raise

@@ -109,8 +109,12 @@ class StepLoop:
 
     def train_epoch(self, epoch: int) -> int:
         """Train one epoch's steps at once, without its end (validation, checkpoint, scheduler),
-        and return how many steps it took: what `make bench` times as one sample."""
-        return sum(1 for _ in self._train_epoch(epoch))
+        wait until its records are committed, and return how many steps it took: what `make
+        bench` times as one sample."""
+        steps = sum(1 for _ in self._train_epoch(epoch))
+        if self.writer is not None:
+            self.writer.flush()
+        return steps
 
     def _events(self) -> Iterator[tuple[str, object]]:
         """The whole run: ``("step", loss)`` per optimisation step, ``("epoch", e)`` after each
@@ -169,9 +173,10 @@ class StepLoop:
             paused += time.perf_counter() - suspended  # time spent outside, between fit calls
         if self.steps.pending:  # an accumulation group cut short by the epoch's end steps now
             self._step(epoch, self.global_step - 1)
-        self._write_instances(rows)  # the rest, and wait for all of them: recording is part of the cost
-        if self.ctx.is_main:
+        if self.ctx.is_main:  # before the last rows: their merge on the writer thread would contend for the GIL
             self._flush_scalars(pending, epoch)
+        self._write_instances(rows)  # the rest (the epoch's end waits for all of them)
+        if self.ctx.is_main:
             elapsed = time.perf_counter() - started - paused
             self.writer.log_scalars(self.global_step, epoch, {
                 "throughput": seen * self.ctx.world_size / max(elapsed, 1e-9), "epoch_time": elapsed})

@@ -31,8 +31,8 @@ def scalar_rows(pending: list[tuple[int, tuple]]) -> Iterator[tuple[int, dict[st
 def scalar_table(steps: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
     """(steps, scalars) float32 on the CPU from each step's tensors (the same names in the same
     order). torch.stack promotes mixed dtypes (bf16 losses beside float32 ones); the per-sample
-    values are averaged per step only when the batch sizes differ (an epoch's last batch may be
-    smaller)."""
+    values are averaged with one stack per run of steps with the same batch size (an epoch's
+    last batch may be smaller)."""
     first = steps[0]
     table = torch.empty(len(steps), len(first))
     scalar = [j for j, v in enumerate(first) if v.dim() == 0]
@@ -41,11 +41,17 @@ def scalar_table(steps: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         if scalar:
             values = torch.stack([values[j] for values in steps for j in scalar]).float().cpu()
             table[:, scalar] = values.view(len(steps), len(scalar))
-        if sample:
-            flat = [values[j] for values in steps for j in sample]
-            if len({v.shape for v in flat}) == 1:
+        start = 0
+        while sample and start < len(steps):  # runs of steps whose per-sample values share a shape
+            shapes = {steps[start][j].shape for j in sample}
+            end = start + 1
+            while end < len(steps) and {steps[end][j].shape for j in sample} == shapes:
+                end += 1
+            flat = [values[j] for values in steps[start:end] for j in sample]
+            if len(shapes) == 1:  # one stack for the run (an epoch's smaller last batch is a run of its own)
                 means = torch.stack(flat).float().flatten(1).mean(1)
             else:
                 means = torch.stack([v.float().mean() for v in flat])
-            table[:, sample] = means.cpu().view(len(steps), len(sample))
+            table[start:end, sample] = means.cpu().view(end - start, len(sample))
+            start = end
     return table
