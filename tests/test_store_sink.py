@@ -1,4 +1,4 @@
-"""The store's instance writer thread (kd_engine.store.sink): queued rows land in order and are
+"""The store's writer thread (kd_engine.store.sink): queued rows and scalars land in order and are
 all committed when `drain` returns; a failed write surfaces as its own error in the caller's
 thread, at the next drain, and nothing after it is written; closing a writer commits what was
 queued. (Crash and resume with queued chunks: tests/test_faults.py.)"""
