@@ -343,10 +343,11 @@ def test_channels_last_and_compile_are_opt_in(tmp_path, monkeypatch):
     cfg = validate(scratch_raw(tmp_path, channels_last=True, sync_batchnorm=True))
     model = build_model(cfg.student, (1, 8, 8), 10)
     holder = nn.ModuleDict({"student": model})
-    speed.prepare_models(holder, cfg, distributed=False, device=torch.device("cpu"))
     convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1 and m.kernel_size != (1, 1)]
-    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
-                         for w in convs)
+    speed.prepare_models(holder, cfg, distributed=False, device=torch.device("cpu"))
+    assert convs and all(w.is_contiguous() for w in convs)  # left off on the CPU (see prepare_models)
+    speed.prepare_models(holder, cfg, distributed=False, device=torch.device("cuda"))  # nothing is moved
+    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())  # one process: nothing to sync
     with pytest.raises(ConfigError, match="sync_batchnorm"):
         speed.prepare_models(holder, cfg, distributed=True, device=torch.device("cpu"))
