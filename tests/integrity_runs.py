@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import PYTHON, REPO, subprocess_env
+from raw_store import raw_instances
 
 # No teacher, one thread, one epoch: a few seconds.
 TINY: dict[str, Any] = {
@@ -62,12 +63,9 @@ def set_raw_meta(run_dir: Path, **values: str) -> None:
 
 
 def train_rows(run_dir: Path) -> dict[int, int]:
-    conn = sqlite3.connect(f"file:{run_dir / 'store.sqlite'}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT epoch, COUNT(*) FROM instances WHERE split='train' GROUP BY epoch").fetchall()
-    finally:
-        conn.close()
-    return dict(rows)
+    """Training rows per epoch, counted in the file itself (`tests/raw_store.py`)."""
+    epochs = raw_instances(run_dir, ["epoch"], "train").epoch
+    return {int(e): int(n) for e, n in epochs.value_counts().sort_index().items()}
 
 
 class Holder:

@@ -17,6 +17,7 @@ from diagnosis_runs import EPOCHS, fixture_runs, unfired_tap_run  # noqa: F401  
 from kd_engine.diagnosis import adoption, copied_mistakes, find_control, layer_prediction, run_health
 from kd_engine.diagnosis import weighting_effect, weighting_frame
 from kd_engine.store import RunWriter, open_run
+from raw_store import raw_instances
 
 pytestmark = pytest.mark.slow
 
@@ -119,9 +120,7 @@ def test_collapsed_weights(tmp_path, weights, status):
 # -- copied mistakes ---------------------------------------------------------------------------
 def _raw_val_rows(run_dir) -> pd.DataFrame:
     """The val instance rows read straight from the SQLite file, not through the read API."""
-    with sqlite3.connect(run_dir / "store.sqlite") as conn:
-        return pd.read_sql_query("SELECT epoch, instance_id, label, teacher_pred, student_pred FROM instances "
-                                 "WHERE split = 'val'", conn)
+    return raw_instances(run_dir, ["epoch", "instance_id", "label", "teacher_pred", "student_pred"], "val")
 
 
 def test_copied_mistake_counts_recomputed_from_records(fixture_runs):
@@ -164,8 +163,7 @@ def test_layer_auroc_matches_sklearn_on_the_stored_records(fixture_runs):
     scores = layer_prediction(open_run(run_dir))
     with sqlite3.connect(run_dir / "store.sqlite") as conn:
         artifacts = pd.read_sql_query("SELECT epoch, path, meta FROM artifacts WHERE kind = 'instance_disparity'", conn)
-        rows = pd.read_sql_query("SELECT epoch, instance_id, label, student_pred, student_loss FROM instances "
-                                 "WHERE split = 'val'", conn)
+    rows = raw_instances(run_dir, ["epoch", "instance_id", "label", "student_pred", "student_loss"], "val")
     assert len(artifacts) == EPOCHS  # one per epoch
     checked = 0
     for artifact in artifacts.itertuples():

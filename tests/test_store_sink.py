@@ -29,9 +29,9 @@ def test_queued_chunks_are_committed_in_order_when_drained(tmp_path):
     for k in range(20):
         writer.queue_instances(_chunk(50 * k, 50))
     writer.drain()
-    rows = writer.conn.execute("SELECT instance_id, weight FROM instances ORDER BY rowid").fetchall()
-    assert [r[0] for r in rows] == list(range(1000))
-    assert rows[999][1] == pytest.approx(9.99)
+    frame = open_run(tmp_path / "r").instances(columns=["instance_id", "weight"])
+    assert frame.instance_id.tolist() == list(range(1000))
+    assert frame.weight.iloc[999] == pytest.approx(9.99)
     writer.close()
 
 
@@ -52,8 +52,7 @@ def test_a_failed_write_is_raised_at_the_next_drain_and_stops_the_queue(tmp_path
     with pytest.raises(ValueError, match="invalid per-instance column name"):
         writer.drain()
     writer.drain()  # the error is reported once
-    ids = [r[0] for r in writer.conn.execute("SELECT instance_id FROM instances")]
-    assert ids == [0, 1, 2]
+    assert open_run(tmp_path / "r").instances().instance_id.tolist() == [0, 1, 2]
     writer.close()
 
 
@@ -69,9 +68,7 @@ def test_close_commits_what_was_queued_and_releases_the_run(tmp_path):
     for k in range(5):
         writer.queue_instances(_chunk(10 * k, 10))
     writer.close()
-    conn = sqlite3.connect(tmp_path / "r" / "store.sqlite")
-    assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 50
-    conn.close()
+    assert open_run(tmp_path / "r").count_instances() == 50
     RunWriter.reopen(tmp_path / "r", tensorboard=False).close()  # the lock was given back
 
 
@@ -124,5 +121,5 @@ def test_a_failed_scalar_write_is_raised_in_the_callers_thread(tmp_path):
     writer.queue_instances(_chunk(0, 3))
     with pytest.raises(sqlite3.IntegrityError, match="no scalars"):
         writer.drain()
-    assert writer.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
+    assert open_run(tmp_path / "r").count_instances() == 0
     writer.close()

@@ -89,3 +89,18 @@ time.sleep(60)
 
 def test_the_script_names_the_store_file_as_the_schema_does():
     assert tb_mirror.DB_NAME == schema.DB_NAME
+
+
+def test_the_mirror_runs_below_the_trainers_priority(tmp_path):
+    """The mirror only uses idle CPU: its process is niced below the trainer's."""
+    writer = RunWriter.create(tmp_path, "exp", {"method": "standard"}, "name: exp\n", run_id="r1")
+    try:
+        write_steps(writer, range(3), epoch=0)
+        pid = writer._tb.process.pid
+        deadline = time.time() + 20
+        while os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) and time.time() < deadline:
+            time.sleep(0.05)  # it renices itself as it starts
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + min(
+            tb_mirror.NICENESS, 19 - os.getpriority(os.PRIO_PROCESS, 0))
+    finally:
+        writer.close()

@@ -5,6 +5,7 @@ and a broken or locked database becomes a `StoreError` with a one-line message.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kd_engine.errors import KDWError
+from kd_engine.store import chunks
 from kd_engine.store.lock import is_locked
 from kd_engine.store.schema import DB_NAME
 
@@ -55,18 +57,24 @@ class Run:
     def run_id(self) -> str:
         return self.run_dir.name
 
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
+    @contextlib.contextmanager
+    def _connection(self):
+        """A short read-only connection; SQLite's errors become one `StoreError` line."""
         try:
-            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=2.0)
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=2.0, isolation_level=None)
             try:
-                return pd.read_sql_query(sql, conn, params=list(params))
+                yield conn
             finally:
                 conn.close()
-        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError, chunks.ChunkError) as exc:
             text = str(exc)
             if "locked" in text:
                 raise StoreError(f"{self.db_path}: database is locked; try again shortly") from None
             raise StoreError(f"{self.db_path}: unreadable run database ({text})") from None
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
+        with self._connection() as conn:
+            return pd.read_sql_query(sql, conn, params=list(params))
 
     # -- metadata -----------------------------------------------------------------------------
     def meta(self, refresh: bool = True) -> dict[str, Any]:
@@ -152,18 +160,37 @@ class Run:
         return self._query("PRAGMA table_info(instances)").name.tolist()
 
     def instance_epochs(self, split: str = "train") -> list[int]:
-        frame = self._query("SELECT DISTINCT epoch FROM instances WHERE split = ? ORDER BY epoch",
-                            [split])
-        return frame.epoch.astype(int).tolist()
+        with self._connection() as conn:
+            legacy = {int(e) for (e,) in conn.execute(
+                "SELECT DISTINCT epoch FROM instances WHERE split = ? AND epoch IS NOT NULL", [split])}
+            return sorted(legacy | chunks.epochs(conn, split))
 
     def instances(self, split: str | None = "train", epoch: int | None = None,
                   instance_ids: Iterable[int] | None = None, columns: list[str] | None = None,
                   limit: int | None = None) -> pd.DataFrame:
+        """Per-instance rows in the order they were written. Rows are stored by column in chunks
+        (`kd_engine.store.chunks`): a query reads only the columns it names, and a query by
+        ``instance_ids`` scans the chunks' id columns (with numpy) rather than an index."""
         known = set(self.instance_columns())
         cols = [c for c in (columns or sorted(known)) if c in known]
         unknown = [c for c in (columns or []) if c not in known]
         if unknown:
             raise StoreError(f"{self.run_id}: no per-instance column {unknown[0]!r}")
+        ids = None if instance_ids is None else [int(i) for i in instance_ids]
+        limit = None if limit is None else int(limit)
+        with self._connection() as conn:
+            conn.execute("BEGIN")  # one snapshot for the chunks and their columns
+            legacy = self._legacy_instances(conn, cols, split, epoch, ids, limit)
+            if limit is not None:
+                limit = max(0, limit - len(legacy))
+            frame = pd.DataFrame(chunks.read(conn, cols, split, epoch, ids, limit), columns=cols)
+        return pd.concat([legacy, frame], ignore_index=True) if len(legacy) else frame
+
+    @staticmethod
+    def _legacy_instances(conn, cols, split, epoch, ids, limit) -> pd.DataFrame:
+        """Rows of a store written as SQL rows (schema 1); empty for newer stores."""
+        if conn.execute("SELECT 1 FROM instances LIMIT 1").fetchone() is None:
+            return pd.DataFrame(columns=cols)
         quoted = ", ".join(f'"{c}"' for c in cols)
         sql = f"SELECT {quoted} FROM instances WHERE 1=1"
         params: list[Any] = []
@@ -173,18 +200,18 @@ class Run:
         if epoch is not None:
             sql += " AND epoch = ?"
             params.append(int(epoch))
-        if instance_ids is not None:
-            ids = [int(i) for i in instance_ids]
+        if ids is not None:
             sql += f" AND instance_id IN ({', '.join('?' for _ in ids)})"
             params += ids
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return self._query(sql, params)
+        return pd.read_sql_query(sql, conn, params=params)
 
     def count_instances(self, split: str | None = None) -> int:
-        if split is None:
-            return int(self._query("SELECT COUNT(*) AS n FROM instances").n[0])
-        return int(self._query("SELECT COUNT(*) AS n FROM instances WHERE split = ?", [split]).n[0])
+        with self._connection() as conn:
+            where = "" if split is None else " WHERE split = ?"
+            legacy = conn.execute(f"SELECT COUNT(*) FROM instances{where}", [] if split is None else [split])
+            return int(legacy.fetchone()[0]) + chunks.count(conn, split)
 
     # -- features and artifacts ---------------------------------------------------------------
     def features(self) -> pd.DataFrame:

@@ -9,9 +9,11 @@ import sqlite3
 from pathlib import Path
 
 DB_NAME = "store.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-instance rows stored by column (kd_engine.store.chunks)
 
-# Per-instance columns every run has; methods add their own REAL columns on demand.
+# Per-instance columns every run has; methods add their own REAL columns on demand. The rows
+# themselves are stored by column (`kd_engine.store.chunks`); the `instances` table names the
+# run's columns, and holds the rows of stores written before (schema 1).
 CORE_INSTANCE_COLUMNS = {
     "epoch": "INTEGER",
     "step": "INTEGER",
@@ -47,6 +49,12 @@ CREATE TABLE IF NOT EXISTS instances (
     {", ".join(f"{name} {kind}" for name, kind in CORE_INSTANCE_COLUMNS.items())});
 CREATE INDEX IF NOT EXISTS instances_epoch ON instances(split, epoch);
 CREATE INDEX IF NOT EXISTS instances_id ON instances(instance_id);
+CREATE TABLE IF NOT EXISTS instance_chunks (
+    id INTEGER PRIMARY KEY, split TEXT, epoch INTEGER, rows INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS instance_chunks_epoch ON instance_chunks(split, epoch);
+CREATE TABLE IF NOT EXISTS instance_values (
+    chunk INTEGER NOT NULL, name TEXT NOT NULL, dtype TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (chunk, name));
 CREATE TABLE IF NOT EXISTS features (
     epoch INTEGER NOT NULL, student_layer TEXT NOT NULL, teacher_layer TEXT NOT NULL,
     metric TEXT NOT NULL, value REAL);

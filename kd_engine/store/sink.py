@@ -1,11 +1,12 @@
 """Per-instance rows and scalars written on a background thread, so that recording overlaps training.
 
 Why: a training epoch records one row per instance (its losses, weight, predictions) and a few
-scalars per step. Inserting them into SQLite costs a few microseconds a row, which on a small
-model is a few per cent of the step time when done on the training thread. SQLite releases the
-GIL while it inserts, so a writer thread with its own connection does that work on another core
-while the training thread goes on with the next batches (the trainer queues the rows in chunks
-during the epoch, and its scalars at each flush).
+scalars per step. Writing them on the training thread costs a few per cent of the step time on
+a small model. A writer thread with its own connection does that work on another core while the
+training thread goes on with the next batches (the trainer queues the rows in chunks during the
+epoch, and its scalars at each flush). The rows are stored by column (`kd_engine.store.chunks`),
+so the writer thread holds the GIL only briefly: a chunk of 512 rows is a few inserts of raw
+arrays, during which SQLite releases the GIL.
 
 Guarantees kept from the synchronous writer:
 
@@ -30,7 +31,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kd_engine.faults import fault_point
-from kd_engine.store.schema import CORE_INSTANCE_COLUMNS, SCALAR_COLUMNS, check_identifier, insert_rows, transaction
+from kd_engine.store import chunks
+from kd_engine.store.schema import SCALAR_COLUMNS, check_identifier, insert_rows, transaction
 
 _STOP = object()
 
@@ -135,17 +137,16 @@ def _check_lengths(columns: Mapping[str, np.ndarray]) -> None:
 
 
 def _insert(conn: sqlite3.Connection, known: set[str], columns: Mapping[str, np.ndarray], guard) -> None:
-    """One transaction: columns unknown to the table are added as REAL columns first."""
-    names = list(columns)
-    for name in names:
+    """One transaction of column chunks; a column new to the run is added to the `instances`
+    table first (the run's list of per-instance columns)."""
+    for name in columns:
         if name not in known:
             check_identifier(name)
             conn.execute(f'ALTER TABLE instances ADD COLUMN "{name}" REAL')
             known.add(name)
-    arrays = [_to_python(np.asarray(columns[name]), CORE_INSTANCE_COLUMNS.get(name, "REAL")) for name in names]
-    rows = len(arrays[0]) if arrays else 0
-    with guard(rows * len(names) * 16), transaction(conn):
-        insert_rows(conn, "instances", names, zip(*arrays), rows)
+    encoded = chunks.encode(columns)
+    with guard(chunks.nbytes(encoded)), transaction(conn):
+        chunks.write(conn, encoded)
         fault_point("instances_txn")
     fault_point("instances_commit")
 
@@ -156,9 +157,3 @@ _WRITE = {  # the small tables' rows, one transaction per queued batch
 }
 
 
-def _to_python(values: np.ndarray, kind: str) -> list:
-    if kind == "TEXT":
-        return [str(v) for v in values.tolist()]
-    if kind == "INTEGER":
-        return values.astype(np.int64).tolist()
-    return values.astype(np.float64).tolist()

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kd_engine.errors import ConfigError, KDWError
+from kd_engine.store import chunks
 from kd_engine.store.lock import RunLock, owner_record
 from kd_engine.store.sink import RowSink
 from kd_engine.store.space import MB, disk_full_error
@@ -292,8 +293,9 @@ class RunWriter:
         can tell whether the store still has every epoch the checkpoint says is done."""
         self.drain()
         one = lambda sql: int(self.conn.execute(sql, (epoch,)).fetchone()[0])  # noqa: E731
-        return {"train": one("SELECT COUNT(*) FROM instances WHERE split = 'train' AND epoch = ?"),
-                "val": one("SELECT COUNT(*) FROM instances WHERE split = 'val' AND epoch = ?"),
+        rows = lambda split: (chunks.count(self.conn, split, epoch)  # noqa: E731 - and schema-1 rows
+                              + one(f"SELECT COUNT(*) FROM instances WHERE split = '{split}' AND epoch = ?"))
+        return {"train": rows("train"), "val": rows("val"),
                 # the final evaluation's test scalars are redone by a resume: not counted
                 "scalars": one("SELECT COUNT(*) FROM scalars WHERE epoch = ? AND key NOT LIKE 'test/%'"),
                 "features": one("SELECT COUNT(*) FROM features WHERE epoch = ?")}
@@ -327,6 +329,7 @@ class RunWriter:
         self.drain()
         with self._disk(), self._transaction():
             self.conn.execute("DELETE FROM instances WHERE split = 'test' AND epoch = ?", (epoch,))
+            chunks.delete(self.conn, "split = 'test' AND epoch = ?", (epoch,))
             self.conn.execute("DELETE FROM scalars WHERE epoch = ? AND key LIKE 'test/%'", (epoch,))
 
     def truncate_from_epoch(self, epoch: int) -> None:
@@ -335,6 +338,7 @@ class RunWriter:
         with self._disk(), self._transaction():
             self.conn.execute("DELETE FROM scalars WHERE epoch >= ?", (epoch,))
             self.conn.execute("DELETE FROM instances WHERE epoch >= ?", (epoch,))
+            chunks.delete(self.conn, "epoch >= ?", (epoch,))
             self.conn.execute("DELETE FROM features WHERE epoch >= ?", (epoch,))
             self.conn.execute("DELETE FROM artifacts WHERE epoch >= ?", (epoch,))
 
