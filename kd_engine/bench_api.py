@@ -62,7 +62,7 @@ RECORDING_PARTS = {
     "train_rows": "per-instance tensors kept (references), every step",
     "_queue_instances": "a chunk of rows handed to the writer thread, every 8 steps",
     "_write_instances": "the epoch's last rows handed to the writer thread, once per epoch",
-    "_flush_scalars": "the scalars stacked and handed to the writer thread, once per epoch or second",
+    "_flush_scalars": "the kept scalars handed to the writer thread (stacked there), once per epoch or second",
     "drain": "the wait for the epoch's records to be committed, at its end (counted in the steps)",
 }
 _OWNERS = {"train_rows": "task", "drain": "writer"}  # whose method a part is (else the trainer's)

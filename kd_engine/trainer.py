@@ -275,15 +275,15 @@ class Trainer(StepLoop):
         return names, values, float(self.optimizer.param_groups[0]["lr"])
 
     def _flush_scalars(self, pending: list, epoch: int) -> None:
-        """Hand the pending steps' scalars to the store's writer thread, a run of steps with the
-        same names at a time (a method may add a scalar on some steps only; per-sample values are
-        written as their means), with a heartbeat. Nothing waits here: the epoch's end waits for
-        its records before the checkpoint counts them."""
+        """Hand the pending steps' kept scalars to the store's writer thread, which stacks them
+        (`scalar_rows`: a run of steps with the same names at a time; per-sample values become
+        their means), with a heartbeat. The kept tensors are the steps' own detached results,
+        never changed afterwards. Nothing waits here: the epoch's end waits for its records
+        before the checkpoint counts them."""
         if not pending:
             return
-        for step, values in scalar_rows(pending):
-            self.writer.log_scalars(step, epoch, values)
-        self.writer.flush(wait=False)
+        steps = list(pending)  # the loop's list is cleared and refilled; the writer thread keeps this one
+        self.writer.queue_scalars(epoch, steps[0][0], lambda: scalar_rows(steps))
         self.writer.heartbeat(wait=False)
         pending.clear()
 

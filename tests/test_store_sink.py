@@ -5,6 +5,7 @@ queued. (Crash and resume with queued chunks: tests/test_faults.py.)"""
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import numpy as np
 import pytest
@@ -116,10 +117,40 @@ def test_a_failed_scalar_write_is_raised_in_the_callers_thread(tmp_path):
     at the next drain, and the instance rows queued after it are not written."""
     writer = _writer(tmp_path)
     writer.conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON scalars BEGIN SELECT RAISE(ABORT, 'no scalars'); END")
+    gate = threading.Event()  # the writer thread waits until both writes are queued (else the
+    writer.queue_instances(lambda: gate.wait(10) and {})  # error may surface at the second's queueing)
     writer.log_scalars(0, 0, {"train/loss": 0.5})
     writer.flush(wait=False)
     writer.queue_instances(_chunk(0, 3))
+    gate.set()
     with pytest.raises(sqlite3.IntegrityError, match="no scalars"):
         writer.drain()
     assert open_run(tmp_path / "r").count_instances() == 0
+    writer.close()
+
+
+def test_scalars_made_on_the_writer_thread_keep_their_order(tmp_path):
+    """`queue_scalars` calls its function on the writer thread: the scalars logged before it land
+    first, and an error raised while making them is the caller's at the next drain."""
+    writer = _writer(tmp_path)
+    made_on = []
+
+    def make():
+        made_on.append(threading.current_thread().name)
+        return [(1, {"train/loss": 0.5, "lr": 0.1}), (2, {"train/loss": 0.25, "lr": 0.1})]
+
+    writer.log_scalars(0, 0, {"grad_norm": 3.0})
+    writer.queue_scalars(0, 1, make)
+    writer.drain()
+    frame = open_run(tmp_path / "r").scalars()
+    assert list(zip(frame.step, frame.key)) == [(0, "grad_norm"), (1, "train/loss"), (1, "lr"), (2, "train/loss"),
+                                                (2, "lr")]
+    assert made_on == ["kdw-row-sink"]
+
+    def broken():
+        raise RuntimeError("no table for these scalars")
+
+    writer.queue_scalars(0, 3, broken)
+    with pytest.raises(RuntimeError, match="no table for these scalars"):
+        writer.drain()
     writer.close()

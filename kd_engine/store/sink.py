@@ -59,8 +59,9 @@ class RowSink:
             columns = dict(columns)
         self._enqueue("instances", columns)
 
-    def put_scalars(self, rows: list[tuple]) -> None:
-        """Queue scalar rows ``(step, epoch, key, value, wall)``."""
+    def put_scalars(self, rows: list[tuple] | Callable[[], list[tuple]]) -> None:
+        """Queue scalar rows ``(step, epoch, key, value, wall)``, or a function that makes them
+        on the writer thread."""
         self._enqueue("scalars", rows)
 
     def put_meta(self, rows: list[tuple[str, str]]) -> None:
@@ -108,11 +109,12 @@ class RowSink:
                     if self._error is not None:  # after a failure nothing more is written
                         continue
                     table, item = item
-                    if callable(item):
+                    if callable(item):  # made here, off the training thread
                         item = item()
                         if not item:
                             continue
-                        _check_lengths(item)
+                        if table == "instances":
+                            _check_lengths(item)
                     if conn is None:
                         conn = self._connect()
                         known = {row[1] for row in conn.execute("PRAGMA table_info(instances)")}

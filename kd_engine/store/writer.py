@@ -10,7 +10,7 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -183,20 +183,36 @@ class RunWriter:
         for key, value in values.items():
             self._scalar_buffer.append((step, epoch, key, float(value), wall))
 
+    def queue_scalars(self, epoch: int, first_step: int,
+                      make: Callable[[], Iterable[tuple[int, Mapping[str, float]]]]) -> None:
+        """Scalars of some steps, made on the writer thread: ``make()`` returns ``(step, {key:
+        value})`` pairs (the trainer's kept per-step tensors, stacked there, so the training
+        thread neither stacks nor copies them; on CUDA the copy's wait is the writer thread's).
+        They keep their order with everything queued before; `drain` waits for them."""
+        self.flush(wait=False)  # scalars logged before these go first
+        self._start_mirror(first_step)
+        wall = time.time()
+        self._sink.put_scalars(lambda: [(step, epoch, key, float(value), wall)
+                                        for step, values in make() for key, value in values.items()])
+
     def flush(self, wait: bool = True) -> None:
         """Hand the buffered scalars to the writer thread; with ``wait``, return once they (and
         everything queued before them) are committed. The trainer does not wait during an epoch:
         it waits at the epoch's end, before the checkpoint counts the epoch's records."""
-        if self._tensorboard and self._tb is None and self._scalar_buffer:
-            self.drain()  # the mirror starts after what is committed: nothing may be in flight
-            since = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM scalars").fetchone()[0]
-            purge = min(row[0] for row in self._scalar_buffer) if since else None  # a resumed run
-            self._tb = TensorBoardMirror.start(self.run_dir, since, purge)
         if self._scalar_buffer:
+            self._start_mirror(min(row[0] for row in self._scalar_buffer))
             rows, self._scalar_buffer = self._scalar_buffer, []
             self._sink.put_scalars(rows)
         if wait:
             self.drain()
+
+    def _start_mirror(self, first_step: int) -> None:
+        """Start the TensorBoard mirror at the first scalars: it mirrors what comes after the
+        committed rows, so nothing may be in flight; `first_step` is a resumed run's purge step."""
+        if self._tensorboard and self._tb is None:
+            self.drain()
+            since = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM scalars").fetchone()[0]
+            self._tb = TensorBoardMirror.start(self.run_dir, since, first_step if since else None)
 
     # -- instances ----------------------------------------------------------------------------
     def log_instances(self, columns: Mapping[str, np.ndarray]) -> int:
