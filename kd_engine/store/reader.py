@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kd_engine.errors import KDWError
-from kd_engine.store import chunks
+import kd_engine.store.chunks as chunks
 from kd_engine.store.lock import is_locked
 from kd_engine.store.schema import DB_NAME
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kd_engine.faults import fault_point
-from kd_engine.store import chunks
+import kd_engine.store.chunks as chunks
 from kd_engine.store.schema import SCALAR_COLUMNS, check_identifier, insert_rows, transaction
 
 _STOP = object()

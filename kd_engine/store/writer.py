@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from kd_engine.errors import ConfigError, KDWError
-from kd_engine.store import chunks
+import kd_engine.store.chunks as chunks
 from kd_engine.store.lock import RunLock, owner_record
 from kd_engine.store.sink import RowSink
 from kd_engine.store.space import MB, disk_full_error
