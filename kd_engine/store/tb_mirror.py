@@ -10,8 +10,7 @@ stdin; closing that pipe (``stop()``, or the trainer's death, however it dies) m
 read the store once more and exit. No signal can race its start-up. Run as a script (not
 ``-m``) it imports only the standard library and ``tensorboard``, so it is up in a fraction of a
 second. The trainer starts it at its first flush of scalars. It runs at a lower scheduling
-priority (nice 10): on a small model it costs about 1 ms of CPU per training step, which on a
-two-core machine is taken from the idle core only.
+priority (nice 10), so its start-up (about 0.5 s of imports) and its polls only use idle CPU.
 """
 from __future__ import annotations
 

@@ -309,8 +309,8 @@ class RunWriter:
         can tell whether the store still has every epoch the checkpoint says is done."""
         self.drain()
         one = lambda sql: int(self.conn.execute(sql, (epoch,)).fetchone()[0])  # noqa: E731
-        rows = lambda split: (chunks.count(self.conn, split, epoch)  # noqa: E731 - and schema-1 rows
-                              + one(f"SELECT COUNT(*) FROM instances WHERE split = '{split}' AND epoch = ?"))
+        rows = lambda split: chunks.count(self.conn, split, epoch) + int(self.conn.execute(  # noqa: E731
+            "SELECT COUNT(*) FROM instances WHERE split = ? AND epoch = ?", (split, epoch)).fetchone()[0])  # schema 1
         return {"train": rows("train"), "val": rows("val"),
                 # the final evaluation's test scalars are redone by a resume: not counted
                 "scalars": one("SELECT COUNT(*) FROM scalars WHERE epoch = ? AND key NOT LIKE 'test/%'"),
