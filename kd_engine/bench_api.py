@@ -60,7 +60,7 @@ NO_RECORDING = {"instances": False, "eval_instances": False, "tensorboard": Fals
 RECORDING_PARTS = {
     "_step_scalars": "per-step scalars kept (references), every step",
     "train_rows": "per-instance tensors kept (references), every step",
-    "_queue_instances": "a chunk of rows handed to the writer thread, every 8 steps",
+    "_queue_instances": "a chunk of rows handed to the writer thread, every 32 steps",
     "_write_instances": "the epoch's last rows handed to the writer thread, once per epoch",
     "_flush_scalars": "the kept scalars handed to the writer thread (stacked there), once per epoch or second",
     "drain": "the wait for the epoch's records to be committed, at its end (counted in the steps)",
